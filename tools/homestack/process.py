@@ -1,0 +1,108 @@
+"""The one place that runs external programs.
+
+Every call goes through a `Runner`, so tests can record and script commands
+(see `RecordingRunner`), and so that a missing program becomes a clear `UserError`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from homestack.errors import UserError
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command returned."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Runner:
+    """Runs commands for real."""
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool,
+        input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess.run
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        capture: bool = True,
+    ) -> Result:
+        """Run ``args`` (a list, never a shell string); raise UserError if ``check`` fails."""
+        program = args[0]
+        if shutil.which(program, path=(env or os.environ).get("PATH")) is None and "/" not in program:
+            raise UserError(f"{program}: command not found (install it, or use the dev shell)")
+        full_env = None if env is None else {**os.environ, **env}
+        text = not isinstance(input, bytes)
+        try:
+            proc = subprocess.run(
+                list(args),
+                check=False,
+                input=input,
+                env=full_env,
+                cwd=cwd,
+                timeout=timeout,
+                capture_output=capture,
+                text=text,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise UserError(f"{program}: timed out after {timeout} s") from exc
+        out = proc.stdout if proc.stdout is not None else ""
+        err = proc.stderr if proc.stderr is not None else ""
+        if isinstance(out, bytes):
+            out = out.decode(errors="replace")
+        if isinstance(err, bytes):
+            err = err.decode(errors="replace")
+        result = Result(tuple(args), proc.returncode, out, err)
+        if check and proc.returncode != 0:
+            detail = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
+            raise UserError(f"{' '.join(args[:3])}: {detail}")
+        return result
+
+
+Script = Callable[[tuple[str, ...]], Result | None]
+
+
+@dataclass
+class RecordingRunner(Runner):
+    """A runner for tests: records every call and answers from ``script``.
+
+    ``script`` gets the argument tuple and returns a Result, or None to answer
+    with success and empty output.
+    """
+
+    script: Script | None = None
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool,
+        input: str | bytes | None = None,  # noqa: A002
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        capture: bool = True,
+    ) -> Result:
+        key = tuple(args)
+        self.calls.append(key)
+        answer = self.script(key) if self.script else None
+        result = answer or Result(key, 0, "", "")
+        if check and result.returncode != 0:
+            raise UserError(f"{' '.join(key[:3])}: exit code {result.returncode}")
+        return result
+
+
+default_runner = Runner()
