@@ -76,6 +76,7 @@ let
   top =
     unknownKeys "" topKeys inv
     ++ required "" inv [ "domain" "users" "networks" "hosts" "guests" ]
+    ++ concatMap (k: optional (inv ? ${k} && !(isAttrs inv.${k})) "${k}: must be a table, not ${typeOf inv.${k}}") [ "networks" "hosts" "guests" ]
     ++ optional (inv ? domain && !(isDomain domain)) "domain: ${builtins.toJSON domain} is not a lowercase DNS name";
 
   certs =
@@ -120,7 +121,7 @@ let
     ) "users: no user has admin = true (someone must be able to log in and decrypt)";
 
   netErrors =
-    optionals' (inv ? networks) (
+    optionals' (isAttrs (inv.networks or null)) (
       unknownKeys "networks." [ "guests" "tunnel" ] inv.networks
       ++ (
         if !(inv.networks ? guests) then
@@ -202,7 +203,7 @@ let
           ++ optional (wg ? port && !(isPort wg.port)) "${p}.wireguard.port: ${showPort wg.port} is not a port (1-65535)"
           ++ optional (role == "relay" && !(wg ? port)) "${p}.wireguard.port: missing required key (the relay listens on it)"
           ++ optional (
-            wg ? relay && !(hosts ? ${wg.relay} && (hosts.${wg.relay}.role or null) == "relay")
+            wg ? relay && !(isString wg.relay && hosts ? ${wg.relay} && isAttrs hosts.${wg.relay} && (hosts.${wg.relay}.role or null) == "relay")
           ) "${p}.wireguard.relay: ${builtins.toJSON wg.relay} is not a host with role = \"relay\""
           ++ optional (role == "hypervisor" && !(wg ? relay)) "${p}.wireguard.relay: missing required key (the relay host this hypervisor dials)"
       )
@@ -220,11 +221,15 @@ let
     g:
     let
       gs = guests.${g};
-      fromServices = concatMap (s: (services.${s} or { ports = [ ]; }).ports) (if isList (gs.services or null) then gs.services else [ ]);
+      fromServices = concatMap (s: if isString s then (services.${s} or { ports = [ ]; }).ports else [ ]) (if isList (gs.services or null) then gs.services else [ ]);
       extra = if isList (gs.ports or null) then filter isAttrs gs.ports else [ ];
     in
-    map (p: "${toString (p.port or 0)}/${p.proto or "tcp"}") (fromServices ++ extra);
+    map (p: "${builtins.toJSON (p.port or 0)}/${if isString (p.proto or null) then p.proto else builtins.toJSON (p.proto or "tcp")}") (fromServices ++ extra);
+  # Guests whose services are all known; port and server checks skip the others, so one
+  # misspelt service is reported once, not again for every port and database using it.
+  knownServices = g: isAttrs guests.${g} && isList (guests.${g}.services or null) && builtins.all (s: isString s && services ? ${s}) guests.${g}.services;
   pgServers = filter (g: isAttrs guests.${g} && elem "postgresql" (guests.${g}.services or [ ])) guestNames;
+  pgOrUnknown = filter (g: !(knownServices g) || elem "postgresql" guests.${g}.services) guestNames;
   sources = [ "lan" "guests" ] ++ guestNames ++ hostNames;
 
   portErrors =
@@ -250,6 +255,7 @@ let
       hostName = g.host or null;
       tap = g.tap or "vm-${name}";
       ports = portsOf name;
+      portsKnown = knownServices name;
     in
     if !(isAttrs g) then
       [ "${p}: must be a table, not ${typeOf g}" ]
@@ -258,10 +264,10 @@ let
       ++ unknownKeys "${p}." guestKeys g
       ++ required "${p}." g [ "host" "address" "vcpu" "memory" "services" ]
       ++ optional (
-        g ? host && !(hosts ? ${hostName})
+        g ? host && !(isString hostName && hosts ? ${hostName})
       ) "${p}.host: ${builtins.toJSON hostName} is not a host in the inventory (hosts: ${u.showList hostNames})"
       ++ optional (
-        g ? host && hosts ? ${hostName} && (hosts.${hostName}.role or null) != "hypervisor"
+        g ? host && isString hostName && hosts ? ${hostName} && isAttrs hosts.${hostName} && (hosts.${hostName}.role or null) != "hypervisor"
       ) "${p}.host: ${hostName} is not a hypervisor (role = ${builtins.toJSON (hosts.${hostName}.role or null)})"
       ++ optional (g ? address && ip == null) "${p}.address: ${builtins.toJSON g.address} is not an IPv4 address"
       ++ optional (
@@ -294,7 +300,7 @@ let
           )
       )
       ++ optionals' (g ? ports) (listOf "${p}.ports" g.ports (q: e: portErrors q e true ++ optionals' (isAttrs e) (unknownKeys "${q}." portKeys e)))
-      ++ optionals' (g ? public) (listOf "${p}.public" g.public (q: e: portErrors q e true ++ optionals' (isAttrs e) (unknownKeys "${q}." portKeys e ++ optional (isPort (e.port or null) && !(elem "${toString e.port}/${e.proto or "tcp"}" ports)) "${q}.port: ${toString e.port}/${e.proto or "tcp"} is not a port of this guest's services (${u.showList ports})")))
+      ++ optionals' (g ? public) (listOf "${p}.public" g.public (q: e: portErrors q e true ++ optionals' (isAttrs e) (unknownKeys "${q}." portKeys e ++ optional (isPort (e.port or null) && portsKnown && isString (e.proto or "tcp") && !(elem "${toString e.port}/${e.proto or "tcp"}" ports)) "${q}.port: ${toString e.port}/${e.proto or "tcp"} is not a port of this guest's services (${u.showList ports})")))
       ++ optionals' (g ? routes) (
         listOf "${p}.routes" g.routes (
           q: r:
@@ -306,7 +312,7 @@ let
             ++ optional (r ? name && !(isName r.name)) "${q}.name: ${builtins.toJSON r.name} is not a DNS label"
             ++ optional (r ? port && !(isPort r.port)) "${q}.port: ${showPort r.port} is not a port (1-65535)"
             ++ optional (
-              isPort (r.port or null) && !(elem "${toString r.port}/tcp" ports)
+              portsKnown && isPort (r.port or null) && !(elem "${toString r.port}/tcp" ports)
             ) "${q}.port: ${toString r.port}/tcp is not a port of this guest's services (${u.showList ports})"
             ++ optional (r ? path && !(isString r.path && u.hasPrefix "/" r.path)) "${q}.path: must start with /"
             ++ optional (r ? h2c && !(isBool r.h2c)) "${q}.h2c: must be true or false"
@@ -333,7 +339,7 @@ let
                 )
             )
             ++ optional (
-              isPort (a.port or null) && !(elem "${toString a.port}/${a.proto or "tcp"}" ports)
+              portsKnown && isPort (a.port or null) && isString (a.proto or "tcp") && !(elem "${toString a.port}/${a.proto or "tcp"}" ports)
             ) "${q}.port: ${toString a.port}/${a.proto or "tcp"} is not a port of this guest's services (${u.showList ports})"
         )
       )
@@ -347,7 +353,7 @@ let
             ++ required "${q}." d [ "name" "server" ]
             ++ optional (d ? name && !(isIdent d.name)) "${q}.name: ${builtins.toJSON d.name} is not a PostgreSQL identifier (lowercase letters, digits, _)"
             ++ optional (
-              d ? server && !(elem d.server pgServers)
+              d ? server && !(elem d.server pgOrUnknown)
             ) "${q}.server: ${builtins.toJSON d.server} is not a guest running postgresql (${u.showList pgServers})"
             ++ optional ((d.server or null) == name) "${q}.server: a guest cannot own a database on itself through the network"
         )
@@ -379,7 +385,7 @@ let
         paths = map (r: r.path) routeOwners.${rn};
       in
       optional (length owners > 1) "guests.${builtins.elemAt owners 1}.routes: route name ${rn} is already served by guests.${builtins.head owners}"
-      ++ map (pa: "guests.${builtins.head owners}.routes: route ${rn} path ${pa} is listed twice") (u.duplicates paths)
+      ++ u.optionals (length owners == 1) (map (pa: "guests.${builtins.head owners}.routes: route ${rn} path ${pa} is listed twice") (u.duplicates paths))
     ) (attrNames routeOwners)
     ++ map (d: "guests.${(builtins.elemAt (filter (x: x.name == d) allDbs) 1).guest}.databases: database ${d} is also owned by guests.${(firstWith "name" d allDbs).guest}") (u.duplicates (map (x: x.name) allDbs));
 in

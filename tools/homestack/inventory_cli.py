@@ -1,0 +1,111 @@
+"""`tools inventory`: check, plan and show the inventory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from homestack.errors import CheckFailed
+from homestack.inventory import check_inventory, find_inventory, load_inventory
+from homestack.plan import load_plan
+
+inventory_option = click.option(
+    "--inventory",
+    "-i",
+    "inventory_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Inventory file (default: ./inventory.toml or $HOMESTACK_INVENTORY).",
+)
+
+
+@click.group()
+def inventory() -> None:
+    """Check, plan and show the inventory."""
+
+
+@inventory.command("check")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+def check(file: Path | None, as_json: bool) -> None:
+    """Validate schema and cross-references; one line per problem, exit 2 if any."""
+    path = find_inventory(file)
+    problems = check_inventory(path)
+    if as_json:
+        click.echo(json.dumps({"file": str(path), "problems": problems}, indent=2))
+        if problems:
+            raise SystemExit(2)
+        return
+    if problems:
+        raise CheckFailed(f"{path}: {len(problems)} problem(s)", problems)
+    inv = load_inventory(path)
+    click.echo(
+        f"{path}: ok ({len(inv['hosts'])} hosts, {len(inv['guests'])} guests, "
+        f"{len(inv['users'])} users)"
+    )
+
+
+@inventory.command("plan")
+@inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the whole plan as JSON.")
+def plan(inventory_path: Path | None, as_json: bool) -> None:
+    """Evaluate the plan with Nix (lib/) and print it."""
+    path = find_inventory(inventory_path)
+    load_inventory(path)
+    result = load_plan(path)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    _print_plan_summary(result)
+
+
+def _print_plan_summary(p: dict[str, Any]) -> None:
+    net = p["network"]
+    click.echo(f"domain {p['domain']}  guest network {net['cidr']} via {net['gateway']} on {net['bridge']}")
+    click.echo("")
+    click.echo(f"{'guest':<10} {'host':<10} {'address':<16} {'mac':<18} {'tap':<15} services")
+    for name in sorted(p["guests"]):
+        g = p["guests"][name]
+        click.echo(
+            f"{name:<10} {g['host']:<10} {g['address']:<16} {g['mac']:<18} {g['tap']:<15} "
+            f"{', '.join(g['services'])}"
+        )
+    click.echo("")
+    click.echo("routes:")
+    for r in p["routes"]:
+        click.echo(f"  https://{r['fqdn']}{'' if r['path'] == '/' else r['path']} -> {r['upstream']}")
+    click.echo("allowed flows:")
+    for f in p["allow"]:
+        click.echo(f"  {f['from']:>8} -> {f['to']:<6} {f['port']}/{f['proto']:<4} {f['reason']}")
+    click.echo("deploy order: " + " | ".join(", ".join(w) for w in p["deployOrder"]))
+    click.echo(f"artifacts: {', '.join(sorted(k for k, v in p['artifacts'].items() if v))}")
+
+
+@inventory.command("show")
+@inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the parsed inventory as JSON.")
+def show(inventory_path: Path | None, as_json: bool) -> None:
+    """Show the machines and people the inventory describes."""
+    path = find_inventory(inventory_path)
+    inv = load_inventory(path)
+    if as_json:
+        click.echo(json.dumps(inv, indent=2, sort_keys=True))
+        return
+    click.echo(f"{path}  domain {inv['domain']}")
+    click.echo("users:")
+    for name, user in sorted(inv["users"].items()):
+        role = "admin" if user.get("admin") else "user"
+        click.echo(f"  {name:<12} {role:<6} {len(user.get('ssh_keys', []))} ssh key(s)"
+                   f"{', age key' if 'age_key' in user else ''}")
+    click.echo("hosts:")
+    for name, host in sorted(inv["hosts"].items()):
+        click.echo(f"  {name:<12} {host['role']:<11} {host['system']:<14} {host['target']}")
+    click.echo("guests:")
+    for name, guest in sorted(inv["guests"].items()):
+        click.echo(
+            f"  {name:<12} on {guest['host']:<10} {guest['address']:<16} "
+            f"{guest['vcpu']} vcpu {guest['memory']:>5} MiB  {', '.join(guest['services'])}"
+        )
