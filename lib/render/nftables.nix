@@ -66,6 +66,14 @@ in
           "\t\tiifname \"${x.tap}\" ether type ip ip saddr != ${x.address} drop comment \"${g}: own address only\""
         ];
       rule = f: "\t\tip saddr ${f.fromAddress} ip daddr ${f.toAddress} ${f.proto} dport ${toString f.port} accept comment \"${f.from} -> ${f.to}\"";
+      # Stateless replies: bridge conntrack (nf_conntrack_bridge) is not everywhere. A reply
+      # comes from the allowed port and, for TCP, is never a bare SYN, so the server cannot
+      # open a connection back this way; the guests' own stateful firewalls still apply.
+      reply =
+        f:
+        "\t\tip saddr ${f.toAddress} ip daddr ${f.fromAddress} ${f.proto} sport ${toString f.port}"
+        + (if f.proto == "tcp" then " tcp flags & (syn | ack) != syn" else "")
+        + " accept comment \"${f.to} -> ${f.from} (reply)\"";
     in
     u.lines (
       [
@@ -79,10 +87,9 @@ in
       ++ [
         "\t\tether type arp accept"
         "\t\tether type ip6 drop"
-        "\t\tct state established,related accept"
-        "\t\tct state invalid drop"
       ]
       ++ map rule flows
+      ++ map reply flows
       ++ [
         "\t}"
         "}"
