@@ -135,7 +135,7 @@ let
         gs = inv.guests.${g};
         explicit = concatMap (
           a:
-          concatMap (src: if src == "guests" then map (o: flow o g a.port (a.proto or "tcp") "allow") guestNames else [ (flow src g a.port (a.proto or "tcp") "allow") ]) a.from
+          concatMap (src: if src == "guests" then map (o: flow o g a.port (a.proto or "tcp") "guests.${g}.allow") guestNames else [ (flow src g a.port (a.proto or "tcp") "guests.${g}.allow") ]) a.from
         ) (gs.allow or [ ]);
         routeFlows = if proxy == null then [ ] else map (r: flow proxy g r.port "tcp" "route ${r.name}") (gs.routes or [ ]);
         sshFlow = [ (flow gs.host g 22 "tcp" "ssh from the hypervisor") ];
