@@ -33,7 +33,7 @@ let
         dnsmasq = if dnsGuests == [ ] then null else render.dnsmasq forRender;
         pgHba = if pgServer == null then null else render.postgresql.hba base pgServer;
         postgresqlInit = if pgServer == null then null else render.postgresql.init base pgServer;
-        nftables = builtins.mapAttrs (g: _: render.nftables.guest base g) base.guests;
+        nftables = render.nftables.guests base;
         bridgeNftables =
           let h = hostsWith "hypervisor"; in if h == [ ] then null else render.nftables.bridge base (head h);
         bridgeNftablesByHost = builtins.listToAttrs (

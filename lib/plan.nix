@@ -83,6 +83,7 @@ let
       upstream = "${address}:${toString r.port}";
     }) (inv.guests.${g}.routes or [ ]);
   routes = concatMap routesOfGuest guestNames;
+  routeNameSet = u.toSet (map (r: r.name) routes);
 
   proxyGuests = filter (g: elem "caddy" inv.guests.${g}.services) guestNames;
   proxy = if proxyGuests == [ ] then null else head proxyGuests;
@@ -172,8 +173,9 @@ let
           [ ]
         else
           let
-            ready = filter (g: builtins.all (d: done ? ${d}) dependsOn.${g}) left;
-            rest = filter (g: !(elem g ready)) left;
+            isReady = g: builtins.all (d: done ? ${d}) dependsOn.${g};
+            ready = filter isReady left;
+            rest = filter (g: !(isReady g)) left;
           in
           if ready == [ ] then
             throw "guests.${head left}: dependency cycle among ${u.showList left} (databases and proxy routes)"
@@ -309,7 +311,7 @@ let
         name = "${g}.${domain}";
         address = inv.guests.${g}.address;
         kind = "guest";
-      }) (filter (g: !(elem g (map (r: r.name) routes))) guestNames);
+      }) (filter (g: !(routeNameSet ? ${g})) guestNames);
     dnsServers = map (g: inv.guests.${g}.address) dnsGuests;
     deployOrder = [ (relayNames ++ hypervisorNames) ] ++ waves;
     secrets = secretsLib.files {

@@ -19,19 +19,16 @@ rec {
   optional = cond: x: if cond then [ x ] else [ ];
   optionals = cond: xs: if cond then xs else [ ];
   unique = list: builtins.attrNames (builtins.listToAttrs (map (x: { name = x; value = null; }) list));
-  # Keeps order; for strings only.
+  # Keeps the first of each string, in order; linear (listToAttrs keeps the first name).
   uniqueOrdered =
     list:
-    (foldl' (
-      acc: x:
-      if acc.seen ? ${x} then
-        acc
-      else
-        {
-          seen = acc.seen // { ${x} = true; };
-          out = acc.out ++ [ x ];
-        }
-    ) { seen = { }; out = [ ]; } list).out;
+    let
+      indexed = genList (i: { name = elemAt list i; value = i; }) (length list);
+      first = builtins.listToAttrs indexed;
+    in
+    map (x: x.name) (builtins.filter (x: first.${x.name} == x.value) indexed);
+  # A set for fast membership tests: toSet [ "a" ] ? a.
+  toSet = list: builtins.listToAttrs (map (x: { name = x; value = true; }) list);
   mapAttrsToList = f: attrs: map (name: f name attrs.${name}) (builtins.attrNames attrs);
   filterAttrs = pred: attrs: builtins.removeAttrs attrs (builtins.filter (n: !(pred n attrs.${n})) (builtins.attrNames attrs));
   imap0 = f: list: genList (i: f i (elemAt list i)) (length list);

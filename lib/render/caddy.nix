@@ -9,6 +9,7 @@ plan:
 let
   bind = plan.guests.${plan.proxy}.address;
   names = plan.certificates.routeNames;
+  routesByName = builtins.groupBy (r: r.fqdn) plan.routes;
   tls =
     if plan.certificates.mode == "acme-dns01" then
       [
@@ -23,7 +24,7 @@ let
   site =
     fqdn:
     let
-      rs = filter (r: r.fqdn == fqdn) plan.routes;
+      rs = routesByName.${fqdn};
       sub = filter (r: r.path != "/") rs;
       root = filter (r: r.path == "/") rs;
     in

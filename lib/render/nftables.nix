@@ -4,13 +4,11 @@
 let
   u = import ../util.nix;
   inherit (builtins) concatStringsSep filter groupBy attrNames;
-in
-{
-  guest =
-    plan: name:
+
+  # The `inet` rule set of one guest, given the flows towards it.
+  guestWith =
+    plan: name: flows:
     let
-      g = plan.guests.${name};
-      flows = filter (f: f.to == name) plan.allow;
       # One rule per port/proto, sources as a set; "lan" is anything outside the guest net.
       byPort = groupBy (f: "${f.proto} ${toString f.port}") flows;
       rule =
@@ -49,6 +47,17 @@ in
         "}"
       ]
     );
+in
+{
+  # All guests' rule sets at once: the flows are grouped by destination a single time.
+  guests =
+    plan:
+    let
+      byTo = groupBy (f: f.to) plan.allow;
+    in
+    builtins.mapAttrs (name: _: guestWith plan name (byTo.${name} or [ ])) plan.guests;
+
+  guest = plan: name: guestWith plan name (filter (f: f.to == name) plan.allow);
 
   bridge =
     plan: host:
