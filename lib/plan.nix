@@ -292,6 +292,9 @@ let
       certFile = "/etc/homestack/tls/wildcard.crt";
       keyFile = "/run/secrets/tls/key";
       caFile = "/etc/homestack/tls/ca.crt";
+      # Where `tools ca init` / `tools certs issue` keep them in the repository.
+      caSource = "certs/ca.crt";
+      certSource = "certs/wildcard.crt";
     };
     network = {
       inherit (net) cidr;
