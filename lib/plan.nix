@@ -140,8 +140,11 @@ let
         ) (gs.allow or [ ]);
         routeFlows = if proxy == null then [ ] else map (r: flow proxy g r.port "tcp" "route ${r.name}") (gs.routes or [ ]);
         sshFlow = [ (flow gs.host g 22 "tcp" "ssh from the hypervisor") ];
+        healthFlows = concatMap (
+          s: map (h: flow gs.host g h.port "tcp" "health check from the hypervisor") services.${s}.health
+        ) gs.services;
       in
-      sshFlow ++ routeFlows ++ explicit
+      sshFlow ++ healthFlows ++ routeFlows ++ explicit
     ) guestNames
     ++ map (d: flow d.owner d.server 5432 "tcp" "database ${d.name}") databases;
   flowKey = f: "${f.from}>${f.to}:${toString f.port}/${f.proto}";

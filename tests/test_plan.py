@@ -163,7 +163,7 @@ def test_guest_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
     rules = plan["artifacts"]["nftables"]
     db = rules["db"]
     assert "policy drop;" in db
-    assert "ip saddr { 192.168.100.10, 192.168.100.11 } tcp dport 5432 accept" in db
+    assert "ip saddr { 192.168.100.1, 192.168.100.10, 192.168.100.11 } tcp dport 5432 accept" in db
     assert "192.168.100.2 " not in db.replace("192.168.100.2\n", "")
     assert 'ip saddr != 192.168.100.0/24 udp dport 3478 accept comment "from lan"' in rules["vpn"]
     for text in rules.values():

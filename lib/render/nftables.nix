@@ -105,18 +105,48 @@ in
       ]
     );
 
-  # NAT on a hypervisor: the guest network leaves through the LAN interface.
+  # A hypervisor's own rules: NAT of the guest network out of the LAN interface, and the
+  # flows into the guest network that do not cross the bridge (routed from the LAN or the
+  # tunnel, or sent by the hypervisor itself) limited to what the plan allows.
   hypervisorNat =
     plan: host:
-    u.lines [
-      "# Rendered by Homestack (lib/render/nftables.nix) for hypervisor ${host}. Do not edit."
-      "table ip homestack-nat {"
-      "\tchain postrouting {"
-      "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-      "\t\toifname \"${plan.hosts.${host}.lanInterface}\" ip saddr ${plan.network.cidr} masquerade"
-      "\t}"
-      "}"
-    ];
+    let
+      br = plan.network.bridge;
+      names = u.toSet (filter (g: plan.guests.${g}.host == host) (attrNames plan.guests));
+      fromLan = filter (f: f.fromKind == "lan" && names ? ${f.to}) plan.allow;
+      fromHost = filter (f: f.fromKind == "host" && f.from == host && names ? ${f.to}) plan.allow;
+      accept = f: "\t\toifname \"${br}\" ip daddr ${f.toAddress} ${f.proto} dport ${toString f.port} accept comment \"${f.from} -> ${f.to}\"";
+    in
+    u.lines (
+      [
+        "# Rendered by Homestack (lib/render/nftables.nix) for hypervisor ${host}. Do not edit."
+        "table ip homestack-nat {"
+        "\tchain postrouting {"
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
+        "\t\toifname \"${plan.hosts.${host}.lanInterface}\" ip saddr ${plan.network.cidr} masquerade"
+        "\t}"
+        "}"
+        "table inet homestack-guests {"
+        "\tchain forward {"
+        "\t\ttype filter hook forward priority filter; policy accept;"
+        "\t\toifname \"${br}\" ct state established,related accept"
+      ]
+      ++ map accept (filter (f: f.toAddress != null) fromLan)
+      ++ [
+        "\t\toifname \"${br}\" iifname != \"${br}\" drop comment \"into the guest network: allowed flows only\""
+        "\t}"
+        "\tchain output {"
+        "\t\ttype filter hook output priority filter; policy accept;"
+        "\t\toifname \"${br}\" ct state established,related accept"
+        "\t\toifname \"${br}\" icmp type echo-request accept"
+      ]
+      ++ map accept fromHost
+      ++ [
+        "\t\toifname \"${br}\" ip daddr ${plan.network.cidr} drop comment \"from this host: allowed flows only\""
+        "\t}"
+        "}"
+      ]
+    );
 
   # Relay: public ports are forwarded through the tunnel; sources are rewritten to the
   # relay's tunnel address so replies return through the tunnel (see docs/nixos.md).

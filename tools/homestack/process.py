@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from homestack.errors import UserError
 
@@ -33,7 +34,7 @@ class Runner:
         args: Sequence[str],
         *,
         check: bool,
-        input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess.run
+        input: str | bytes | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
@@ -41,7 +42,8 @@ class Runner:
     ) -> Result:
         """Run ``args`` (a list, never a shell string); raise UserError if ``check`` fails."""
         program = args[0]
-        if shutil.which(program, path=(env or os.environ).get("PATH")) is None and "/" not in program:
+        search = (env or os.environ).get("PATH")
+        if "/" not in program and shutil.which(program, path=search) is None:
             raise UserError(f"{program}: command not found (install it, or use the dev shell)")
         full_env = None if env is None else {**os.environ, **env}
         text = not isinstance(input, bytes)
@@ -70,6 +72,21 @@ class Runner:
             raise UserError(f"{' '.join(args[:3])}: {detail}")
         return result
 
+    def spawn(
+        self, args: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a long-running program detached from us: stdin from /dev/null, stdout and
+        stderr appended to ``log``, in its own session. The caller owns the process."""
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                list(args),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=None if env is None else {**os.environ, **env},
+            )
+
 
 Script = Callable[[tuple[str, ...]], Result | None]
 
@@ -90,7 +107,7 @@ class RecordingRunner(Runner):
         args: Sequence[str],
         *,
         check: bool,
-        input: str | bytes | None = None,  # noqa: A002
+        input: str | bytes | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         timeout: float | None = None,

@@ -1,0 +1,153 @@
+"""The lab's pure parts: overlays around rendered artifacts, topology, matrix, state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLE, requires_nix
+
+from homestack.errors import UserError
+from homestack.lab import firewall, matrix, overlay
+from homestack.lab.lifecycle import _standin_config, all_ports
+from homestack.lab.state import LabPaths, LabState, Proc, load_state, save_state
+from homestack.lab.topology import Topology
+from homestack.plan import load_plan
+
+CADDY = """# Rendered. Do not edit.
+
+(homestack_tls) {
+\ttls /etc/homestack/tls/wildcard.crt /run/secrets/tls/key
+}
+
+id.home.arpa {
+\timport homestack_tls
+\treverse_proxy 192.168.100.10:1411
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def plan() -> dict[str, Any]:
+    return load_plan(EXAMPLE)
+
+
+def test_caddy_overlay_adds_a_global_block_and_keeps_the_rest(tmp_path: Path) -> None:
+    out = overlay.caddyfile(CADDY, cert=tmp_path / "c.pem", key=tmp_path / "k.pem",
+                            storage=tmp_path / "s", rendered_cert="/etc/homestack/tls/wildcard.crt",
+                            rendered_key="/run/secrets/tls/key")
+    head, _, rest = out.partition("}\n\n")
+    assert head.startswith("{\n") and "admin off" in head and "auto_https off" in head
+    assert f"storage file_system {tmp_path / 's'}" in head
+    expected = CADDY.replace("/etc/homestack/tls/wildcard.crt /run/secrets/tls/key",
+                             f"{tmp_path / 'c.pem'} {tmp_path / 'k.pem'}")
+    assert rest == expected
+
+
+def test_caddy_overlay_rewrites_only_the_plans_certificate_paths(tmp_path: Path) -> None:
+    other = CADDY.replace("/run/secrets/tls/key", "/elsewhere/key")
+    out = overlay.caddyfile(other, cert=tmp_path / "c.pem", key=tmp_path / "k.pem",
+                            storage=tmp_path, rendered_cert="/etc/homestack/tls/wildcard.crt",
+                            rendered_key="/run/secrets/tls/key")
+    assert "tls /etc/homestack/tls/wildcard.crt /elsewhere/key" in out
+
+
+def test_caddy_overlay_joins_an_existing_global_block(tmp_path: Path) -> None:
+    out = overlay.caddyfile("{\n\temail a@b.c\n}\nx.home.arpa {\n}\n", cert=tmp_path,
+                            key=tmp_path, storage=tmp_path)
+    assert out.count("{") == 2
+    assert out.index("admin off") < out.index("email a@b.c")
+
+
+def test_dnsmasq_overlay_includes_the_rendered_file_unchanged(tmp_path: Path) -> None:
+    out = overlay.dnsmasq(tmp_path / "r.conf", pid_file=tmp_path / "p")
+    assert f"conf-file={tmp_path / 'r.conf'}" in out.splitlines()
+    assert "no-resolv" in out.splitlines()
+
+
+def test_pg_hba_overlay_keeps_rendered_lines_in_order() -> None:
+    rendered = "host a a 10.0.0.1/32 scram-sha-256\nhost all all 0.0.0.0/0 reject\n"
+    out = overlay.pg_hba(rendered)
+    assert out.endswith(rendered)
+    assert next(ln for ln in out.splitlines() if not ln.startswith("#")) == (
+        "local all postgres peer")
+
+
+def test_ruleset_tables_and_idempotent_removal() -> None:
+    rs = firewall.Ruleset("ns", "# c\ntable inet homestack {\n}\ntable ip nat {\n}\n", False)
+    assert rs.tables == [("inet", "homestack"), ("ip", "nat")]
+    assert rs.removal() == ("add table inet homestack\ndelete table inet homestack\n"
+                            "add table ip nat\ndelete table ip nat\n")
+
+
+def test_filter_hooks_per_family() -> None:
+    text = ("table bridge b {\n chain forward {\n  type filter hook forward priority 0;\n }\n}\n"
+            "table ip n {\n chain p {\n  type nat hook postrouting priority 100;\n }\n}\n"
+            "table inet f {\n chain o {\n  type filter hook output priority 0;\n }\n}\n")
+    assert firewall.Ruleset("ns", text, True).filter_hooks() == {
+        ("bridge", "forward"), ("inet", "output")}
+
+
+def test_state_round_trip(tmp_path: Path) -> None:
+    paths = LabPaths(root=tmp_path / "run", prefix="t-", cache=tmp_path / "c")
+    assert load_state(paths) is None
+    state = LabState(prefix="t-").with_namespaces(["t-a", "t-b"]).with_proc(
+        Proc(12, 34, "caddy", "t-a", "x"))
+    save_state(paths, state)
+    assert load_state(paths) == state
+    paths.state_file.write_text("{")
+    with pytest.raises(UserError, match="unreadable lab state"):
+        load_state(paths)
+
+
+@requires_nix
+def test_topology_follows_the_plan(plan: dict[str, Any]) -> None:
+    topo = Topology.from_plan(plan, "p-")
+    assert sorted(g.name for g in topo.guests) == sorted(plan["guests"])
+    assert topo.hypervisor.netns == "p-homelab"
+    assert topo.hypervisor.address == plan["network"]["gateway"]
+    assert {g.tap for g in topo.guests} == {g["tap"] for g in plan["guests"].values()}
+    assert topo.client.address.startswith("192.0.2.")
+    assert topo.proxy is not None and topo.proxy.name == plan["proxy"]
+    assert topo.dns_server == plan["dnsServers"][0]
+
+
+@requires_nix
+def test_lan_subnet_avoids_the_guest_network(plan: dict[str, Any]) -> None:
+    moved = json.loads(json.dumps(plan))
+    moved["network"]["cidr"] = "192.0.2.0/24"
+    assert Topology.from_plan(moved, "p-").lan_network == "198.51.100.0/24"
+
+
+@requires_nix
+def test_matrix_covers_every_pair_and_port(plan: dict[str, Any]) -> None:
+    topo = Topology.from_plan(plan, "p-")
+    ports = all_ports(plan)
+    flows = matrix.all_flows(topo, ports)
+    pairs = len(topo.machines) * len(topo.guests) - len(topo.guests)
+    assert len(flows) == pairs * len(ports)
+    allowed = matrix.allowed_flows(plan)
+    assert allowed <= set(flows)
+    assert matrix.Flow("proxy", "db", 5432, "tcp") not in allowed
+    assert matrix.Flow("auth", "db", 5432, "tcp") in allowed
+
+
+@requires_nix
+def test_standins_leave_real_daemon_ports_alone(plan: dict[str, Any]) -> None:
+    topo = Topology.from_plan(plan, "p-")
+    proxy = _standin_config(plan, topo.machine("proxy"))
+    assert 443 not in proxy["tcp"] and 53 not in proxy["udp"]
+    assert proxy["label"] == "port listener"
+    auth = _standin_config(plan, topo.machine("auth"))
+    assert auth["label"] == "PocketID stand-in" and 1411 in auth["tcp"]
+    assert auth["issuer"] == "https://id.home.arpa"
+
+
+def test_flow_result_gap_is_only_for_unguarded_blocked_flows() -> None:
+    flow = matrix.Flow("lan", "db", 5432, "tcp")
+    assert matrix.FlowResult(flow, False, "open", guarded=False).gap
+    assert matrix.FlowResult(flow, False, "open", guarded=False).ok
+    assert not matrix.FlowResult(flow, False, "open", guarded=True).ok
+    assert not matrix.FlowResult(flow, True, "dropped", guarded=False).ok

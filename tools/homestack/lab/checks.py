@@ -1,0 +1,227 @@
+"""`tools lab test`: names, TLS, the whole allow matrix under each filter layer, and logins.
+
+Everything is checked from where a user would stand: DNS and HTTPS from the LAN client,
+flows from every machine, database logins from every guest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from homestack.errors import UserError
+from homestack.lab import firewall, matrix, probes
+from homestack.lab.lifecycle import all_ports
+from homestack.lab.state import LabPaths, LabState, load_state, save_state
+from homestack.lab.topology import Topology
+from homestack.process import Runner
+
+MODES = (firewall.Mode.GUEST, firewall.Mode.BRIDGE, firewall.Mode.BOTH)
+OUTSIDE_NAME = "outside.homestack-lab.example"
+
+
+@dataclass(frozen=True)
+class Check:
+    group: str
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    matrix: dict[str, list[matrix.FlowResult]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> int:
+        return sum(not c.ok for c in self.checks) + sum(
+            not r.ok for rs in self.matrix.values() for r in rs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.failures == 0,
+            "failures": self.failures,
+            "seconds": round(self.seconds, 2),
+            "checks": [asdict(c) for c in self.checks],
+            "matrix": {mode: [{**asdict(r.flow), "allowed": r.allowed, "outcome": r.outcome,
+                               "ok": r.ok} for r in rs] for mode, rs in self.matrix.items()},
+        }
+
+
+def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
+        strict: bool = False) -> Report:
+    """Run every check. ``strict``: a flow the bridge filter cannot see (from the hypervisor
+    or the LAN, routed by the host) must still be blocked when it filters alone."""
+    state = load_state(paths)
+    if state is None or not state.complete:
+        raise UserError("tools lab test: no lab is up (run `tools lab up` first)")
+    topo = Topology.from_plan(plan, paths.prefix)
+    if set(topo.namespaces) != set(state.namespaces):
+        raise UserError("tools lab test: the running lab was built from another inventory; "
+                        "run `tools lab up` again")
+    started = time.monotonic()
+    report = Report()
+    cafile = str(state.info["root"])
+    passwords = json.loads(Path(str(state.info["passwords"])).read_text())
+    ports = all_ports(plan)
+    rules = firewall.rulesets(plan, topo)
+    with ThreadPoolExecutor(max_workers=256) as pool:
+        front = _front_door(pool, plan, topo, cafile)
+        report.checks += [f.result() for f in front]
+        try:
+            for mode in MODES:
+                firewall.apply_mode(runner, rules, mode)
+                state = _record_mode(paths, state, mode)
+                flows = matrix.submit_all(pool, topo, plan, ports, mode, strict=strict)
+                logins = (_logins(pool, plan, topo, runner, passwords=passwords,
+                                   layer="firewalls and pg_hba")
+                          if mode is firewall.Mode.BOTH else [])
+                report.matrix[mode.value] = [f.result() for f in flows]
+                report.checks += [f.result() for f in logins]
+            firewall.apply_mode(runner, rules, firewall.Mode.NONE)
+            state = _record_mode(paths, state, firewall.Mode.NONE)
+            report.checks += [f.result() for f in
+                              _logins(pool, plan, topo, runner, passwords=passwords,
+                                      layer="pg_hba alone")]
+        finally:
+            firewall.apply_mode(runner, rules, firewall.Mode.BOTH)
+            _record_mode(paths, state, firewall.Mode.BOTH)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _record_mode(paths: LabPaths, state: LabState, mode: firewall.Mode) -> LabState:
+    new = replace(state, mode=mode.value)
+    save_state(paths, new)
+    return new
+
+
+def _front_door(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology,
+                cafile: str) -> list[Future[Check]]:
+    """DNS for every name, HTTPS for every route with our root and without it."""
+    server = topo.dns_server
+    proxy = topo.proxy
+    client = topo.client.netns
+    jobs: list[Future[Check]] = []
+    if server is None:
+        return jobs
+    expected: dict[str, set[str]] = {}
+    for rec in plan.get("dns", []):
+        expected.setdefault(rec["name"], set()).add(rec["address"])
+    route_names = sorted({r["fqdn"] for r in plan.get("routes", [])})
+    for name in route_names:  # a route name must lead to the proxy and nowhere else
+        if proxy is not None:
+            expected[name] = {proxy.address}
+
+    def dns(name: str, want: set[str]) -> Check:
+        try:
+            ans = probes.resolve(client, server, name)
+        except OSError as exc:
+            return Check("dns", name, False, f"no answer: {exc}")
+        ok = set(ans.addresses) == want
+        return Check("dns", name, ok, f"{', '.join(ans.addresses) or 'nothing'}"
+                     + ("" if ok else f" (expected {', '.join(sorted(want))})"))
+
+    def outside() -> Check:
+        try:
+            ans = probes.resolve(client, server, OUTSIDE_NAME)
+        except OSError as exc:
+            return Check("dns", OUTSIDE_NAME, True, f"no answer ({exc})")
+        ok = not ans.addresses
+        return Check("dns", OUTSIDE_NAME, ok, "not resolved, nothing forwarded upstream" if ok
+                     else f"resolved to {ans.addresses}: the proxy forwards names upstream")
+
+    jobs += [pool.submit(dns, n, w) for n, w in sorted(expected.items())]
+    jobs.append(pool.submit(outside))
+    if proxy is None:
+        return jobs
+
+    def https(route: dict[str, Any]) -> Check:
+        path = route.get("path") or "/"
+        probe_path = path.replace("/*", "/lab-probe").replace("*", "-lab-probe")
+        ans = probes.https_get(client, proxy.address, route["fqdn"], probe_path, cafile=cafile)
+        want = f"{route['guest']}:{route['port']}"
+        name = f"https://{route['fqdn']}{probe_path}"
+        if not ans.ok:
+            return Check("https", name, False, ans.error)
+        ok = ans.status == 200 and ans.upstream in {want, ""}
+        return Check("https", name, ok, f"{ans.status} from {ans.upstream or '(real service)'}"
+                     + ("" if ans.upstream in {want, ""} else f", expected {want}"))
+
+    def untrusted(fqdn: str) -> Check:
+        ans = probes.https_get(client, proxy.address, fqdn, "/", cafile=None)
+        ok = not ans.ok and "certificate" in ans.error
+        return Check("https-untrusted", f"https://{fqdn}/ without the lab root", ok,
+                     ans.error if ok else f"accepted ({ans.status}) without our root")
+
+    jobs += [pool.submit(https, r) for r in plan.get("routes", [])]
+    jobs += [pool.submit(untrusted, n) for n in route_names]
+    return jobs
+
+
+def _logins(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, runner: Runner,
+            *, passwords: dict[str, str], layer: str) -> list[Future[Check]]:
+    """Each database's owner logs in with its role; every other guest is turned away."""
+
+    def login(src_netns: str, src: str, db: dict[str, Any]) -> Check:
+        expect = src == db["owner"]
+        name = f"{src} as {db['role']}@{db['name']} ({layer})"
+        port = int(db.get("port", 5432))
+        reach = probes.tcp(src_netns, db["serverAddress"], port, matrix.BLOCKED_TIMEOUT)
+        if reach != probes.OPEN and not expect:
+            # psql would wait its 2 s minimum timeout only to report the same.
+            return Check("postgresql", name, True, f"blocked: no TCP connection ({reach})")
+        result = runner.run(
+            ["ip", "netns", "exec", src_netns, "psql", "-X", "-w", "-h", db["serverAddress"],
+             "-p", str(db.get("port", 5432)), "-U", db["role"], "-d", db["name"], "-tAc",
+             "select current_user"],
+            check=False, timeout=15,
+            env={"PGPASSWORD": passwords.get(db["role"], ""), "PGCONNECT_TIMEOUT": "2"},
+        )
+        got = result.returncode == 0
+        why = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "logged in"
+        why = why.split(" failed: ", 1)[-1]  # keep the server's reason, not the preamble
+        verdict = "logged in" if got else "refused"
+        return Check("postgresql", name, got == expect,
+                     f"{verdict}: {why}" if not got else verdict)
+
+    return [pool.submit(login, g.netns, g.name, db)
+            for db in plan.get("databases", [])
+            for g in topo.guests if g.name != db["server"]]
+
+
+def render(report: Report, topo: Topology, plan: dict[str, Any]) -> str:
+    out = []
+    for group in ("dns", "https", "https-untrusted", "postgresql"):
+        rows = [c for c in report.checks if c.group == group]
+        if not rows:
+            continue
+        out.append(f"== {group} ==")
+        width = max(len(c.name) for c in rows)
+        out += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}" for c in rows]
+    ports = all_ports(plan)
+    titles = {"guest": "guest firewalls alone", "bridge": "hypervisor bridge filter alone",
+              "both": "guest firewalls and bridge filter"}
+    for mode, results in report.matrix.items():
+        bad = [r for r in results if not r.ok]
+        gaps = [r for r in results if r.gap]
+        opened = sum(r.outcome == probes.OPEN for r in results)
+        out.append(f"== allow matrix, {titles.get(mode, mode)} "
+                   f"({len(results)} flows, {opened} open, {len(bad)} wrong) ==")
+        out.append(matrix.table(results, topo, ports))
+        out += [f"  FAIL {r.flow.label}: expected {'open' if r.allowed else 'blocked'}, "
+                f"got {r.outcome}" for r in bad]
+        if gaps:
+            out.append(f"  note: {len(gaps)} flows marked `gap` come from the hypervisor or the "
+                       "LAN; the bridge filter sees only frames between guests and the "
+                       "hypervisor has no IP filter for them, so only the guest firewall stops "
+                       "them (--strict counts them as failures)")
+    total = len(report.checks) + sum(len(rs) for rs in report.matrix.values())
+    out.append(f"lab test: {total} checks, {report.failures} failed, {report.seconds:.1f} s")
+    return "\n".join(out)

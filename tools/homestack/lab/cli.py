@@ -1,0 +1,162 @@
+"""`tools lab`: the rendered stack on real daemons in network namespaces (thin click layer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from homestack.errors import UserError
+from homestack.inventory import find_inventory
+from homestack.lab import checks, lifecycle
+from homestack.lab.state import LabPaths, load_state
+from homestack.lab.topology import Topology
+from homestack.plan import load_plan
+from homestack.process import default_runner
+
+NEEDED = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql")
+inventory_option = click.option(
+    "--inventory", "-i", "inventory_path", type=click.Path(path_type=Path), default=None,
+    help="Inventory file (default: ./inventory.toml or $HOMESTACK_INVENTORY).")
+
+
+def _preflight() -> None:
+    if os.geteuid() != 0:
+        raise UserError("tools lab: needs root (it creates network namespaces)")
+    missing = [p for p in NEEDED if shutil.which(p) is None]
+    if not (lifecycle.PG_BIN / "postgres").exists():
+        missing.append(str(lifecycle.PG_BIN / "postgres"))
+    if missing:
+        raise UserError(
+            f"tools lab: missing {', '.join(missing)} (Debian: apt-get install iproute2 "
+            "nftables util-linux caddy dnsmasq-base postgresql-15)")
+
+
+def _plan_for(paths: LabPaths, inventory_path: Path | None) -> dict[str, Any]:
+    """The plan the running lab was built from (saved by `up`), or a fresh one."""
+    saved = paths.root / "plan.json"
+    state = load_state(paths)
+    if inventory_path is None and state is not None and saved.exists():
+        plan: dict[str, Any] = json.loads(saved.read_text())
+        return plan
+    path = find_inventory(inventory_path).resolve()
+    if state is not None and state.inventory and state.inventory != str(path):
+        raise UserError(f"tools lab: the running lab was built from {state.inventory}, "
+                        f"not {path}; run `tools lab up -i {path}` first")
+    return load_plan(path)
+
+
+@click.group()
+def lab() -> None:
+    """Run the rendered stack on real daemons in network namespaces.
+
+    Needs root. Nothing is linked to the machine's own network: the lab's namespaces
+    reach only each other.
+    """
+
+
+@lab.command()
+@inventory_option
+@click.option("--cold", is_flag=True,
+              help="Initialise PostgreSQL from scratch instead of copying the cached cluster.")
+def up(inventory_path: Path | None, cold: bool) -> None:
+    """Build the lab from the inventory's plan and start every daemon (idempotent)."""
+    _preflight()
+    started = time.monotonic()
+    path = find_inventory(inventory_path).resolve()
+    plan = load_plan(path)
+    paths = LabPaths.from_env()
+    state = lifecycle.up(plan, paths, default_runner, inventory=str(path), cold=cold,
+                         log=click.echo)
+    (paths.root / "plan.json").write_text(json.dumps(plan))
+    topo = Topology.from_plan(plan, paths.prefix)
+    click.echo(f"lab up from {path} in {time.monotonic() - started:.2f} s")
+    _print_status(lifecycle.status(paths), topo)
+    root = state.info.get("root")
+    click.echo(f"\ntry: ip netns exec {topo.client.netns} curl --cacert {root} "
+               f"https://{(plan.get('routes') or [{'fqdn': topo.domain}])[0]['fqdn']}/")
+
+
+@lab.command()
+@inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--strict", is_flag=True,
+              help="Also fail flows from the hypervisor or LAN that the bridge filter "
+                   "cannot see when it is the only filter.")
+def test(inventory_path: Path | None, as_json: bool, strict: bool) -> None:
+    """Check DNS, HTTPS, the whole allow matrix (three filter layers) and database logins.
+
+    Exits 2 when any check fails.
+    """
+    _preflight()
+    paths = LabPaths.from_env()
+    plan = _plan_for(paths, inventory_path)
+    report = checks.run(plan, paths, default_runner, strict=strict)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo(checks.render(report, Topology.from_plan(plan, paths.prefix), plan))
+    if report.failures:
+        raise click.exceptions.Exit(2)
+
+
+@lab.command()
+@click.option("--purge-cache", is_flag=True,
+              help="Also remove the cached PostgreSQL cluster used for fast bring-up.")
+def down(purge_cache: bool) -> None:
+    """Stop every lab process and delete every lab namespace and file (idempotent)."""
+    _preflight()
+    started = time.monotonic()
+    paths = LabPaths.from_env()
+    lifecycle.down(paths, default_runner, log=click.echo)
+    if purge_cache:
+        shutil.rmtree(paths.cache, ignore_errors=True)
+    click.echo(f"lab down in {time.monotonic() - started:.2f} s")
+
+
+@lab.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(as_json: bool) -> None:
+    """Show the lab's namespaces and processes; stand-ins are labelled as such."""
+    paths = LabPaths.from_env()
+    rows = lifecycle.status(paths)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        click.echo("lab: not running")
+        return
+    saved = paths.root / "plan.json"
+    topo = (Topology.from_plan(json.loads(saved.read_text()), paths.prefix)
+            if saved.exists() else None)
+    _print_status(rows, topo)
+    state = load_state(paths)
+    if state is not None and not state.complete:
+        click.echo("\nlab incomplete (an `up` was interrupted): run `tools lab down`")
+    elif state is not None and state.mode != "both":
+        click.echo(f"\nfilters: {state.mode} only (a `test` was interrupted; `up` restores)")
+
+
+def _print_status(rows: list[dict[str, Any]], topo: Topology | None) -> None:
+    procs = sorted((r for r in rows if r["kind"] == "process"),
+                   key=lambda r: (r["netns"], r["role"]))
+    spaces = [r for r in rows if r["kind"] == "netns"]
+    addresses = {m.netns: (m.name, m.address) for m in topo.machines} if topo else {}
+    click.echo(f"{'namespace':<18} {'machine':<10} {'address':<16} state")
+    for r in spaces:
+        name, addr = addresses.get(r["name"], ("?", "?"))
+        click.echo(f"{r['name']:<18} {name:<10} {addr:<16} "
+                   f"{'present' if r['running'] else 'MISSING'}")
+    click.echo(f"\n{'process':<20} {'what':<34} {'pid':>7}  {'namespace':<18} state")
+    for r in procs:
+        what = ("STAND-IN, not the real service" if r.get("standin")
+                else "listener for the other plan ports" if r["role"] == "standin"
+                else "real daemon, rendered config")
+        name = r["name"] if r["role"] != "standin" or r.get("standin") else "port listener"
+        click.echo(f"{name:<20} {what:<34} {r['pid']:>7}  {r['netns']:<18} "
+                   f"{'running' if r['running'] else 'STOPPED'}")

@@ -1,0 +1,169 @@
+"""Network namespaces: create, wire, enter from a thread, find what runs inside, delete.
+
+Nothing here links a namespace to the root namespace: every veth pair is created from
+inside the hypervisor namespace with its peer moved straight into a lab namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from homestack.errors import UserError
+from homestack.lab.topology import Topology
+from homestack.process import Runner
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+_local = threading.local()
+
+
+def exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def listed(prefix: str) -> list[str]:
+    """The namespaces under /run/netns that carry the lab's prefix."""
+    try:
+        return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def _sysctls() -> list[str]:
+    return [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ]
+
+
+def _batch(runner: Runner, netns: str, lines: list[str]) -> None:
+    runner.run(["ip", "-n", netns, "-batch", "-"], check=True, input="\n".join(lines) + "\n")
+
+
+def create(runner: Runner, topo: Topology) -> None:
+    """Make every namespace and link of ``topo`` (the namespaces must not exist yet)."""
+    for name in topo.namespaces:
+        runner.run(["ip", "netns", "add", name], check=True)
+    hv = topo.hypervisor
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda ns: runner.run(
+            ["ip", "netns", "exec", ns, "sysctl", "-qw", *_sysctls(),
+             *(["net.ipv4.ip_forward=1"] if ns == hv.netns else [])], check=True),
+            topo.namespaces))
+    lines = [
+        "link set lo up",
+        f"link add {topo.bridge} type bridge",
+        f"addr add {topo.gateway}/{topo.prefixlen} dev {topo.bridge}",
+        f"link set {topo.bridge} up",
+    ]
+    for g in topo.guests:
+        lines += [
+            f"link add {g.tap} type veth peer name {g.interface} address {g.mac} netns {g.netns}",
+            f"link set {g.tap} master {topo.bridge}",
+            f"link set {g.tap} up",
+        ]
+    c = topo.client
+    lines += [
+        f"link add {topo.lan_interface} type veth peer name {c.interface} netns {c.netns}",
+        f"addr add {topo.lan_gateway}/{_len(topo.lan_network)} dev {topo.lan_interface}",
+        f"link set {topo.lan_interface} up",
+    ]
+    _batch(runner, hv.netns, lines)
+
+    def guest_side(netns: str, address: str, plen: int, route: str) -> None:
+        _batch(runner, netns, [
+            "link set lo up",
+            f"addr add {address}/{plen} dev eth0",
+            "link set eth0 up",
+            route,
+        ])
+
+    jobs = [(g.netns, g.address, topo.prefixlen, f"route add default via {topo.gateway}")
+            for g in topo.guests]
+    jobs.append((c.netns, c.address, _len(topo.lan_network),
+                 f"route add {topo.network} via {topo.lan_gateway}"))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda j: guest_side(*j), jobs))
+
+
+def _len(cidr: str) -> int:
+    return int(cidr.split("/")[1])
+
+
+def inode(name: str) -> int | None:
+    try:
+        return (NETNS_DIR / name).stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def pids_in(inodes: Iterable[int]) -> list[int]:
+    """Every live process whose network namespace is one of ``inodes``."""
+    wanted = set(inodes)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "ns" / "net").stat().st_ino in wanted and not is_gone(int(entry.name)):
+                found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def is_gone(pid: int) -> bool:
+    """True when ``pid`` has exited (a zombie counts: init reaps orphans with a delay)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in {"Z", "X"}
+
+
+def kill_all(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until every PID has exited; return those still running after ``timeout``."""
+    left = list(pids)
+    deadline = time.monotonic() + timeout
+    while left:
+        left = [p for p in left if not is_gone(p)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return left
+
+
+def delete(runner: Runner, names: Iterable[str]) -> None:
+    for name in names:
+        if exists(name):
+            runner.run(["ip", "netns", "del", name], check=True)
+
+
+def enter(name: str) -> None:
+    """Move the calling thread (only it) into namespace ``name``; sockets it opens stay there."""
+    if getattr(_local, "netns", None) == name:
+        return
+    fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise UserError(f"setns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    _local.netns = name
+
