@@ -1,0 +1,136 @@
+"""`tools deploy` on the command line: the dry run of the example inventory, the JSON
+report, exit codes, and `tools deploy status`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from homestack.deploy import cli as deploy_cli
+from homestack.process import RecordingRunner, Result
+from test_deploy import Machines, Rule, make_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(args: list[str]) -> Any:
+    return CliRunner().invoke(deploy_cli.deploy, args)
+
+
+@pytest.fixture
+def fleet(monkeypatch: pytest.MonkeyPatch) -> RecordingRunner:
+    runner = RecordingRunner(script=Machines([Rule("*/dev/tcp/192.168.100.2/443", 1)]))
+    monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
+    return runner
+
+
+@pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
+def test_dry_run_of_the_example_is_ordered_and_runs_nothing(tmp_path: Path) -> None:
+    result = invoke(["--dry-run", "--inventory", str(ROOT / "inventory.toml")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    commands = [line for line in lines if not line.startswith("#")]
+    assert commands[:2] == ["tools secrets check", "tools certs check"]
+    builds = [c for c in commands if " build " in c]
+    assert [b.split("nixosConfigurations.")[1].split(".")[0] for b in builds] == [
+        "cloud-relay", "homelab", "db", "auth", "vpn", "proxy"]
+
+    def first(needle: str) -> int:
+        return next(i for i, line in enumerate(lines) if needle in line)
+
+    waves = [first("wave 1 of 4: cloud-relay, homelab (in parallel)"), first("wave 2 of 4: db"),
+             first("wave 3 of 4: auth, vpn (in parallel)"), first("wave 4 of 4: proxy")]
+    assert waves == sorted(waves)
+    assert first("zfs snapshot -r tank/microvms/auth@") < first(
+        "root@homelab.lan -- 'nix-env -p /nix/var/nix/profiles/system --set @homelab-toplevel@'")
+    assert first("ln -sfn @db-runner@") < waves[2] < first("ln -sfn @auth-runner@") < waves[3]
+    assert first("http://192.168.100.10:1411/.well-known/openid-configuration") > first(
+        "systemctl restart microvm@auth.service")
+    assert lines[-1] == "# dry run: 6 machines; nothing was run or changed"
+
+
+def test_json_report_and_exit_code(fleet: RecordingRunner) -> None:
+    result = invoke(["--json", "--health-timeout", "0"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    by_name = {m["name"]: m for m in report["machines"]}
+    assert by_name["db"]["outcome"] == "switched"
+    proxy = by_name["proxy"]
+    assert proxy["outcome"] == "rolled-back"
+    assert proxy["previous"] == "/nix/store/old-proxy"
+    assert proxy["error"].startswith("health check failed: caddy tcp://192.168.100.2:443")
+    assert [s["name"] for s in proxy["steps"]] == [
+        "copy", "arm watchdog", "link runner", "restart", "health", "rollback"]
+
+
+def test_progress_is_shown_per_machine(fleet: RecordingRunner) -> None:
+    result = invoke(["db"])
+    assert result.exit_code == 0, result.output
+    assert "[homelab] snapshot tank/microvms/auth, tank/microvms/db" in result.stderr
+    assert "[db] switched, healthy" in result.stderr
+    assert result.stderr.splitlines()[-1] == "deploy succeeded"
+
+
+def test_guest_removal_is_not_confirmed_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = RecordingRunner(script=Machines(on_hypervisor="auth\ndb\ngone\nproxy\nvpn\n"))
+    monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
+    result = invoke(["homelab"])
+    assert result.exit_code == 0
+    assert "guest gone is on homelab but no longer in the inventory" in result.stderr
+    assert "gone" in result.stderr.splitlines()[-2] and "kept" in result.stderr.splitlines()[-2]
+    result = invoke(["homelab", "--yes"])
+    assert any("microvm@gone.service" in c[-1] for c in runner.calls)
+
+
+def test_status_reads_generations_and_the_gitops_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    gitops = {"state": "rolled-back", "rev": "0123456789abcdef", "time": "2026-01-01T04:40:00Z",
+              "message": "health check failed: system degraded"}
+
+    def script(call: tuple[str, ...]) -> Result | None:
+        cmd = call[-1]
+        if "root@relay" in call:
+            return Result(call, 255, "", "ssh: connect to host relay: No route to host")
+        if cmd == "readlink /nix/var/nix/profiles/system":
+            return Result(call, 0, "system-42-link\n", "")
+        if cmd.startswith("cat /var/lib/homestack/gitops/status.json"):
+            return Result(call, 0, json.dumps(gitops), "")
+        if cmd.startswith("readlink /var/lib/microvms/"):
+            return Result(call, 0, "/nix/store/abc-microvm-cloud-hypervisor-db\n", "")
+        if cmd.startswith("systemctl is-active"):
+            return Result(call, 0, "active\n", "")
+        return None
+
+    monkeypatch.setattr(deploy_cli, "runner", lambda: RecordingRunner(script=script))
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
+    result = invoke(["status", "homelab", "db", "cloud-relay"])
+    assert result.exit_code == 1  # the relay is unreachable
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("cloud-relay  unreachable: lost the connection")
+    assert lines[1] == ("homelab      generation 42; gitops: rolled-back at 2026-01-01T04:40:00Z "
+                        "rev 0123456789ab (health check failed: system degraded)")
+    assert lines[2] == "db           /nix/store/abc-microvm-cloud-hypervisor-db (active)"
+    data = json.loads(invoke(["status", "homelab", "--json"]).stdout)
+    assert data[0]["gitops"]["state"] == "rolled-back"
+
+
+def test_an_invalid_inventory_deploys_nothing(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from homestack.cli import main
+
+    bad = tmp_path / "inventory.toml"
+    bad.write_text((ROOT / "inventory.toml").read_text().replace(
+        'address = "192.168.100.20"', 'address = "192.168.101.5"'))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deploy", "--dry-run", "--inventory", str(bad)])
+    assert exit_info.value.code == 2
+    out = capsys.readouterr()
+    assert "guests.db.address" in out.err
+    assert "nothing was deployed" in out.err
+    assert "ssh" not in out.out

@@ -1,0 +1,124 @@
+"""`tools deploy`: the click layer over homestack.deploy.engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from homestack.deploy import engine
+from homestack.deploy.remote import DEFAULT_OPTIONS, Ssh
+from homestack.deploy.status import status as machine_status
+from homestack.deploy.steps import DeployOptions
+from homestack.errors import CheckFailed, UserError
+from homestack.process import Runner, default_runner
+
+
+def load(inventory: Path | None) -> tuple[Path, dict[str, Any]]:
+    """The inventory's path and its plan (computed by lib/)."""
+    try:
+        from homestack.inventory import check_inventory, find_inventory  # noqa: PLC0415
+        from homestack.plan import load_plan  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        raise UserError(f"tools deploy: {exc.name} is missing from this build") from exc
+    path = find_inventory(inventory)
+    problems = check_inventory(path)
+    if problems:
+        raise CheckFailed(f"{path}: {len(problems)} problem(s); nothing was deployed", problems)
+    return path, load_plan(path)
+
+
+def runner() -> Runner:
+    return default_runner
+
+
+class _Printer:
+    """Progress lines, one per step, prefixed with the machine; safe across threads."""
+
+    def __init__(self, *, err: bool, comment: bool) -> None:
+        self.err = err
+        self.comment = comment
+        self.lock = threading.Lock()
+
+    def progress(self, machine: str, message: str) -> None:
+        line = f"# {machine}: {message}" if self.comment else f"[{machine}] {message}"
+        with self.lock:
+            click.echo(line, err=self.err)
+
+    def command(self, line: str) -> None:
+        with self.lock:
+            click.echo(line)
+
+
+@click.command(name="deploy", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("machines", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Print the commands a deploy runs, in order.")
+@click.option("--build-only", is_flag=True, help="Validate and build; switch nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+@click.option("--yes", is_flag=True,
+              help="Remove guests that left the inventory without asking (a final snapshot "
+                   "is kept).")
+@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="inventory.toml (default: ./inventory.toml or $HOMESTACK_INVENTORY).")
+@click.option("--health-timeout", type=float, default=120.0, show_default=True,
+              help="Seconds each health check may take to pass.")
+@click.option("--watchdog", type=int, default=900, show_default=True,
+              help="Seconds after which a machine rolls itself back unless the deploy "
+                   "confirmed it healthy.")
+@click.option("-o", "--ssh-option", "ssh_options", multiple=True,
+              help="Extra ssh option, as for ssh -o (repeatable).")
+def deploy(  # noqa: PLR0917 - click passes options by keyword
+    machines: tuple[str, ...], dry_run: bool, build_only: bool, as_json: bool, yes: bool,
+           inventory: Path | None, health_timeout: float, watchdog: int,
+           ssh_options: tuple[str, ...]) -> None:
+    """Build, switch, health-check and roll back MACHINEs (default: all), in the plan's order.
+
+    \b
+    tools deploy [MACHINE…] [--dry-run] [--build-only] [--json]
+    tools deploy status [MACHINE…] [--json]   what each machine runs, and its GitOps state
+
+    Exit status: 0 when every machine runs its new configuration, 1 when any did not
+    (each one's state is printed), 2 for a problem in the inventory or the command line.
+    """
+    path, plan = load(inventory)
+    ssh = Ssh(options=(*DEFAULT_OPTIONS, *[x for o in ssh_options for x in ("-o", o)]))
+    if machines[:1] == ("status",) and "status" not in {*plan["hosts"], *plan["guests"]}:
+        rows = machine_status(plan, runner(), ssh, machines[1:])
+        if as_json:
+            click.echo(json.dumps([r.to_json() for r in rows], indent=2))
+        else:
+            for row in rows:
+                click.echo(row.line())
+        sys.exit(0 if all(r.reachable for r in rows) else 1)
+
+    options = DeployOptions(dry_run=dry_run, build_only=build_only, yes=yes,
+                            health_timeout=health_timeout, watchdog=watchdog)
+    printer = _Printer(err=as_json or not dry_run, comment=dry_run and not as_json)
+    run_with: Runner = runner()
+    if dry_run:
+        click.echo("# tools deploy --dry-run: the commands a deploy runs, in this order.")
+        click.echo("# @name@ stands for a value known only once the command before it ran.")
+        run_with = engine.DryRunRunner(printer.command if not as_json else _stderr)
+
+    def confirm(question: str) -> bool:
+        if not sys.stdin.isatty():
+            printer.progress("deploy", f"{question} -> no (not a terminal; use --yes)")
+            return False
+        return click.confirm(question, default=False, err=True)
+
+    report = engine.deploy(plan, runner=run_with, flake=path.parent, selected=machines,
+                           options=options, inventory=path, ssh=ssh,
+                           progress=printer.progress, confirm=confirm)
+    if as_json:
+        click.echo(report.dumps())
+    else:
+        click.echo(report.summary(), err=not dry_run)
+    sys.exit(0 if report.ok else 1)
+
+
+def _stderr(line: str) -> None:
+    click.echo(line, err=True)

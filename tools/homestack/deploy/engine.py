@@ -1,0 +1,248 @@
+"""One deploy run: validate, build every closure once, switch the plan's waves in order
+(machines of one wave in parallel), and remove guests that left the inventory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from homestack.deploy import health
+from homestack.deploy.order import STATE_DIR, Kind, Machine, waves
+from homestack.deploy.remote import ConnectionLost, Remote, Ssh
+from homestack.deploy.report import DeployReport, MachineReport, Outcome, Removal
+from homestack.deploy.steps import NIX, Context, DeployOptions, MachineRun, Snapshots
+from homestack.process import Result, Runner
+
+Progress = Callable[[str, str], None]
+Confirm = Callable[[str], bool]
+
+
+def _quiet(machine: str, message: str) -> None:
+    del machine, message
+
+
+def _refuse(question: str) -> bool:
+    del question
+    return False
+
+
+def timestamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A guest directory on a hypervisor that the plan no longer puts there."""
+
+    guest: str
+    host: str
+    target: str
+    dataset: str | None
+
+
+def validate_commands(inventory: Path | None,
+                      flake: Path) -> list[tuple[list[str], dict[str, str]]]:
+    """`tools secrets check` and `tools certs check`, pointed at this inventory."""
+    env = {}
+    if inventory is not None and inventory.resolve() != (flake / "inventory.toml").resolve():
+        env["HOMESTACK_INVENTORY"] = str(inventory)
+    return [(["tools", "secrets", "check"], env), (["tools", "certs", "check"], env)]
+
+
+def build_command(machine: Machine) -> list[str]:
+    return [*NIX, "build", machine.installable, "--no-link", "--print-out-paths"]
+
+
+def _not_started(machines: Sequence[Machine], why: str) -> tuple[MachineReport, ...]:
+    return tuple(MachineReport(m.name, m.kind.value, Outcome.NOT_STARTED, why) for m in machines)
+
+
+def deploy(
+    plan: Mapping[str, Any],
+    *,
+    runner: Runner,
+    flake: Path,
+    selected: Sequence[str] = (),
+    options: DeployOptions | None = None,
+    inventory: Path | None = None,
+    ssh: Ssh | None = None,
+    progress: Progress = _quiet,
+    confirm: Confirm = _refuse,
+    clock: health.Clock | None = None,
+    stamp: str | None = None,
+) -> DeployReport:
+    """Deploy ``selected`` machines (all when empty) of ``plan``; never raises for a
+    machine's failure: every machine's end state is in the report."""
+    options = options or DeployOptions()
+    ssh = ssh or Ssh()
+    clock = clock or health.Clock()
+    stamp = stamp or timestamp()
+    order = waves(plan, selected)
+    machines = [m for wave in order for m in wave]
+
+    progress("deploy", "validate: secrets and certificates")
+    for command, env in validate_commands(inventory, flake):
+        checked = runner.run(command, check=False, env=env or None, cwd=flake)
+        if checked.returncode != 0:
+            lines = (checked.stderr or checked.stdout).strip().splitlines()
+            error = f"{shlex.join(command)} failed: {lines[-1] if lines else checked.returncode}"
+            return DeployReport(_not_started(machines, "not started: validation failed"),
+                                dry_run=options.dry_run, error=error)
+
+    built: dict[str, str] = {}
+    for machine in machines:
+        progress(machine.name, f"build {machine.installable}")
+        result = runner.run(build_command(machine), check=False, cwd=flake)
+        out = result.stdout.strip().splitlines()
+        if result.returncode != 0 or not out:
+            detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+            return DeployReport(
+                _not_started(machines, "not started: a build failed, nothing was changed"),
+                dry_run=options.dry_run, error=f"build of {machine.name} failed: {detail}")
+        built[machine.name] = out[-1]
+    if options.build_only:
+        return DeployReport(tuple(MachineReport(m.name, m.kind.value, Outcome.BUILT,
+                                                f"built {built[m.name]}", new=built[m.name])
+                                  for m in machines), dry_run=options.dry_run)
+
+    if any(m.kind is Kind.HOST and m.guests for m in machines):
+        progress("deploy", "look for guests that are no longer in the inventory")
+    stale = find_stale(plan, machines, runner, ssh)
+    to_remove = [s for s in stale if options.yes or confirm(_question(s))]
+    kept = [Removal(s.guest, s.host, False, "left in place (not confirmed; use --yes)")
+            for s in stale if s not in to_remove]
+
+    ctx = Context(runner=runner, ssh=ssh, options=options, clock=clock, stamp=stamp,
+                  snapshots=Snapshots(stamp), progress=progress)
+    reports: list[MachineReport] = []
+    removals: list[Removal] = list(kept)
+    failed: list[str] = []
+    for number, wave in enumerate(order, start=1):
+        if failed:
+            reports += _not_started(wave, f"not started: {', '.join(failed)} failed earlier")
+            continue
+        together = " (in parallel)" if len(wave) > 1 else ""
+        progress("deploy", f"wave {number} of {len(order)}: "
+                           f"{', '.join(m.name for m in wave)}{together}")
+        workers = 1 if options.dry_run else len(wave)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(lambda m: MachineRun(ctx, m, built[m.name]).run(), wave))
+        reports += done
+        failed += [r.name for r in done if not r.outcome.ok]
+        for machine, outcome in zip(wave, done, strict=True):
+            if machine.kind is Kind.HOST and outcome.outcome.ok:
+                removals += [remove_guest(ctx, s) for s in to_remove if s.host == machine.name]
+    return DeployReport(tuple(reports), tuple(removals), dry_run=options.dry_run)
+
+
+def _question(stale: Stale) -> str:
+    keep = f"a final snapshot of {stale.dataset} is kept" if stale.dataset else "it has no dataset"
+    return (f"guest {stale.guest} is on {stale.host} but no longer in the inventory: "
+            f"remove its unit and state ({keep})?")
+
+
+def find_stale(plan: Mapping[str, Any], machines: Sequence[Machine], runner: Runner,
+               ssh: Ssh) -> list[Stale]:
+    """Guests with a directory under /var/lib/microvms that the plan does not place there."""
+    found = []
+    for machine in machines:
+        if machine.kind is not Kind.HOST or plan["hosts"][machine.name].get("role") != "hypervisor":
+            continue
+        result = Remote(runner, ssh, machine.target).run(["ls", "-1", STATE_DIR])
+        if result.returncode != 0:
+            continue  # no state directory yet: a fresh hypervisor
+        zfs = plan["hosts"][machine.name].get("zfs") or {}
+        for name in result.stdout.split():
+            if name not in machine.guests:
+                dataset = f"{zfs['pool']}/microvms/{name}" if zfs.get("pool") else None
+                found.append(Stale(name, machine.name, machine.target, dataset))
+    return found
+
+
+def removal_commands(stale: Stale, stamp: str) -> list[list[str]]:
+    """Stop the guest, keep its data only as a final snapshot outside the live tree, and
+    delete its directory. The tap goes with the unit (microvm-tap-interfaces@ is PartOf it)."""
+    commands = [["systemctl", "stop", f"microvm@{stale.guest}.service"]]
+    if stale.dataset:
+        pool = stale.dataset.split("/", 1)[0]
+        archive = f"{pool}/homestack-removed"
+        moved = f"{archive}/{stale.guest}-{stamp}"
+        commands += [
+            ["zfs", "snapshot", "-r", f"{stale.dataset}@homestack-final-{stamp}"],
+            ["sh", "-c", f"zfs list -H -o name {archive} >/dev/null 2>&1 || "
+                         f"zfs create -o canmount=off -o mountpoint=none {archive}"],
+            ["zfs", "rename", "-u", stale.dataset, moved],
+            ["zfs", "set", "mountpoint=none", moved],
+        ]
+    commands.append(["rm", "-rf", "--one-file-system", f"{STATE_DIR}/{stale.guest}"])
+    return commands
+
+
+def remove_guest(ctx: Context, stale: Stale) -> Removal:
+    ctx.progress(stale.host, f"remove guest {stale.guest} (no longer in the inventory)")
+    remote = Remote(ctx.runner, ctx.ssh, stale.target)
+    for command in removal_commands(stale, ctx.stamp):
+        try:
+            result = remote.run(command)
+        except ConnectionLost as exc:
+            return Removal(stale.guest, stale.host, False, f"stopped half-way: {exc}")
+        if result.returncode != 0 and command[:2] != ["systemctl", "stop"]:
+            at = shlex.join(command)
+            return Removal(stale.guest, stale.host, False,
+                           f"stopped half-way at `{at}` (exit {result.returncode})")
+    where = "no data"
+    if stale.dataset:
+        pool = stale.dataset.split("/", 1)[0]
+        where = (f"final snapshot {pool}/homestack-removed/{stale.guest}-{ctx.stamp}"
+                 f"@homestack-final-{ctx.stamp}")
+    return Removal(stale.guest, stale.host, True, f"unit stopped, state removed; {where}")
+
+
+def display_quote(word: str) -> str:
+    """Like shlex.quote, but a word holding single quotes (a remote `sh -c '…'`) is put in
+    double quotes when that needs no escapes: the same word, easier to read."""
+    quoted = shlex.quote(word)
+    if "'" in word and quoted != word and not any(c in word for c in '"$`\\!'):
+        return f'"{word}"'
+    return quoted
+
+
+class DryRunRunner(Runner):
+    """Prints each command instead of running it and answers as if all went well.
+
+    Values only known at run time are printed as @machine-what@ (a store path, a
+    generation number)."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+
+    def run(self, args: Sequence[str], *, check: bool, input: str | bytes | None = None,
+            env: Mapping[str, str] | None = None, cwd: Any = None, timeout: float | None = None,
+            capture: bool = True) -> Result:
+        del check, input, cwd, timeout, capture
+        prefix = "".join(f"{k}={display_quote(v)} " for k, v in (env or {}).items())
+        self.emit(prefix + " ".join(display_quote(a) for a in args))
+        return Result(tuple(args), 0, self.answer(list(args)), "")
+
+    @staticmethod
+    def answer(args: list[str]) -> str:
+        if "build" in args and "--print-out-paths" in args:
+            attr = next(a for a in args if a.startswith(".#nixosConfigurations."))
+            name = attr.split(".")[2]
+            what = "toplevel" if attr.endswith(".toplevel") else "runner"
+            return f"@{name}-{what}@\n"
+        if "--" not in args:
+            return ""
+        remote = shlex.split(args[-1])
+        if remote[:1] == ["readlink"] and remote[1].endswith("/booted"):
+            return f"@{remote[1].split('/')[-2]}-previous-runner@\n"
+        if remote[:1] == ["readlink"]:
+            return "system-@previous-generation@-link\n"
+        if remote[:5] == ["zfs", "list", "-H", "-o", "name"]:  # as if every dataset existed
+            return "".join(f"{d}\n" for d in remote[5:])
+        return ""

@@ -1,0 +1,165 @@
+"""`tools provision HOST --target root@ADDR`: install a fresh machine with nixos-anywhere.
+
+nixos-anywhere partitions the disks with the host's disko layout, installs the host's
+closure and reboots. Before that, the host's SSH host key is decrypted from
+secrets/host-keys/<host>.yaml into a private tmpfs directory and handed over with
+--extra-files, so the machine boots with the key its secrets are encrypted to (its age
+recipient is derived from it) and can decrypt them on first boot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from homestack.errors import UserError
+from homestack.process import Runner, default_runner
+
+KEY_NAME = "ssh_host_ed25519_key"
+KEY_PATH = Path("etc/ssh") / KEY_NAME  # inside the --extra-files tree
+
+
+@dataclass(frozen=True)
+class Provision:
+    """Everything needed to install one host, taken from the plan."""
+
+    host: str
+    target: str
+    flake: Path
+    secret: str  # secrets/host-keys/<host>.yaml, relative to the flake
+    key: str  # the secret's key holding the private host key
+    public_key: str  # hosts.<host>.host_key, what the decrypted key must match
+
+    @classmethod
+    def from_plan(cls, plan: Mapping[str, Any], host: str, target: str, flake: Path) -> Provision:
+        hosts = plan.get("hosts", {})
+        if host not in hosts:
+            known = ", ".join(sorted(hosts)) or "none"
+            raise UserError(f"inventory.toml: no host named {host!r} (hosts: {known}); "
+                            "guests are installed by their hypervisor")
+        if "@" not in target:
+            raise UserError(f"--target {target}: expected user@address, e.g. root@192.0.2.7")
+        secret = f"secrets/host-keys/{host}.yaml"
+        keys = plan.get("secrets", {}).get(secret, {}).get("keys", [KEY_NAME])
+        key = KEY_NAME if KEY_NAME in keys else keys[0]
+        public = str(hosts[host].get("hostKey") or "")
+        if not public:
+            raise UserError(f"inventory.toml: hosts.{host}.host_key is not set "
+                            "(tools secrets bootstrap makes it)")
+        return cls(host, target, flake, secret, key, public)
+
+    def decrypt_command(self, sops: str) -> list[str]:
+        return [sops, "--decrypt", "--extract", f'["{self.key}"]', self.secret]
+
+    @staticmethod
+    def public_command(key_file: Path | str) -> list[str]:
+        return ["ssh-keygen", "-y", "-f", str(key_file)]
+
+    def install_command(self, extra_files: Path | str) -> list[str]:
+        return ["nixos-anywhere", "--flake", f".#{self.host}", "--extra-files", str(extra_files),
+                "--target-host", self.target]
+
+
+def _sops_binary() -> str:
+    try:
+        from homestack.secrets.sops import find_sops  # noqa: PLC0415 - optional neighbour
+    except ModuleNotFoundError:
+        return "sops"
+    return find_sops()
+
+
+def private_dir_root() -> Path:
+    """A tmpfs only this user can read: the key never touches a disk."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    for candidate in (runtime, "/dev/shm"):
+        if candidate and Path(candidate).is_dir() and os.access(candidate, os.W_OK):
+            return Path(candidate)
+    raise UserError("no tmpfs to hold the decrypted host key (need $XDG_RUNTIME_DIR or /dev/shm)")
+
+
+@contextmanager
+def host_key_tree(job: Provision, runner: Runner, root: Path | None = None) -> Iterator[Path]:
+    """A private directory holding etc/ssh/ssh_host_ed25519_key{,.pub}; wiped afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=f"homestack-provision-{job.host}-",
+                                 dir=root or private_dir_root()))  # mode 0700
+    key_file = base / KEY_PATH
+    try:
+        result = runner.run(job.decrypt_command(_sops_binary()), check=False, cwd=job.flake,
+                            env={"SOPS_DISABLE_VERSION_CHECK": "1"})
+        if result.returncode != 0:
+            detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+            raise UserError(f"{job.secret}: cannot decrypt {job.key}: {detail} "
+                            "(is SOPS_AGE_KEY_FILE set to an admin's age key?)")
+        key_file.parent.mkdir(parents=True, mode=0o755)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(result.stdout if result.stdout.endswith("\n") else result.stdout + "\n")
+        derived = runner.run(job.public_command(key_file), check=False)
+        if derived.returncode != 0 or derived.stdout.split()[:2] != job.public_key.split()[:2]:
+            raise UserError(f"{job.secret}: {job.key} is not the private half of "
+                            f"hosts.{job.host}.host_key in inventory.toml")
+        pub = key_file.with_name(KEY_NAME + ".pub")
+        pub.write_text(job.public_key.strip() + "\n")
+        pub.chmod(0o644)
+        yield base
+    finally:
+        if key_file.exists():
+            key_file.write_bytes(b"\0" * key_file.stat().st_size)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def install(job: Provision, runner: Runner, say: Callable[[str], None]) -> None:
+    with host_key_tree(job, runner) as tree:
+        say(f"host key of {job.host} decrypted into {tree} (matches hosts.{job.host}.host_key)")
+        say(f"installing {job.host} on {job.target} with nixos-anywhere (this erases its disks)")
+        result = runner.run(job.install_command(tree), check=False, cwd=job.flake, capture=False)
+    if result.returncode != 0:
+        raise UserError(f"nixos-anywhere failed for {job.host} on {job.target} "
+                        f"(exit {result.returncode}); its output is above")
+    say(f"{job.host} installed; it boots with its own host key and can decrypt "
+        f"secrets/{job.host}.yaml")
+
+
+def dry_run_lines(job: Provision) -> list[str]:
+    import shlex  # noqa: PLC0415
+
+    tree = "@private-tmpfs-dir@"
+    return [
+        f"# tools provision {job.host} --dry-run: the commands it runs, in order.",
+        f"# 1. decrypt the host key into a private tmpfs directory ({tree}, mode 0700):",
+        f"{shlex.join(job.decrypt_command('sops'))} > {tree}/{KEY_PATH}  # mode 0600",
+        f"# 2. check it is the private half of hosts.{job.host}.host_key:",
+        shlex.join(job.public_command(f"{tree}/{KEY_PATH}")),
+        f"#    and write {tree}/{KEY_PATH}.pub: {job.public_key}",
+        "# 3. partition with the host's disko layout, install, reboot (ERASES THE DISKS):",
+        shlex.join(job.install_command(tree)),
+        f"# 4. overwrite and delete {tree}",
+    ]
+
+
+@click.command(name="provision", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("host")
+@click.option("--target", required=True, help="user@address of the machine, booted into any "
+              "Linux with SSH (e.g. the NixOS installer).")
+@click.option("--dry-run", is_flag=True, help="Print the commands; decrypt and install nothing.")
+@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="inventory.toml (default: ./inventory.toml or $HOMESTACK_INVENTORY).")
+def provision(host: str, target: str, dry_run: bool, inventory: Path | None) -> None:
+    """Install HOST on a fresh machine with nixos-anywhere and its disko layout."""
+    from homestack.deploy.cli import load  # noqa: PLC0415
+
+    path, plan = load(inventory)
+    job = Provision.from_plan(plan, host, target, path.parent)
+    if dry_run:
+        for line in dry_run_lines(job):
+            click.echo(line)
+        return
+    install(job, default_runner, lambda line: click.echo(f"[{host}] {line}", err=True))

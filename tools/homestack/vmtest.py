@@ -1,0 +1,139 @@
+"""`tools test`: list and run the flake's NixOS VM tests (`checks.<system>.<name>`).
+
+The tests boot QEMU virtual machines, so they need Nix with flakes and KVM; where either
+is missing this says so in one line instead of failing deep inside a build.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from homestack.errors import UserError
+from homestack.process import Runner, default_runner
+
+NIX = ("nix", "--extra-experimental-features", "nix-command flakes")
+KVM = Path("/dev/kvm")
+# For each check: is it a NixOS VM test? (those carry an interactive driver)
+IS_VM_TEST = "checks: builtins.mapAttrs (name: check: check ? driverInteractive) checks"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    vm: bool  # a NixOS VM test (needs KVM), as opposed to a plain build check
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    passed: bool
+    seconds: float
+
+
+def require_nix() -> None:
+    if shutil.which("nix") is None:
+        raise UserError("nix: command not found; the NixOS VM tests need Nix with flakes "
+                        "(https://nixos.org/download) and KVM")
+
+
+def require_kvm() -> None:
+    if not KVM.exists():
+        raise UserError(f"{KVM} is missing: NixOS VM tests boot virtual machines and need KVM "
+                        "(turn on virtualisation in the firmware, or nested virtualisation "
+                        "in the VM this runs in)")
+    if not os.access(KVM, os.R_OK | os.W_OK):
+        raise UserError(f"{KVM}: permission denied (add yourself to the kvm group)")
+
+
+def current_system(runner: Runner, flake: Path) -> str:
+    result = runner.run([*NIX, "eval", "--impure", "--raw", "--expr", "builtins.currentSystem"],
+                        check=True, cwd=flake)
+    return result.stdout.strip()
+
+
+def list_checks(runner: Runner, flake: Path, system: str) -> list[Check]:
+    import json  # noqa: PLC0415 - only this command needs it
+
+    result = runner.run([*NIX, "eval", "--json", f".#checks.{system}", "--apply", IS_VM_TEST],
+                        check=False, cwd=flake)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise UserError(f"{flake}: cannot evaluate checks.{system}: "
+                        f"{lines[-1].strip() if lines else 'nix eval failed'}")
+    found = json.loads(result.stdout or "{}")
+    return [Check(name, bool(vm)) for name, vm in sorted(found.items())]
+
+
+def run_checks(runner: Runner, flake: Path, system: str, names: Sequence[str], *,
+               say: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
+               ) -> list[Outcome]:
+    outcomes = []
+    for name in names:
+        say(f"== {name}")
+        start = clock()
+        result = runner.run([*NIX, "build", f".#checks.{system}.{name}", "-L", "--no-link"],
+                            check=False, cwd=flake, capture=False)
+        outcomes.append(Outcome(name, result.returncode == 0, clock() - start))
+    return outcomes
+
+
+def summary(outcomes: Sequence[Outcome]) -> str:
+    width = max(len(o.name) for o in outcomes)
+    lines = [f"{o.name:<{width}}  {'passed' if o.passed else 'FAILED':<6}  {o.seconds:.1f} s"
+             for o in outcomes]
+    passed = sum(o.passed for o in outcomes)
+    lines.append(f"{passed} of {len(outcomes)} passed")
+    return "\n".join(lines)
+
+
+def select(checks: Sequence[Check], names: Sequence[str]) -> list[Check]:
+    by_name = {c.name: c for c in checks}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise UserError(f"no check named {', '.join(unknown)} "
+                        f"(known: {', '.join(by_name) or 'none'})")
+    if names:
+        return [by_name[n] for n in names]
+    return [c for c in checks if c.vm]
+
+
+@click.command(name="test", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("names", nargs=-1)
+@click.option("--interactive", is_flag=True,
+              help="Start the interactive test driver of one test (start_all(), shell_interact()).")
+@click.option("--list", "list_only", is_flag=True, help="List the checks; run nothing.")
+@click.option("--flake", type=click.Path(path_type=Path, file_okay=False), default=".",
+              show_default=True, help="The Homestack flake.")
+def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path) -> None:
+    """Run the NixOS VM tests NAMEs (default: all of them) and summarise the results."""
+    runner = default_runner
+    require_nix()
+    system = current_system(runner, flake)
+    checks = list_checks(runner, flake, system)
+    if list_only:
+        for check in checks:
+            click.echo(f"{check.name:<24} {'NixOS VM test' if check.vm else 'build check'}")
+        return
+    chosen = select(checks, names)
+    if not chosen:
+        raise UserError(f"checks.{system} has no NixOS VM tests")
+    if any(c.vm for c in chosen):
+        require_kvm()
+    if interactive:
+        if len(chosen) != 1:
+            raise UserError("--interactive starts one test's driver: name exactly one test")
+        result = runner.run([*NIX, "run", f".#checks.{system}.{chosen[0].name}.driverInteractive"],
+                            check=False, cwd=flake, capture=False)
+        sys.exit(result.returncode)
+    outcomes = run_checks(runner, flake, system, [c.name for c in chosen],
+                          say=lambda line: click.echo(line, err=True))
+    click.echo(summary(outcomes))
+    sys.exit(0 if all(o.passed for o in outcomes) else 1)
