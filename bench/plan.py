@@ -91,8 +91,10 @@ def main() -> None:
     tools = str(Path(sys.executable).parent / "tools")
     base = time_command([sys.executable, "-c", "pass"], args.runs * 2)
     cli = time_command([tools, "--help"], args.runs * 2)
-    print(f"python -c pass: {base * 1000:.1f} ms; tools --help: {cli * 1000:.1f} ms; "
-          f"ratio {cli / base:.2f}  (target <= 4: {'met' if cli / base <= 4 else 'MISSED'})")
+    print(
+        f"python -c pass: {base * 1000:.1f} ms; tools --help: {cli * 1000:.1f} ms; "
+        f"ratio {cli / base:.2f}  (target <= 4: {'met' if cli / base <= 4 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

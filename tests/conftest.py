@@ -28,5 +28,6 @@ def example(tmp_path: Path) -> Path:
 
 
 requires_nix = pytest.mark.skipif(
-    shutil.which("nix-instantiate") is None, reason="nix-instantiate (Debian: nix-bin) is not installed"
+    shutil.which("nix-instantiate") is None,
+    reason="nix-instantiate (Debian: nix-bin) is not installed",
 )

@@ -26,7 +26,13 @@ def described() -> dict[str, Any]:
 def test_json_lists_every_machine_flow_and_secret(described: dict[str, Any]) -> None:
     names = {m["name"] for m in described["machines"]}
     assert names == {"homelab", "cloud-relay", "auth", "vpn", "proxy", "db"}
-    assert {"from": "auth", "to": "db", "port": 5432, "proto": "tcp", "reason": "database pocketid"} in described["flows"]
+    assert {
+        "from": "auth",
+        "to": "db",
+        "port": 5432,
+        "proto": "tcp",
+        "reason": "database pocketid",
+    } in described["flows"]
     assert any(p["to"] == "proxy" and p["entry"].endswith(":443/tcp") for p in described["public"])
     assert {s["guest"] for s in described["state"]} == {"auth", "vpn", "proxy", "db"}
     ca = next(s for s in described["secrets"] if s["file"] == "secrets/ca.yaml")

@@ -123,7 +123,13 @@ def test_caddyfile(plan: dict[str, Any], tmp_path: Path) -> None:
     )  # fmt: skip
     config = json.loads(out.stdout)
     servers = config["apps"]["http"]["servers"]
-    hosts = {h for s in servers.values() for r in s["routes"] for m in r.get("match", []) for h in m.get("host", [])}
+    hosts = {
+        h
+        for s in servers.values()
+        for r in s["routes"]
+        for m in r.get("match", [])
+        for h in m.get("host", [])
+    }
     assert {"id.home.arpa", "vpn.home.arpa"} <= hosts
 
 
@@ -136,13 +142,19 @@ def test_dnsmasq_config(plan: dict[str, Any], tmp_path: Path) -> None:
         pytest.skip("dnsmasq not installed")
     path = tmp_path / "dnsmasq.conf"
     path.write_text(text)
-    out = subprocess.run(["dnsmasq", "--test", f"--conf-file={path}"], check=False, capture_output=True, text=True)
+    out = subprocess.run(
+        ["dnsmasq", "--test", f"--conf-file={path}"], check=False, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "syntax check OK" in out.stderr
 
 
 def test_pg_hba(plan: dict[str, Any]) -> None:
-    lines = [line.split() for line in plan["artifacts"]["pgHba"].splitlines() if line and not line.startswith("#")]
+    lines = [
+        line.split()
+        for line in plan["artifacts"]["pgHba"].splitlines()
+        if line and not line.startswith("#")
+    ]
     assert ["host", "pocketid", "pocketid", "192.168.100.10/32", "scram-sha-256"] in lines
     assert ["host", "netbird", "netbird", "192.168.100.11/32", "scram-sha-256"] in lines
     assert lines[-1] == ["host", "all", "all", "0.0.0.0/0", "reject"]
@@ -155,7 +167,9 @@ def _nft_check(text: str, tmp_path: Path) -> None:
     path = tmp_path / "rules.nft"
     path.write_text(text)
     # A fresh network namespace: nothing is applied to this machine (-c only checks).
-    out = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(path)], check=False, capture_output=True, text=True)
+    out = subprocess.run(
+        ["unshare", "-n", "nft", "-c", "-f", str(path)], check=False, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -196,7 +210,10 @@ def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
     assert "reverse_proxy 192.168.100.30:3000" in p["artifacts"]["caddyfile"]
     assert "host-record=wiki.home.arpa,192.168.100.2" in p["artifacts"]["dnsmasq"]
     assert "host    wiki wiki 192.168.100.30/32 scram-sha-256" in p["artifacts"]["pgHba"]
-    assert "ip saddr 192.168.100.2 ip daddr 192.168.100.30 tcp dport 3000 accept" in p["artifacts"]["bridgeNftables"]
+    assert (
+        "ip saddr 192.168.100.2 ip daddr 192.168.100.30 tcp dport 3000 accept"
+        in p["artifacts"]["bridgeNftables"]
+    )
     assert p["deployOrder"][-1] == ["proxy"] and "wiki" in p["deployOrder"][2]
 
 
@@ -204,5 +221,7 @@ def test_every_nix_file_parses() -> None:
     files = [p for p in REPO.rglob("*.nix") if ".git" not in p.parts]
     assert files
     for path in files:
-        out = subprocess.run(["nix-instantiate", "--parse", str(path)], check=False, capture_output=True, text=True)
+        out = subprocess.run(
+            ["nix-instantiate", "--parse", str(path)], check=False, capture_output=True, text=True
+        )
         assert out.returncode == 0, f"{path}: {out.stderr.strip()}"

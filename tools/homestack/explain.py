@@ -90,10 +90,13 @@ def describe(plan: dict[str, Any]) -> dict[str, Any]:
         "network": plan["network"],
         "machines": machines,
         "routes": [
-            {"url": f"https://{r['fqdn']}{'' if r['path'] == '/' else r['path']}", "to": r["guest"],
-             "upstream": ("h2c://" if r["h2c"] else "") + r["upstream"]}
+            {
+                "url": f"https://{r['fqdn']}{'' if r['path'] == '/' else r['path']}",
+                "to": r["guest"],
+                "upstream": ("h2c://" if r["h2c"] else "") + r["upstream"],
+            }
             for r in plan["routes"]
-        ],  # fmt: skip
+        ],
         "dns": plan["dns"],
         "flows": [
             {k: f[k] for k in ("from", "to", "port", "proto", "reason")} for f in plan["allow"]
@@ -112,7 +115,7 @@ def describe(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def to_markdown(d: dict[str, Any]) -> str:
+def to_markdown(d: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after another
     out: list[str] = []
     add = out.append
     net = d["network"]
@@ -131,9 +134,8 @@ def to_markdown(d: dict[str, Any]) -> str:
     add("| --- | --- | --- | --- | --- | --- |")
     for m in hosts:
         where = m["publicAddress"] or m["reach"]
-        add(f"| {m['name']} | {m['role']} host ({m['system']}) | {where} | | | none: runs guests only |"
-            if m["role"] == "hypervisor"
-            else f"| {m['name']} | {m['role']} host ({m['system']}) | {where} | | | WireGuard, port forwards |")
+        runs = "none: runs guests only" if m["role"] == "hypervisor" else "WireGuard, forwards"
+        add(f"| {m['name']} | {m['role']} host ({m['system']}) | {where} | | | {runs} |")
     for m in guests:
         add(
             f"| {m['name']} | guest on {m['host']} ({m['hypervisor']}) | {m['tap']} {m['mac']} | "
@@ -145,8 +147,10 @@ def to_markdown(d: dict[str, Any]) -> str:
     add("")
     if d["tunnel"]:
         t = d["tunnel"]
-        add(f"`{t['dialedBy']}` dials the relay `{t['relay']}` at {t['endpoint']} (WireGuard, "
-            "keepalive): no port forwarding at home.")
+        add(
+            f"`{t['dialedBy']}` dials the relay `{t['relay']}` at {t['endpoint']} (WireGuard, "
+            "keepalive): no port forwarding at home."
+        )
         add("")
         for p in d["public"]:
             add(f"- {p['entry']} on {p['via']} → {p['to']} ({p['address']}) through the tunnel")
@@ -160,8 +164,10 @@ def to_markdown(d: dict[str, Any]) -> str:
     add("")
     add("## Who talks to whom")
     add("")
-    add("Everything else is dropped twice: by the destination guest's nftables and by the "
-        "hypervisor's bridge filter.")
+    add(
+        "Everything else is dropped twice: by the destination guest's nftables and by the "
+        "hypervisor's bridge filter."
+    )
     add("")
     by_pair: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for f in d["flows"]:
@@ -174,8 +180,10 @@ def to_markdown(d: dict[str, Any]) -> str:
     add("## Where state lives")
     add("")
     for s in d["state"]:
-        add(f"- {s['guest']}: {s['sizeMiB']} MiB, ZFS dataset `{s['dataset']}` at `{s['hostPath']}`, "
-            f"seen in the guest as `{s['guestPath']}`")
+        add(
+            f"- {s['guest']}: {s['sizeMiB']} MiB, ZFS dataset `{s['dataset']}` at "
+            f"`{s['hostPath']}`, seen in the guest as `{s['guestPath']}`"
+        )
     add("")
     add("## Where secrets live")
     add("")
@@ -195,12 +203,26 @@ def _q(s: str) -> str:
     return '"' + s.replace('"', '\\"') + '"'
 
 
+def _node(name: str, label: str, fill: str, indent: str = "  ") -> str:
+    return f'{indent}{_q(name)} [label={_q(label)}, fillcolor="{fill}"];'
+
+
+def _edge(src: str, dst: str, label: str, extra: str = "") -> str:
+    return f"  {_q(src)} -> {_q(dst)} [label={_q(label)}{extra}];"
+
+
+# Flows every guest has from its hypervisor; the picture leaves them out.
+_ROUTINE = ("ssh from the hypervisor", "health check from the hypervisor")
+_ORANGE = ', color="#c77d00"'
+
+
 def to_dot(d: dict[str, Any]) -> str:
     """The topology for Graphviz: `tools explain --format dot | dot -Tsvg > topology.svg`."""
+    net = d["network"]
     out = [
         "digraph homestack {",
         '  graph [rankdir=LR, fontname="Helvetica", fontsize=11, nodesep=0.35, ranksep=0.9];',
-        '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica", fontsize=10];',
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
         '  edge [fontname="Helvetica", fontsize=9, color="#555555"];',
         '  internet [label="Internet", shape=ellipse, fillcolor="#eeeeee"];',
         '  lan [label="LAN clients", shape=ellipse, fillcolor="#eeeeee"];',
@@ -209,34 +231,36 @@ def to_dot(d: dict[str, Any]) -> str:
     guests = [m for m in d["machines"] if m["kind"] == "guest"]
     for h in hosts:
         if h["role"] == "relay":
-            out.append(f"  {_q(h['name'])} [label={_q(h['name'] + chr(10) + 'relay ' + (h['publicAddress'] or ''))}, fillcolor=\"#fde9c9\"];")
+            out.append(
+                _node(h["name"], f"{h['name']}\nrelay {h['publicAddress'] or ''}", "#fde9c9")
+            )
     for h in hosts:
         if h["role"] != "hypervisor":
             continue
+        title = f"{h['name']} (hypervisor) — {net['bridge']} {net['cidr']}"
         out.append(f"  subgraph {_q('cluster_' + h['name'])} {{")
-        out.append(f"    label={_q(h['name'] + ' (hypervisor) — ' + d['network']['bridge'] + ' ' + d['network']['cidr'])};")
-        out.append('    style="rounded"; color="#7a9cc6";')
-        out.append(f"    {_q(h['name'])} [label={_q(h['name'] + chr(10) + 'gateway ' + d['network']['gateway'])}, fillcolor=\"#dce8f7\"];")
+        out.append(f'    label={_q(title)}; style="rounded"; color="#7a9cc6";')
+        out.append(_node(h["name"], f"{h['name']}\ngateway {net['gateway']}", "#dce8f7", "    "))
         for g in guests:
             if g["host"] == h["name"]:
                 label = f"{g['name']}\n{g['address']}\n{', '.join(g['services'])}"
-                out.append(f"    {_q(g['name'])} [label={_q(label)}, fillcolor=\"#e6f4e6\"];")
+                out.append(_node(g["name"], label, "#e6f4e6", "    "))
         out.append("  }")
     if d["tunnel"]:
         t = d["tunnel"]
-        out.append(f"  {_q(t['dialedBy'])} -> {_q(t['relay'])} [label=\"WireGuard (dials out)\", style=bold, color=\"#c77d00\"];")
-        out.append(f"  internet -> {_q(t['relay'])} [label={_q(', '.join(p['entry'].split(':')[1] for p in d['public']))}];")
-        for target in sorted({p["to"] for p in d["public"]}):
-            ports = ", ".join(p["entry"].split(":")[1] for p in d["public"] if p["to"] == target)
-            out.append(f"  {_q(t['relay'])} -> {_q(target)} [label={_q(ports)}, style=dashed, color=\"#c77d00\"];")
+        public = [(p["to"], p["entry"].split(":")[1]) for p in d["public"]]
+        out.append(
+            _edge(t["dialedBy"], t["relay"], "WireGuard (dials out)", ", style=bold" + _ORANGE)
+        )
+        out.append(_edge("internet", t["relay"], ", ".join(port for _, port in public)))
+        for target in sorted({to for to, _ in public}):
+            ports = ", ".join(port for to, port in public if to == target)
+            out.append(_edge(t["relay"], target, ports, ", style=dashed" + _ORANGE))
     pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
     for f in d["flows"]:
-        if f["reason"] == "ssh from the hypervisor":
-            continue
-        src = "lan" if f["from"] == "lan" else f["from"]
-        pairs[(src, f["to"])].append(f"{f['port']}/{f['proto']}")
-    for (src, dst), ports in pairs.items():
-        out.append(f"  {_q(src)} -> {_q(dst)} [label={_q(', '.join(ports))}];")
+        if f["reason"] not in _ROUTINE:
+            pairs[(f["from"], f["to"])].append(f"{f['port']}/{f['proto']}")
+    out.extend(_edge(src, dst, ", ".join(ports)) for (src, dst), ports in pairs.items())
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -246,8 +270,10 @@ def to_dot(d: dict[str, Any]) -> str:
     "--format", "fmt", type=click.Choice(["markdown", "json", "dot"]), default="markdown",
     show_default=True, help="markdown for people, json for programs, dot for Graphviz.",
 )  # fmt: skip
-@click.option("--inventory", "-i", "inventory_path", type=click.Path(path_type=Path), default=None,
-              help="Inventory file (default: ./inventory.toml or $HOMESTACK_INVENTORY).")  # fmt: skip
+@click.option(
+    "--inventory", "-i", "inventory_path", type=click.Path(path_type=Path), default=None,
+    help="Inventory file (default: ./inventory.toml or $HOMESTACK_INVENTORY).",
+)  # fmt: skip
 def explain(fmt: str, inventory_path: Path | None) -> None:
     """Describe the whole architecture: machines, services, flows, public entry, state, secrets."""
     path = find_inventory(inventory_path)

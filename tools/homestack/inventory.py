@@ -24,7 +24,13 @@ from homestack.fsutil import atomic_write
 
 SERVICE_PORTS: dict[str, list[tuple[int, str]]] = {
     "pocket-id": [(1411, "tcp")],
-    "netbird-server": [(8080, "tcp"), (33073, "tcp"), (10000, "tcp"), (33080, "tcp"), (3478, "udp")],
+    "netbird-server": [
+        (8080, "tcp"),
+        (33073, "tcp"),
+        (10000, "tcp"),
+        (33080, "tcp"),
+        (3478, "udp"),
+    ],
     "caddy": [(80, "tcp"), (443, "tcp")],
     "dnsmasq": [(53, "udp"), (53, "tcp")],
     "postgresql": [(5432, "tcp")],
@@ -245,7 +251,7 @@ class _Checker:
         ):
             self.add("users: no user has admin = true (someone must be able to log in and decrypt)")
 
-    def check_networks(self) -> None:
+    def check_networks(self) -> None:  # noqa: PLR0912 - mirrors validate.nix
         if not isinstance(self.inv.get("networks"), dict):
             return
         self.unknown("networks.", ["guests", "tunnel"], self.networks)
@@ -268,10 +274,16 @@ class _Checker:
                         f"(did you mean {self.cidr}?)"
                     )
                 if self.cidr.prefixlen > 30:
-                    self.add(f"networks.guests.cidr: /{self.cidr.prefixlen} leaves no room for guests")
+                    self.add(
+                        f"networks.guests.cidr: /{self.cidr.prefixlen} leaves no room for guests"
+                    )
             if "gateway" in net and self.gateway is None:
                 self.add(f"networks.guests.gateway: {_j(net['gateway'])} is not an IPv4 address")
-            if self.gateway is not None and self.cidr is not None and not self.in_guest_net(self.gateway):
+            if (
+                self.gateway is not None
+                and self.cidr is not None
+                and not self.in_guest_net(self.gateway)
+            ):
                 self.add(
                     f"networks.guests.gateway: {net['gateway']} is outside "
                     f"networks.guests.cidr {net['cidr']}"
@@ -316,7 +328,7 @@ class _Checker:
             )
             self.add(f"hosts.{owner}.wireguard.address: {address} is used twice in networks.tunnel")
 
-    def check_host(self, name: str) -> None:
+    def check_host(self, name: str) -> None:  # noqa: PLR0912 - mirrors validate.nix
         h = self.hosts[name]
         p = f"hosts.{name}"
         if not isinstance(h, dict):
@@ -393,7 +405,9 @@ class _Checker:
                 f"{self.tunnel['cidr']}"
             )
         if "public_key" in wg and not _full(_WG, wg["public_key"]):
-            self.add(f"{p}.wireguard.public_key: not a WireGuard public key (44 characters of base64)")
+            self.add(
+                f"{p}.wireguard.public_key: not a WireGuard public key (44 characters of base64)"
+            )
         if "port" in wg and not _is_port(wg["port"]):
             self.add(f"{p}.wireguard.port: {_show_port(wg['port'])} is not a port (1-65535)")
         if role == "relay" and "port" not in wg:
@@ -401,11 +415,12 @@ class _Checker:
         if "relay" in wg:
             target = self.hosts.get(wg["relay"]) if isinstance(wg["relay"], str) else None
             if not (isinstance(target, dict) and target.get("role") == "relay"):
-                self.add(f'{p}.wireguard.relay: {_j(wg["relay"])} is not a host with role = "relay"')
+                self.add(
+                    f'{p}.wireguard.relay: {_j(wg["relay"])} is not a host with role = "relay"'
+                )
         if role == "hypervisor" and "relay" not in wg:
             self.add(
-                f"{p}.wireguard.relay: missing required key "
-                "(the relay host this hypervisor dials)"
+                f"{p}.wireguard.relay: missing required key (the relay host this hypervisor dials)"
             )
 
     def ports_of(self, g: dict[str, Any]) -> list[str]:
@@ -417,7 +432,11 @@ class _Checker:
             for port, proto in SERVICE_PORTS.get(s, [])
         ]
         extra = g.get("ports") if isinstance(g.get("ports"), list) else []
-        ports += [f"{e.get('port', 0)}/{e.get('proto', 'tcp')}" for e in extra or [] if isinstance(e, dict)]
+        ports += [
+            f"{e.get('port', 0)}/{e.get('proto', 'tcp')}"
+            for e in extra or []
+            if isinstance(e, dict)
+        ]
         return ports
 
     def known_services(self, g: Any) -> bool:
@@ -487,7 +506,7 @@ class _Checker:
                 f"{p}.host: {_j(host)} is not a host in the inventory "
                 f"(hosts: {', '.join(sorted(self.hosts))})"
             )
-        elif "host" in g and isinstance(self.hosts.get(host), dict):
+        elif isinstance(host, str) and isinstance(self.hosts.get(host), dict):
             role = self.hosts[host].get("role")
             if role != "hypervisor":
                 self.add(f"{p}.host: {host} is not a hypervisor (role = {_j(role)})")
@@ -517,7 +536,9 @@ class _Checker:
         if "age_key" in g and not _full(_AGE, g["age_key"]):
             self.add(f"{p}.age_key: {_j(g['age_key'])} is not an age recipient (age1…)")
         if "hypervisor" in g and g["hypervisor"] not in HYPERVISORS:
-            self.add(f"{p}.hypervisor: {_j(g['hypervisor'])} is not one of {', '.join(HYPERVISORS)}")
+            self.add(
+                f"{p}.hypervisor: {_j(g['hypervisor'])} is not one of {', '.join(HYPERVISORS)}"
+            )
         if "mac" in g and not _full(_MAC, g["mac"]):
             self.add(
                 f"{p}.mac: {_j(g['mac'])} is not a lowercase MAC address like 02:00:00:00:00:01"
@@ -582,7 +603,9 @@ class _Checker:
 
         def allow(q: str, a: Any) -> None:
             if not isinstance(a, dict):
-                self.add(f'{q}: must be a table like {{ from = ["lan"], port = 443, proto = "tcp" }}')
+                self.add(
+                    f'{q}: must be a table like {{ from = ["lan"], port = 443, proto = "tcp" }}'
+                )
                 return
             self.unknown(f"{q}.", ALLOW_KEYS, a)
             self.port_entry(q, a, False)
@@ -592,7 +615,9 @@ class _Checker:
             elif "from" in a:
                 for i, s in enumerate(a["from"]):
                     if not (isinstance(s, str) and s in sources):
-                        self.add(f'{q}.from[{i}]: {_j(s)} is not a guest, a host, "guests" or "lan"')
+                        self.add(
+                            f'{q}.from[{i}]: {_j(s)} is not a guest, a host, "guests" or "lan"'
+                        )
             spec = f"{a.get('port')}/{a.get('proto', 'tcp')}"
             if known and _is_port(a.get("port")) and spec not in ports:
                 self.add(f"{q}.port: {spec} is not a port of this guest's services ({shown})")
@@ -633,7 +658,9 @@ class _Checker:
         addresses = [(n, self.guests[n]["address"]) for n in guests]
         for address in _duplicates([a for _, a in addresses]):
             owners = [n for n, a in addresses if a == address]
-            self.add(f"guests.{owners[1]}.address: {address} is also the address of guests.{owners[0]}")
+            self.add(
+                f"guests.{owners[1]}.address: {address} is also the address of guests.{owners[0]}"
+            )
         macs = [(n, self.guests[n].get("mac", mac_for(n))) for n in guests]
         for mac in _duplicates([m for _, m in macs]):
             owners = [n for n, m in macs if m == mac]
@@ -649,13 +676,18 @@ class _Checker:
         for rn in sorted(routes):
             owners = list(dict.fromkeys(g for g, _ in routes[rn]))
             if len(owners) > 1:
-                self.add(f"guests.{owners[1]}.routes: route name {rn} is already served by guests.{owners[0]}")
+                self.add(
+                    f"guests.{owners[1]}.routes: route name {rn} is already served by "
+                    f"guests.{owners[0]}"
+                )
             for path in _duplicates([pa for _, pa in routes[rn]]) if len(owners) == 1 else []:
                 self.add(f"guests.{owners[0]}.routes: route {rn} path {path} is listed twice")
         dbs = [(n, d["name"]) for n in guests for d in self.guests[n].get("databases", [])]
         for db in _duplicates([d for _, d in dbs]):
             owners = [n for n, d in dbs if d == db]
-            self.add(f"guests.{owners[1]}.databases: database {db} is also owned by guests.{owners[0]}")
+            self.add(
+                f"guests.{owners[1]}.databases: database {db} is also owned by guests.{owners[0]}"
+            )
 
 
 def validate(inv: dict[str, Any]) -> list[str]:

@@ -64,7 +64,9 @@ def plan(inventory_path: Path | None, as_json: bool) -> None:
 
 def _print_plan_summary(p: dict[str, Any]) -> None:
     net = p["network"]
-    click.echo(f"domain {p['domain']}  guest network {net['cidr']} via {net['gateway']} on {net['bridge']}")
+    click.echo(
+        f"domain {p['domain']}  guest network {net['cidr']} via {net['gateway']} on {net['bridge']}"
+    )
     click.echo("")
     click.echo(f"{'guest':<10} {'host':<10} {'address':<16} {'mac':<18} {'tap':<15} services")
     for name in sorted(p["guests"]):
@@ -76,7 +78,9 @@ def _print_plan_summary(p: dict[str, Any]) -> None:
     click.echo("")
     click.echo("routes:")
     for r in p["routes"]:
-        click.echo(f"  https://{r['fqdn']}{'' if r['path'] == '/' else r['path']} -> {r['upstream']}")
+        click.echo(
+            f"  https://{r['fqdn']}{'' if r['path'] == '/' else r['path']} -> {r['upstream']}"
+        )
     click.echo("allowed flows:")
     for f in p["allow"]:
         click.echo(f"  {f['from']:>8} -> {f['to']:<6} {f['port']}/{f['proto']:<4} {f['reason']}")
@@ -98,8 +102,10 @@ def show(inventory_path: Path | None, as_json: bool) -> None:
     click.echo("users:")
     for name, user in sorted(inv["users"].items()):
         role = "admin" if user.get("admin") else "user"
-        click.echo(f"  {name:<12} {role:<6} {len(user.get('ssh_keys', []))} ssh key(s)"
-                   f"{', age key' if 'age_key' in user else ''}")
+        click.echo(
+            f"  {name:<12} {role:<6} {len(user.get('ssh_keys', []))} ssh key(s)"
+            f"{', age key' if 'age_key' in user else ''}"
+        )
     click.echo("hosts:")
     for name, host in sorted(inv["hosts"].items()):
         click.echo(f"  {name:<12} {host['role']:<11} {host['system']:<14} {host['target']}")

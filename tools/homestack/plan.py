@@ -31,8 +31,8 @@ def lib_dir() -> Path:
 def _nix_error(stderr: str, inventory: Path) -> str:
     """Reduce Nix's error output to the one message our lib threw."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", stderr)
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line.startswith("error:"):
             message = line.removeprefix("error:").strip()
             if message:
