@@ -1,0 +1,144 @@
+{
+  description = "Homestack: a declarative private cloud at home";
+
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+    microvm = {
+      url = "github:microvm-nix/microvm.nix";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+    sops-nix = {
+      url = "github:Mic92/sops-nix";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+    disko = {
+      url = "github:nix-community/disko";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs =
+    {
+      self,
+      nixpkgs,
+      microvm,
+      sops-nix,
+      disko,
+    }:
+    let
+      # The plan library uses builtins only and the `lib` output is this import alone, so
+      # `nix eval --offline .#lib.plan` works on a machine that cannot fetch nixpkgs.
+      homestackLib = import ./lib;
+      inherit (homestackLib) plan;
+
+      system = "x86_64-linux";
+      pkgs = nixpkgs.legacyPackages.${system};
+      inherit (nixpkgs) lib;
+
+      modules = import ./modules;
+      machines = import ./modules/machines.nix {
+        inherit lib plan;
+        homestackModules = modules;
+        inputs = {
+          inherit
+            nixpkgs
+            microvm
+            sops-nix
+            disko
+            ;
+        };
+        root = ./.;
+        configurations = self.nixosConfigurations;
+      };
+
+      # The `tools` command with the programs it drives on its PATH.
+      tools = pkgs.python3Packages.buildPythonApplication {
+        pname = "homestack-tools";
+        version = "0.1.0";
+        pyproject = true;
+        src = ./tools;
+        build-system = [ pkgs.python3Packages.setuptools ];
+        dependencies = with pkgs.python3Packages; [
+          click
+          tomli-w
+          cryptography
+          pyyaml
+        ];
+        makeWrapperArgs = [
+          "--prefix PATH : ${
+            lib.makeBinPath [
+              pkgs.sops
+              pkgs.age
+              pkgs.ssh-to-age
+              pkgs.openssh
+              pkgs.nixos-rebuild
+            ]
+          }"
+        ];
+        pythonImportsCheck = [ "homestack.cli" ];
+        meta.mainProgram = "tools";
+      };
+    in
+    {
+      lib = homestackLib;
+
+      nixosModules = modules // {
+        default = modules.plan;
+      };
+
+      # One system per machine of the inventory: every host (`homelab`, `cloud-relay`) and
+      # every guest (`auth`, `vpn`, `proxy`, `db`); the hypervisor runs the guests' systems.
+      nixosConfigurations = machines.nixosConfigurations;
+
+      # The example disk layouts (hosts/<name>/disko.nix), for installing with disko.
+      inherit (machines) diskoConfigurations;
+
+      packages.${system} = {
+        inherit tools;
+        default = tools;
+      };
+
+      apps.${system}.deploy = {
+        type = "app";
+        program = "${pkgs.writeShellScript "homestack-deploy" ''
+          exec ${tools}/bin/tools deploy "$@"
+        ''}";
+        meta.description = "Validate, build and switch every machine of the inventory";
+      };
+
+      devShells.${system}.default = pkgs.mkShell {
+        packages = [
+          (pkgs.python3.withPackages (ps: [
+            ps.click
+            ps.tomli-w
+            ps.cryptography
+            ps.pyyaml
+            ps.pytest
+            ps.hypothesis
+            ps.mypy
+          ]))
+          pkgs.ruff
+          pkgs.sops
+          pkgs.age
+          pkgs.ssh-to-age
+          pkgs.nixos-rebuild
+          pkgs.nixfmt
+          tools
+        ];
+      };
+
+      formatter.${system} = pkgs.nixfmt;
+
+      checks.${system} = import ./tests/nixos {
+        inherit pkgs plan;
+        homestackModules = modules;
+        inherit sops-nix microvm;
+        configurations = self.nixosConfigurations;
+        self = ./.;
+      }
+      // {
+        # The plan of the example inventory, validated and with every artifact rendered.
+        plan = pkgs.writeText "homestack-plan.json" (builtins.toJSON plan);
+      };
+    };
+}

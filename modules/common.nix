@@ -1,0 +1,60 @@
+# What every Homestack machine shares: the inventory's admins, SSH with keys only, a
+# default-deny nftables firewall, automatic garbage collection, and trust in the private CA.
+{ config, lib, ... }:
+let
+  inherit (config.homestack) plan root;
+  admins = map (n: plan.users.${n}) plan.admins;
+  adminKeys = lib.concatMap (u: u.sshKeys) admins;
+  caFile = root + "/certs/ca.crt";
+in
+{
+  config = {
+    services.openssh = {
+      enable = true;
+      # Only the ed25519 host key: its age recipient is what sops-nix decrypts with, and an
+      # RSA key would make sops-nix import it as a GnuPG key as well.
+      hostKeys = lib.mkDefault [
+        {
+          type = "ed25519";
+          path = "/etc/ssh/ssh_host_ed25519_key";
+        }
+      ];
+      settings = {
+        PasswordAuthentication = false;
+        KbdInteractiveAuthentication = false;
+        # `tools deploy` logs in as root with an admin's key; never with a password.
+        PermitRootLogin = "prohibit-password";
+      };
+    };
+
+    users.users =
+      lib.genAttrs plan.admins (n: {
+        isNormalUser = true;
+        openssh.authorizedKeys.keys = plan.users.${n}.sshKeys;
+      })
+      // {
+        root.openssh.authorizedKeys.keys = adminKeys;
+      };
+    # Admins have keys, not passwords: they administer as root@ over SSH (as `tools deploy`
+    # does); their own accounts are for logging in and looking around.
+
+    # nftables everywhere: the plan's rule sets are nftables, and mixing iptables and
+    # nftables rules on one machine makes the effective policy hard to read.
+    networking.nftables.enable = true;
+    networking.firewall.enable = lib.mkDefault true;
+
+    nix.gc = {
+      automatic = true;
+      dates = "weekly";
+      options = "--delete-older-than 30d";
+    };
+
+    # private-ca mode: every machine trusts the Homestack root CA (`tools ca init` writes
+    # certs/ca.crt). Until it exists the machines simply do not trust it yet.
+    security.pki.certificateFiles = lib.optional (
+      plan.certificates.mode == "private-ca" && builtins.pathExists caFile
+    ) caFile;
+
+    system.stateVersion = lib.mkDefault "25.11";
+  };
+}

@@ -1,0 +1,20 @@
+# The NixOS modules of Homestack, by name. `machines.nix` picks them for each machine of
+# the plan; a guest's `services` from the inventory name its service modules.
+{
+  plan = ./plan.nix; # homestack.* options: the plan and which machine this is
+  common = ./common.nix; # every machine: admins, SSH keys only, firewall, nix.gc
+  secrets = ./secrets.nix; # sops-nix: each machine decrypts its own file
+  hypervisor = ./hypervisor.nix; # microvm.nix host, bridge, NAT, ZFS, guest host keys
+  relay = ./relay.nix; # public anchor: WireGuard endpoint and forwards
+  gitops = ./gitops.nix; # hosts: pull signed commits and switch, with rollback (opt-in)
+  wireguard = ./wireguard.nix; # the tunnel between the hypervisor and the relay
+  guest = ./guest.nix; # every MicroVM guest: vcpu, memory, tap, shares, address
+  guest-firewall = ./guest-firewall.nix; # the guest's nftables rule set from the plan
+  netbird-client = ./services/netbird-client.nix;
+  # service modules, named as in the inventory's `services`
+  pocket-id = ./services/pocket-id.nix;
+  netbird-server = ./services/netbird-server.nix;
+  caddy = ./services/caddy.nix;
+  dnsmasq = ./services/dnsmasq.nix;
+  postgresql = ./services/postgresql.nix;
+}

@@ -1,0 +1,15 @@
+# A guest's firewall: the nftables rule set the plan renders for it (default drop, only the
+# flows the inventory allows). Also used by the NixOS VM tests' plain nodes.
+{ config, ... }:
+let
+  inherit (config.homestack) plan machine;
+in
+{
+  # The plan's rule set is the guest's whole firewall. NixOS's own firewall would add a
+  # second input chain with its own default drop, and a packet must pass both.
+  networking.firewall.enable = false;
+  networking.nftables = {
+    enable = true;
+    ruleset = plan.artifacts.nftables.${machine};
+  };
+}

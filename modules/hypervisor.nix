@@ -1,0 +1,201 @@
+# The hypervisor (`homelab`): runs every guest the plan places on it as a MicroVM and no
+# application service itself. It owns the guest bridge (gateway address, taps enslaved),
+# NATs the bridge to the LAN, filters guest-to-guest frames with the plan's bridge rule
+# set, keeps each guest's state on its own ZFS dataset, and installs each guest's SSH
+# host key before the guest first boots.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption types;
+  inherit (config.homestack) plan machine host;
+  net = plan.network;
+  guests = map (g: plan.guests.${g}) config.homestack.hypervisor.guests;
+  stateful = lib.filter (g: g.state != null) guests;
+  sopsFile = import ./sops-file.nix config.homestack.root;
+  hostKeySecret = g: "guest-host-keys/${g.name}";
+  zfs = "${config.boot.zfs.package}/bin/zfs";
+in
+{
+  imports = [
+    ./wireguard.nix
+    ./services/netbird-client.nix
+  ];
+
+  options.homestack.hypervisor.guests = mkOption {
+    type = types.listOf types.str;
+    default = host.guests;
+    defaultText = lib.literalExpression "config.homestack.host.guests";
+    description = "The guests this hypervisor runs: by default every guest the inventory places on it.";
+  };
+
+  options.homestack.guestConfigurations = mkOption {
+    type = types.attrsOf types.unspecified;
+    default = { };
+    description = ''
+      The evaluated NixOS systems of the guests (the flake's nixosConfigurations), so the
+      hypervisor runs exactly the system `nixos-rebuild --flake .#<guest>` would build.
+    '';
+  };
+
+  config = {
+    assertions = [
+      {
+        assertion = host != null && host.role == "hypervisor";
+        message = "hosts.${machine}: the hypervisor module needs role = \"hypervisor\" in inventory.toml";
+      }
+    ]
+    ++ map (g: {
+      assertion = config.homestack.guestConfigurations ? ${g.name};
+      message = "guests.${g.name}: no NixOS system for it in homestack.guestConfigurations";
+    }) guests;
+
+    # Every guest, fully declarative: a host switch rebuilds and restarts changed guests.
+    microvm.vms = lib.listToAttrs (
+      map (g: {
+        inherit (g) name;
+        value = {
+          evaluatedConfig = config.homestack.guestConfigurations.${g.name};
+          # The default is true only for `config`-style guests; ours are pre-evaluated.
+          restartIfChanged = true;
+          autostart = true;
+        };
+      }) guests
+    );
+
+    # The guest bridge, with the taps enslaved by their exact names.
+    networking.useNetworkd = true;
+    # Only the interfaces named below are configured (no DHCP on every NIC).
+    networking.useDHCP = false;
+    systemd.network = {
+      enable = true;
+      netdevs."10-${net.bridge}".netdevConfig = {
+        Kind = "bridge";
+        Name = net.bridge;
+      };
+      networks."10-${net.bridge}" = {
+        matchConfig.Name = net.bridge;
+        address = [ "${net.gateway}/${toString net.prefix}" ];
+        networkConfig.ConfigureWithoutCarrier = true;
+        linkConfig.RequiredForOnline = "no";
+      };
+      networks."11-guest-taps" = {
+        matchConfig.Name = map (g: g.tap) guests;
+        networkConfig.Bridge = net.bridge;
+        linkConfig.RequiredForOnline = "no";
+      };
+      # EXAMPLE uplink: DHCP on the LAN interface from the inventory. Replace with a
+      # static address if your LAN needs one (docs/nixos.md).
+      networks."20-lan" = {
+        matchConfig.Name = host.lanInterface;
+        networkConfig.DHCP = "yes";
+      };
+    };
+
+    # Routing for the guests; the plan's NAT table masquerades them to the LAN.
+    boot.kernel.sysctl."net.ipv4.conf.all.forwarding" = true;
+    networking.nftables.ruleset = lib.concatStringsSep "\n" (
+      [ plan.artifacts.hostNftables.${machine} ]
+      # Guest-to-guest frames never reach the IP layer: the bridge-family table filters them.
+      ++ lib.optional (
+        plan.artifacts.bridgeNftablesByHost ? ${machine}
+      ) plan.artifacts.bridgeNftablesByHost.${machine}
+    );
+
+    # ZFS: the pool from the inventory holds one dataset per stateful guest.
+    boot.supportedFilesystems = [ "zfs" ];
+    boot.zfs.extraPools = [ host.zfs.pool ];
+    networking.hostId = host.zfs.hostId;
+    services.zfs = {
+      autoSnapshot.enable = true;
+      autoScrub = {
+        enable = true;
+        pools = [ host.zfs.pool ];
+      };
+    };
+
+    # Each guest's SSH host key, encrypted to this hypervisor only.
+    sops.secrets = lib.listToAttrs (
+      map (g: {
+        name = hostKeySecret g;
+        value = {
+          sopsFile = sopsFile "secrets/host-keys/${g.name}.yaml";
+          key = "ssh_host_ed25519_key";
+        };
+      }) stateful
+    );
+
+    systemd.services = lib.listToAttrs (
+      lib.concatMap (
+        g:
+        let
+          units = [
+            "microvm@${g.name}.service"
+            "microvm-virtiofsd@${g.name}.service"
+          ];
+          guestCfg = config.homestack.guestConfigurations.${g.name}.config;
+          persist = guestCfg.homestack.persist or [ ];
+        in
+        [
+          {
+            # The dataset exists before the guest's share is served, mounted where the
+            # guest's state share reads from, marked for auto-snapshots, capped at state_size.
+            name = "homestack-state-${g.name}";
+            value = {
+              description = "ZFS dataset for the state of guest ${g.name}";
+              after = [ "zfs-import.target" "zfs-mount.service" ];
+              requires = [ "zfs-import.target" ];
+              before = units;
+              requiredBy = units;
+              serviceConfig = {
+                Type = "oneshot";
+                RemainAfterExit = true;
+              };
+              script = ''
+                if ! ${zfs} list -H -o name ${g.state.dataset} >/dev/null 2>&1; then
+                  ${zfs} create -p \
+                    -o mountpoint=${g.state.hostPath} \
+                    -o quota=${toString g.state.size}M \
+                    -o com.sun:auto-snapshot=true \
+                    ${g.state.dataset}
+                fi
+                ${zfs} mount ${g.state.dataset} 2>/dev/null || true
+                # microvm.nix would create a missing share source as microvm:kvm 0775; this
+                # one holds the guest's host key and data: only root may look inside (virtiofsd
+                # runs as root; the guest sees the files with their own owners).
+                chmod 0700 ${g.state.hostPath}
+                ${lib.concatMapStrings (d: "install -d -m 0755 ${g.state.hostPath}${d}\n") persist}
+              '';
+            };
+          }
+          {
+            # The guest decrypts its own secrets with this key, so it must be in place
+            # before the guest's first boot (and stay the same key forever after).
+            name = "homestack-host-key-${g.name}";
+            value = {
+              description = "Install the SSH host key of guest ${g.name}";
+              after = [ "homestack-state-${g.name}.service" "sops-install-secrets.service" ];
+              requires = [ "homestack-state-${g.name}.service" ];
+              before = units;
+              requiredBy = units;
+              serviceConfig = {
+                Type = "oneshot";
+                RemainAfterExit = true;
+              };
+              script = ''
+                dir=${g.state.hostPath}/etc/ssh
+                install -d -m 0755 "$dir"
+                install -m 0600 ${config.sops.secrets.${hostKeySecret g}.path} "$dir/ssh_host_ed25519_key"
+                echo ${lib.escapeShellArg g.hostKey} > "$dir/ssh_host_ed25519_key.pub"
+                chmod 0644 "$dir/ssh_host_ed25519_key.pub"
+              '';
+            };
+          }
+        ]
+      ) stateful
+    );
+  };
+}

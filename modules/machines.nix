@@ -1,0 +1,79 @@
+# One NixOS system per machine of the plan. Hosts get the module of their role (and
+# hosts/<name>/ for their hardware); guests get the guest module and either guests/<name>/
+# or, for a guest without its own directory, the service modules its `services` name.
+{
+  lib,
+  plan,
+  homestackModules,
+  inputs,
+  root,
+  configurations,
+}:
+let
+  own = dir: lib.optional (builtins.pathExists dir) dir;
+
+  base = name: system: [
+    inputs.sops-nix.nixosModules.sops
+    homestackModules.plan
+    homestackModules.common
+    homestackModules.secrets
+    {
+      homestack = {
+        inherit plan root;
+        machine = name;
+      };
+      nixpkgs.hostPlatform = lib.mkDefault system;
+    }
+  ];
+
+  roles = {
+    hypervisor = [
+      inputs.microvm.nixosModules.host
+      homestackModules.hypervisor
+    ];
+    relay = [ homestackModules.relay ];
+  };
+
+  host =
+    name: h:
+    lib.nixosSystem {
+      modules =
+        base name h.system
+        ++ roles.${h.role}
+        ++ [ homestackModules.gitops ]
+        # the hypervisor runs the very systems `nixos-rebuild --flake .#<guest>` builds
+        ++ lib.optional (h.role == "hypervisor") {
+          homestack.guestConfigurations = lib.getAttrs h.guests configurations;
+        }
+        ++ own (root + "/hosts/${name}");
+    };
+
+  guest =
+    name: g:
+    lib.nixosSystem {
+      modules =
+        base name plan.hosts.${g.host}.system
+        ++ [
+          inputs.microvm.nixosModules.microvm
+          homestackModules.guest
+        ]
+        ++ (
+          if builtins.pathExists (root + "/guests/${name}") then
+            [ (root + "/guests/${name}") ]
+          else
+            map (s: homestackModules.${s}) g.services
+        );
+    };
+
+  # Hypervisors with an example disk layout, for `disko --flake .#<host>`.
+  withDisko = lib.filterAttrs (
+    name: h: h.role == "hypervisor" && builtins.pathExists (root + "/hosts/${name}/disko.nix")
+  ) plan.hosts;
+in
+{
+  nixosConfigurations = lib.mapAttrs host plan.hosts // lib.mapAttrs guest plan.guests;
+
+  diskoConfigurations = lib.mapAttrs (
+    name: h: import (root + "/hosts/${name}/disko.nix") { inherit (h.zfs) pool; }
+  ) withDisko;
+}

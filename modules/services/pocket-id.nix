@@ -1,0 +1,43 @@
+# PocketID, the OIDC identity provider, published by the proxy at its route (id.<domain>).
+# Its database lives on the database guest when the inventory says so, else in SQLite on
+# the guest's persistent state.
+{ config, lib, ... }:
+let
+  inherit (config.homestack) plan guest;
+  route = lib.findFirst (r: r.port == 1411) (throw "guests.${guest.name}: pocket-id needs a route to port 1411 in inventory.toml") guest.routes;
+  db = lib.findFirst (d: d.owner == guest.name) null guest.databases;
+  ph = config.sops.placeholder;
+in
+{
+  imports = [ ./db-client.nix ];
+
+  services.pocket-id = {
+    enable = true;
+    settings = {
+      APP_URL = "https://${route.fqdn}";
+      # Behind Caddy: take the client address from X-Forwarded-For.
+      TRUST_PROXY = true;
+      ANALYTICS_DISABLED = true;
+      PORT = toString route.port;
+    };
+    # The encryption key and the database URL carry secrets: an environment file rendered
+    # by sops-nix (the `credentials` option exists only in newer nixpkgs).
+    environmentFile = config.sops.templates."pocket-id.env".path;
+  };
+
+  sops.secrets."pocket-id/encryption-key".restartUnits = [ "pocket-id.service" ];
+  sops.templates."pocket-id.env" = {
+    content =
+      ''
+        ENCRYPTION_KEY=${ph."pocket-id/encryption-key"}
+      ''
+      + lib.optionalString (db != null) ''
+        DB_CONNECTION_STRING=postgres://${db.role}:${ph."postgresql/${db.role}-password"}@${db.serverAddress}:${toString db.port}/${db.name}?sslmode=disable
+      '';
+    # Read by systemd (EnvironmentFile=) as root before the service starts.
+    owner = "root";
+    restartUnits = [ "pocket-id.service" ];
+  };
+
+  homestack.persist = [ "/var/lib/pocket-id" ];
+}

@@ -1,0 +1,261 @@
+# NixOS VM tests of Homestack (the Python test driver), wired into checks.x86_64-linux by
+# flake.nix. They need a Linux machine with Nix and KVM (`hypervisor` needs nested KVM);
+# they are kept evaluable everywhere else (nixos-shape evaluates every node and checks each
+# test script). Test material lives in ./fixtures (make-fixtures.sh) and ../keys.
+#   guests      auth, db and proxy as plain VMs on one VLAN with the plan's addresses and
+#               firewalls; a client resolves and reaches PocketID through Caddy.
+#   relay       cloud-relay + homelab + proxy: a client on the public side reaches the proxy
+#               through the WireGuard tunnel the home side dials.
+#   hypervisor  homelab boots the real `db` MicroVM from the flake.
+#   rollback    a broken switch goes back to the previous generation (./rollback.nix).
+{
+  pkgs,
+  plan,
+  homestackModules,
+  sops-nix,
+  microvm,
+  configurations,
+  self,
+}:
+let
+  inherit (pkgs) lib;
+  fixtures = ./fixtures;
+  keys = ../keys;
+  net = plan.network;
+  proxyAddress = plan.guests.proxy.address;
+  tunnelNet = builtins.head (lib.splitString "/" plan.tunnel.cidr);
+
+  # A test VM that is machine `name` of the plan: the plan, the common hardening and the
+  # sops wiring, with the fixtures as its secrets and its test host key as its identity
+  # (on a real guest the hypervisor installs that key before the first boot).
+  machine =
+    name:
+    { lib, ... }:
+    {
+      imports = [
+        sops-nix.nixosModules.sops
+        homestackModules.plan
+        homestackModules.common
+        homestackModules.secrets
+      ];
+      homestack = {
+        inherit plan;
+        machine = name;
+        root = fixtures;
+      };
+      sops.age.sshKeyPaths = lib.mkForce [ "${keys}/host_${name}" ];
+    };
+
+  # A guest's services and firewall on a plain VM, with the guest's address from the plan
+  # added to the test VLAN interface.
+  guest = name: {
+    imports = [
+      (machine name)
+      homestackModules.guest-firewall
+      (self + "/guests/${name}")
+    ];
+    networking.interfaces.eth1.ipv4.addresses = [
+      {
+        inherit (plan.guests.${name}) address;
+        prefixLength = net.prefix;
+      }
+    ];
+  };
+in
+{
+  rollback = import ./rollback.nix { inherit pkgs; };
+
+  guests = pkgs.testers.runNixOSTest {
+    name = "homestack-guests";
+    nodes = {
+      auth = guest "auth";
+      db = guest "db";
+      proxy = guest "proxy";
+      # A LAN client: outside the guest network, it reaches the guests' addresses on-link.
+      client = {
+        security.pki.certificateFiles = [ "${fixtures}/certs/ca.crt" ];
+        networking.nameservers = [ proxyAddress ];
+        networking.interfaces.eth1.ipv4.routes = [
+          {
+            inherit (net) address;
+            prefixLength = net.prefix;
+          }
+        ];
+        environment.systemPackages = [
+          pkgs.dnsutils
+          pkgs.curl
+        ];
+      };
+    };
+    testScript = ''
+      import json
+
+      start_all()
+      db.wait_for_unit("postgresql.service")
+      db.wait_for_unit("homestack-postgresql-passwords.service")
+      auth.wait_for_unit("pocket-id.service")
+      auth.wait_for_open_port(1411)
+      proxy.wait_for_unit("dnsmasq.service")
+      proxy.wait_for_unit("caddy.service")
+      proxy.wait_for_open_port(443, "${proxyAddress}")
+
+      with subtest("the client resolves id.${plan.domain} through dnsmasq"):
+          answer = client.succeed("dig +short @${proxyAddress} id.${plan.domain}").strip()
+          assert answer == "${proxyAddress}", answer
+
+      with subtest("HTTPS through Caddy with the private CA; PocketID's discovery answers"):
+          doc = client.wait_until_succeeds(
+              "curl --fail --silent https://id.${plan.domain}/.well-known/openid-configuration",
+              timeout=120,
+          )
+          assert json.loads(doc)["issuer"] == "https://id.${plan.domain}", doc
+
+      with subtest("auth reaches db; proxy cannot"):
+          probe = "timeout 5 bash -c 'echo > /dev/tcp/${plan.guests.db.address}/5432'"
+          auth.succeed(probe)
+          proxy.fail(probe)
+    '';
+  };
+
+  relay = pkgs.testers.runNixOSTest {
+    name = "homestack-relay";
+    nodes = {
+      # VLAN 1 is the internet: the relay's public address, the client, the home uplink.
+      cloud-relay = {
+        imports = [
+          (machine "cloud-relay")
+          homestackModules.relay
+        ];
+        networking.interfaces.eth1.ipv4.addresses = [
+          {
+            address = plan.relay.publicAddress;
+            prefixLength = 24;
+          }
+        ];
+      };
+      internet = {
+        security.pki.certificateFiles = [ "${fixtures}/certs/ca.crt" ];
+        networking.interfaces.eth1.ipv4.addresses = [
+          {
+            address = "203.0.113.20";
+            prefixLength = 24;
+          }
+        ];
+        environment.systemPackages = [ pkgs.curl ];
+      };
+      # The home side: dials the relay (no port forward at home) and routes to the guests.
+      homelab = {
+        imports = [
+          (machine "homelab")
+          homestackModules.wireguard
+        ];
+        virtualisation.vlans = [
+          1
+          2
+        ];
+        boot.kernel.sysctl."net.ipv4.conf.all.forwarding" = true;
+        networking.interfaces.eth1.ipv4.addresses = [
+          {
+            address = "203.0.113.30";
+            prefixLength = 24;
+          }
+        ];
+        networking.interfaces.eth2.ipv4.addresses = [
+          {
+            address = net.gateway;
+            prefixLength = net.prefix;
+          }
+        ];
+      };
+      # VLAN 2 is the guest network.
+      proxy = {
+        imports = [ (guest "proxy") ];
+        virtualisation.vlans = [ 2 ];
+        networking.interfaces.eth1.ipv4.routes = [
+          {
+            address = tunnelNet;
+            prefixLength = plan.tunnel.prefix;
+            via = net.gateway;
+          }
+        ];
+      };
+    };
+    testScript = ''
+      start_all()
+      cloud_relay.wait_for_unit("wireguard-${plan.relay.interface}.service")
+      homelab.wait_for_unit("wireguard-${plan.relay.interface}.service")
+      proxy.wait_for_unit("caddy.service")
+
+      with subtest("the home side dials out and the tunnel comes up"):
+          homelab.wait_until_succeeds("ping -c1 -W2 ${plan.relay.address}", timeout=120)
+
+      with subtest("a client on the public side reaches the proxy through the tunnel"):
+          # TLS verifies against the private CA; auth is not in this test, so Caddy says 502.
+          code = internet.succeed(
+              "curl --silent --output /dev/null --write-out '%{http_code}' "
+              "--resolve id.${plan.domain}:443:${plan.relay.publicAddress} https://id.${plan.domain}/"
+          ).strip()
+          assert code == "502", code
+          code = internet.succeed(
+              "curl --silent --output /dev/null --write-out '%{http_code}' "
+              "-H 'Host: id.${plan.domain}' http://${plan.relay.publicAddress}/"
+          ).strip()
+          assert code == "308", code
+
+      with subtest("nothing but the plan's forwards gets through"):
+          internet.fail("timeout 5 bash -c 'echo > /dev/tcp/${plan.relay.publicAddress}/5432'")
+    '';
+  };
+
+  hypervisor = pkgs.testers.runNixOSTest {
+    name = "homestack-hypervisor";
+    nodes.homelab =
+      { lib, ... }:
+      {
+        imports = [
+          (machine "homelab")
+          microvm.nixosModules.host
+          homestackModules.hypervisor
+        ];
+        # One real guest is enough to prove the wiring, and fits in the test VM.
+        homestack.hypervisor.guests = [ "db" ];
+        homestack.guestConfigurations = {
+          inherit (configurations) db;
+        };
+        # The mesh is not part of this test.
+        services.netbird.clients = lib.mkForce { };
+        virtualisation = {
+          memorySize = plan.guests.db.memory + 2048;
+          cores = 2;
+          diskSize = 8192;
+          # the disk the test turns into the ZFS pool
+          emptyDiskImages = [ 4096 ];
+          # nested virtualisation, as microvm.nix's own checks do
+          qemu.options = [
+            "-cpu"
+            "kvm64,+svm,+vmx"
+          ];
+        };
+      };
+    testScript = ''
+      homelab.start()
+      homelab.wait_for_unit("multi-user.target")
+      homelab.succeed("zpool create -f ${plan.hosts.homelab.zfs.pool} /dev/vdb")
+
+      with subtest("the guest's dataset and host key are in place before it boots"):
+          homelab.succeed("systemctl start microvm@db.service")
+          homelab.succeed("zfs list ${plan.guests.db.state.dataset}")
+          homelab.succeed("test -s ${plan.guests.db.state.hostPath}/etc/ssh/ssh_host_ed25519_key")
+
+      with subtest("the db MicroVM boots and answers on its address"):
+          homelab.wait_for_unit("microvm@db.service", timeout=1200)
+          homelab.wait_until_succeeds("ping -c1 -W2 ${plan.guests.db.address}", timeout=900)
+          keys = homelab.wait_until_succeeds(
+              "ssh-keyscan -t ed25519 ${plan.guests.db.address} 2>/dev/null | grep ssh-ed25519",
+              timeout=300,
+          )
+          assert "${builtins.elemAt (lib.splitString " " plan.guests.db.hostKey) 1}" in keys, keys
+    '';
+    meta.timeout = 1800;
+  };
+}
