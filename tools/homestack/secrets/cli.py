@@ -1,0 +1,335 @@
+"""`tools secrets …`: the click layer over homestack.secrets. It parses and prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from homestack.errors import CheckFailed, UserError
+from homestack.inventory import find_inventory, set_inventory_value
+from homestack.plan import load_plan
+from homestack.secrets import audit as audit_mod
+from homestack.secrets import keys as keys_mod
+from homestack.secrets import sync as sync_mod
+from homestack.secrets.edit import Outcome, edit_secret
+from homestack.secrets.model import Kind, SecretsPlan
+from homestack.secrets.rules import CONFIG_NAME, rules_are_current, write_rules
+from homestack.secrets.sops import Sops
+from homestack.secrets.sopsfile import read_sops_file
+from homestack.secrets.store import relative, rotate_file, set_secret
+
+
+@dataclass(frozen=True)
+class Repo:
+    inventory: Path
+
+    @property
+    def root(self) -> Path:
+        return self.inventory.resolve().parent
+
+    def plan(self) -> SecretsPlan:
+        return SecretsPlan.from_plan(load_plan(self.inventory))
+
+    def set_value(self, keys: list[str], value: str) -> None:
+        set_inventory_value(self.inventory, keys, value)
+
+    def rel(self, file: str) -> str:
+        return relative(self.root, file)
+
+
+pass_repo = click.make_pass_decorator(Repo)
+
+
+@click.group()
+@click.option(
+    "--inventory",
+    "-i",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The inventory (default: $HOMESTACK_INVENTORY or ./inventory.toml, searching upwards).",
+)
+@click.pass_context
+def secrets(ctx: click.Context, inventory: Path | None) -> None:
+    """Manage sops secrets and machine keys.
+
+    Which files exist and who may decrypt each comes from the inventory's plan; sops does
+    all encryption. Secret files live under secrets/ next to inventory.toml.
+    """
+    ctx.obj = Repo(find_inventory(inventory))
+
+
+def _progress(step: str, done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        end = "\n" if done == total else ""
+        click.echo(f"\r{step} {done}/{total}", err=True, nl=False)
+        click.echo(end, err=True, nl=False)
+    elif done == total or done % 10 == 0:
+        click.echo(f"{step} {done}/{total}", err=True)
+
+
+def _sync(repo: Repo, plan: SecretsPlan, jobs: int) -> sync_mod.SyncResult:
+    result = sync_mod.sync(repo.root, plan, Sops(), jobs=jobs, progress=_progress)
+    if result.recovered:
+        click.echo(f"finished an interrupted sync: {result.recovered} file(s) moved into place")
+    return result
+
+
+@secrets.command()
+@click.option("--user", help="The inventory user whose age_key this is (default: the only admin).")
+@click.option("--force", is_flag=True, help="Replace a different age_key already in the inventory.")
+@pass_repo
+def init(repo: Repo, user: str | None, force: bool) -> None:
+    """Create your admin age identity where sops finds it, and record it in the inventory."""
+    plan = repo.plan()
+    admins = [p for p in plan.principals if p.kind is Kind.ADMIN]
+    if user is None:
+        if len(admins) != 1:
+            raise UserError("inventory.toml: say which user this key belongs to with --user NAME")
+        user = admins[0].name
+    principal = plan.principal(user)
+    if principal is None or principal.is_machine:
+        raise UserError(f"inventory.toml: users.{user}: no such user (add [users.{user}] first)")
+    key = keys_mod.init_admin_key(keys_mod.admin_key_path())
+    verb = "created" if key.created else "exists, kept"
+    click.echo(f"{key.path}: {verb} (mode 0600)")
+    click.echo(f"recipient: {key.identity.recipient}")
+    held = {i.recipient for i in keys_mod.read_identities(key.path.read_text())}
+    if principal.recipient == key.identity.recipient or (principal.recipient in held and not force):
+        click.echo(f"inventory.toml: users.{user}.age_key already names this key")
+        return
+    if principal.recipient and not force:
+        raise UserError(
+            f"inventory.toml: users.{user}.age_key is {principal.recipient}, a key {key.path} does "
+            "not hold; pass --force to replace it (then run `tools secrets sync` with the old key)"
+        )
+    repo.set_value(["users", user, "age_key"], key.identity.recipient)
+    click.echo(f"inventory.toml: users.{user}.age_key set")
+    plan = repo.plan()
+    write_rules(repo.root, plan)
+    click.echo(f"{CONFIG_NAME}: updated from the inventory")
+    changes, _, _ = sync_mod.pending_changes(repo.root, plan)
+    if changes:
+        click.echo(f"next: `tools secrets sync` re-keys {len(changes)} file(s) for this key")
+
+
+@secrets.command()
+@click.argument("machines", nargs=-1)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Import this existing OpenSSH ed25519 private key instead of generating one.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing host key.")
+@click.option("--no-sync", is_flag=True, help="Do not re-key the files the new keys should open.")
+@pass_repo
+def bootstrap(
+    repo: Repo, machines: tuple[str, ...], key_file: Path | None, force: bool, no_sync: bool
+) -> None:
+    """Give machines SSH host keys before they first boot (default: every machine).
+
+    The public key and its age recipient go into the inventory; the private key into
+    secrets/host-keys/MACHINE.yaml, readable by the admins and the guest's hypervisor.
+    """
+    if key_file is not None and len(machines) != 1:
+        raise UserError("--key imports one key: name exactly one machine")
+    pem = key_file.read_bytes() if key_file is not None else None
+    sops = Sops()
+    hosts, guests = keys_mod.bootstrap_order(repo.plan(), list(machines))
+    for group in (hosts, guests):
+        plan = repo.plan()  # guests' files are encrypted to their host's (new) key
+        for machine in group:
+            result = keys_mod.bootstrap_machine(
+                repo.root, plan, machine, sops, repo.set_value, force=force, import_pem=pem
+            )
+            click.echo(
+                f"{machine}: {result.outcome.value} {keys_mod.host_key_file(machine)}  "
+                f"{result.age_recipient}"
+            )
+    plan = repo.plan()
+    if write_rules(repo.root, plan):
+        click.echo(f"{CONFIG_NAME}: updated from the inventory")
+    if no_sync:
+        return
+    synced = _sync(repo, plan, jobs=2)
+    if synced.changes:
+        click.echo(f"re-keyed {len(synced.changes)} file(s) for the new keys")
+
+
+@secrets.command()
+@click.option("--check", is_flag=True, help="Only check: exit 2 if .sops.yaml is stale.")
+@pass_repo
+def rules(repo: Repo, check: bool) -> None:
+    """Write .sops.yaml from the inventory (never edit it by hand)."""
+    plan = repo.plan()
+    if check:
+        if not rules_are_current(repo.root, plan):
+            raise UserError(f"{CONFIG_NAME}: stale; run `tools secrets rules`")
+        click.echo(f"{CONFIG_NAME}: up to date ({len(plan.specs)} rules)")
+        return
+    changed = write_rules(repo.root, plan)
+    click.echo(f"{CONFIG_NAME}: {'written' if changed else 'unchanged'} ({len(plan.specs)} rules)")
+
+
+@secrets.command()
+@click.argument("file")
+@pass_repo
+def edit(repo: Repo, file: str) -> None:
+    """Edit FILE with `sops edit`, its plaintext on a private tmpfs."""
+    result = edit_secret(repo.root, repo.plan(), repo.rel(file), Sops())
+    messages = {
+        Outcome.CHANGED: "saved (re-encrypted)",
+        Outcome.CREATED: "created",
+        Outcome.UNCHANGED: "no change, file untouched",
+    }
+    click.echo(f"{result.path}: {messages[result.outcome]}")
+
+
+@secrets.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("key", required=False)
+def show(file: Path, key: str | None) -> None:
+    """Print FILE decrypted (exactly as `sops decrypt` does), or one KEY (a/b for nested)."""
+    text = Sops().decrypt(file, key)
+    click.echo(text, nl=key is not None and not text.endswith("\n"))
+
+
+@secrets.command(name="set")
+@click.argument("file")
+@click.argument("key")
+@click.option("--keep-newline", is_flag=True, help="Keep a final newline of the value.")
+@pass_repo
+def set_(repo: Repo, file: str, key: str, keep_newline: bool) -> None:
+    """Set KEY (a/b for nested) in FILE to the value read from stdin (never from argv)."""
+    if sys.stdin.isatty():
+        value = click.prompt(f"{key}", hide_input=True, err=True)
+    else:
+        value = sys.stdin.read()
+        if value.endswith("\n") and not keep_newline:
+            value = value[:-1]
+    rel = repo.rel(file)
+    plan = repo.plan()
+    created = set_secret(repo.root, plan, rel, key, value, sops=Sops())
+    click.echo(f"{rel}: {'created with' if created else 'set'} {key}")
+    if key.strip("/") not in plan.spec(rel).keys:
+        declared = ", ".join(plan.spec(rel).keys) or "nothing"
+        click.echo(f"note: no NixOS module reads {key} from {rel} (they read: {declared})")
+
+
+@secrets.command()
+@click.argument("file")
+@pass_repo
+def rotate(repo: Repo, file: str) -> None:
+    """Give FILE a new data key and re-encrypt every value."""
+    rel = repo.rel(file)
+    rotate_file(repo.root, repo.plan(), rel, Sops())
+    click.echo(f"{rel}: rotated (new data key)")
+
+
+@secrets.command()
+@click.option("--jobs", "-j", default=2, show_default=True, help="sops processes at a time.")
+@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
+@pass_repo
+def sync(repo: Repo, jobs: int, as_json: bool) -> None:
+    """Re-key every secret file to the recipients the inventory wants: all files or none."""
+    plan = repo.plan()
+    if write_rules(repo.root, plan) and not as_json:
+        click.echo(f"{CONFIG_NAME}: updated from the inventory")
+    result = _sync(repo, plan, jobs)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "changed": [
+                        {
+                            "path": c.path,
+                            "added": list(c.added),
+                            "removed": list(c.removed),
+                            "rotated": c.rotates,
+                        }
+                        for c in result.changes
+                    ],
+                    "unchanged": result.unchanged,
+                    "missing": list(result.missing),
+                    "recovered": result.recovered,
+                },
+                indent=2,
+            )
+        )
+        return
+    names = plan.by_recipient()
+
+    def name(recipient: str) -> str:
+        known = names.get(recipient)
+        return known.name if known else recipient[:16] + "…"
+
+    for change in result.changes:
+        parts = [f"+{name(r)}" for r in change.added] + [f"-{name(r)}" for r in change.removed]
+        rotated = ", new data key" if change.rotates else ""
+        click.echo(f"{change.path}: {' '.join(parts)}{rotated}")
+    click.echo(
+        f"sync: {len(result.changes)} re-keyed, {result.unchanged} already in line"
+        + (f", {len(result.missing)} not created yet" if result.missing else "")
+    )
+
+
+@secrets.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@pass_repo
+def check(repo: Repo, as_json: bool) -> None:
+    """Audit every secret file against the inventory, reading metadata only.
+
+    Reports machines that can decrypt a file they should not, machines or admins that
+    cannot decrypt a file they should, declared secrets no file contains, and files whose
+    MAC or format is broken. Exit code 2 on any finding, one line each.
+    """
+    plan = repo.plan()
+    findings = audit_mod.audit(repo.root, plan)
+    if as_json:
+        click.echo(json.dumps([{"path": f.path, "message": f.message} for f in findings], indent=2))
+        if findings:
+            sys.exit(2)
+        return
+    if findings:
+        raise CheckFailed(f"secrets: {len(findings)} finding(s)", [str(f) for f in findings])
+    click.echo(f"secrets: {len(plan.specs)} files match the inventory")
+
+
+@secrets.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_repo
+def recipients(repo: Repo, file: Path, as_json: bool) -> None:
+    """List who can decrypt FILE (any sops file), naming inventory machines and users."""
+    sops_file = read_sops_file(file)
+    try:
+        plan: SecretsPlan | None = repo.plan()
+    except UserError:
+        plan = None
+    rows: list[dict[str, Any]] = []
+    for index, group in enumerate(sops_file.key_groups):
+        for recipient in group.recipients:
+            rows.append(
+                {
+                    "group": index,
+                    "recipient": recipient,
+                    "who": audit_mod.who(plan, recipient) if plan else "unknown",
+                }
+            )
+        rows += [{"group": index, "recipient": f"pgp:{fp}", "who": "pgp key"} for fp in group.pgp]
+        rows += [{"group": index, "recipient": kind, "who": f"{kind} key"} for kind in group.other]
+    if as_json:
+        click.echo(json.dumps({**sops_file.to_json(), "recipients": rows}, indent=2))
+        return
+    click.echo(f"{file}: sops {sops_file.version}, last modified {sops_file.lastmodified}")
+    if len(sops_file.key_groups) > 1:
+        groups, threshold = len(sops_file.key_groups), sops_file.shamir_threshold
+        click.echo(f"  {groups} key groups, any {threshold} together decrypt")
+    width = max((len(r["recipient"]) for r in rows), default=0)
+    for row in rows:
+        label = f"[group {row['group'] + 1}] " if len(sops_file.key_groups) > 1 else ""
+        click.echo(f"  {label}{row['recipient']:<{width}}  {row['who']}")

