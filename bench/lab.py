@@ -10,23 +10,18 @@ tear-down <= 0.5 s. Uses its own prefix and directories, so a lab started by han
 
 from __future__ import annotations
 
+import argparse
+import shutil
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-# Scripts in bench/ are named after what they measure (bench/secrets.py): keep this
-# directory off the import path so they never shadow a standard module such as `secrets`.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-import argparse  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-from homestack.lab import checks, lifecycle  # noqa: E402
-from homestack.lab.state import LabPaths  # noqa: E402
-from homestack.plan import load_plan  # noqa: E402
-from homestack.process import default_runner  # noqa: E402
+from homestack.lab import checks, lifecycle
+from homestack.lab.state import LabPaths
+from homestack.plan import load_plan
+from homestack.process import default_runner
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"bring-up, cold": 4.0, "bring-up, warm": 2.0, "tear-down": 0.5}
@@ -49,19 +44,22 @@ def main() -> int:
     paths = LabPaths(root=base / "run", prefix="hsbench-", cache=base / "cache")
     quiet = lambda _msg: None  # noqa: E731
     runner = default_runner
-    times: dict[str, list[float]] = {k: [] for k in
-                                     ("bring-up, cold", "bring-up, warm", "test", "tear-down")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("bring-up, cold", "bring-up, warm", "test", "tear-down")
+    }
     failures = 0
     try:
         lifecycle.down(paths, runner, log=quiet)
         lifecycle.up(plan, paths, runner, log=quiet)  # fills the cluster cache
         lifecycle.down(paths, runner, log=quiet)
         for _ in range(args.runs):
-            times["bring-up, cold"].append(timed(
-                lambda: lifecycle.up(plan, paths, runner, cold=True, log=quiet)))
+            times["bring-up, cold"].append(
+                timed(lambda: lifecycle.up(plan, paths, runner, cold=True, log=quiet))
+            )
             times["tear-down"].append(timed(lambda: lifecycle.down(paths, runner, log=quiet)))
-            times["bring-up, warm"].append(timed(
-                lambda: lifecycle.up(plan, paths, runner, log=quiet)))
+            times["bring-up, warm"].append(
+                timed(lambda: lifecycle.up(plan, paths, runner, log=quiet))
+            )
             start = time.perf_counter()
             report = checks.run(plan, paths, runner)
             times["test"].append(time.perf_counter() - start)
@@ -70,8 +68,7 @@ def main() -> int:
     finally:
         lifecycle.down(paths, runner, log=quiet)
         shutil.rmtree(base, ignore_errors=True)
-    print(f"lab benchmark, {args.runs} runs, {args.inventory.name} "
-          f"({len(plan['guests'])} guests)")
+    print(f"lab benchmark, {args.runs} runs, {args.inventory.name} ({len(plan['guests'])} guests)")
     print(f"{'step':<16} {'runs':>4} {'median':>8} {'max':>8} {'target':>8}")
     ok = failures == 0
     for step, values in times.items():
@@ -80,8 +77,10 @@ def main() -> int:
         if target is not None:
             verdict = "ok" if max(values) <= target else "OVER"
             ok = ok and verdict == "ok"
-        print(f"{step:<16} {len(values):>4} {statistics.median(values):>7.2f}s "
-              f"{max(values):>7.2f}s {f'{target:.1f}s' if target else '':>8} {verdict}")
+        print(
+            f"{step:<16} {len(values):>4} {statistics.median(values):>7.2f}s "
+            f"{max(values):>7.2f}s {f'{target:.1f}s' if target else '':>8} {verdict}"
+        )
     print(f"lab test failures across runs: {failures}")
     return 0 if ok else 1
 

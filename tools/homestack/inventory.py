@@ -778,7 +778,10 @@ def _set_in_text(text: str, keys: Sequence[str], value: Any) -> str | None:
             lines[i] = f"{leaf} = {_toml_value(value)}{comment}\n"
             return "".join(lines)
     insert = end
-    while insert > start and not lines[insert - 1].strip():
+    # Before the blank lines and comments that introduce the next table.
+    while insert > start and (
+        not lines[insert - 1].strip() or lines[insert - 1].lstrip().startswith("#")
+    ):
         insert -= 1
     lines.insert(insert, rendered)
     return "".join(lines)
