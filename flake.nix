@@ -65,6 +65,8 @@
           pyyaml
         ];
         makeWrapperArgs = [
+          # deploy runs `tools secrets check` and `tools certs check` by name.
+          "--prefix PATH : ${placeholder "out"}/bin"
           "--prefix PATH : ${
             lib.makeBinPath [
               pkgs.sops
@@ -72,8 +74,12 @@
               pkgs.ssh-to-age
               pkgs.openssh
               pkgs.nixos-rebuild
+              pkgs.nixos-anywhere
+              pkgs.nix
             ]
           }"
+          # The plan library, for inventories outside a Homestack checkout.
+          "--set-default HOMESTACK_LIB ${./lib}"
         ];
         pythonImportsCheck = [ "homestack.cli" ];
         meta.mainProgram = "tools";
