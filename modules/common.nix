@@ -8,6 +8,8 @@ let
   caFile = root + "/certs/ca.crt";
 in
 {
+  imports = [ ./nftables.nix ];
+
   config = {
     services.openssh = {
       enable = true;
@@ -44,7 +46,8 @@ in
     networking.firewall.enable = lib.mkDefault true;
 
     nix.gc = {
-      automatic = true;
+      # Off on MicroVM guests (guest.nix): their store is the host's, shared read-only.
+      automatic = lib.mkDefault true;
       dates = "weekly";
       options = "--delete-older-than 30d";
     };

@@ -10,6 +10,7 @@
   wireguard = ./wireguard.nix; # the tunnel between the hypervisor and the relay
   guest = ./guest.nix; # every MicroVM guest: vcpu, memory, tap, shares, address
   guest-firewall = ./guest-firewall.nix; # the guest's nftables rule set from the plan
+  nftables = ./nftables.nix; # loads the plan's rendered tables without flushing others'
   netbird-client = ./services/netbird-client.nix;
   # service modules, named as in the inventory's `services`
   pocket-id = ./services/pocket-id.nix;

@@ -5,11 +5,10 @@ let
   inherit (config.homestack) plan machine;
 in
 {
+  imports = [ ./nftables.nix ];
+
   # The plan's rule set is the guest's whole firewall. NixOS's own firewall would add a
   # second input chain with its own default drop, and a packet must pass both.
   networking.firewall.enable = false;
-  networking.nftables = {
-    enable = true;
-    ruleset = plan.artifacts.nftables.${machine};
-  };
+  homestack.nftables.rulesets = [ plan.artifacts.nftables.${machine} ];
 }

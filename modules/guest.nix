@@ -9,8 +9,11 @@ let
       guest.state
     else
       throw "guests.${guest.name}: a Homestack guest needs persistent state (its SSH host key lives there); set state_size in inventory.toml";
-  # cloud-hypervisor and firecracker cannot do 9p, kvmtool cannot do virtiofs.
-  shareProto = if guest.hypervisor == "kvmtool" then "9p" else "virtiofs";
+  # Shares are virtiofs (microvm.nix's default is 9p, which cloud-hypervisor lacks).
+  # virtiofsd runs as root on the host, so each guest service keeps its own file ownership
+  # on the state share; a 9p server runs as the `microvm` user and could not read the
+  # root-only share the hypervisor prepares (see the assertion).
+  shareProto = "virtiofs";
   sshKey = "${state.guestPath}/etc/ssh/ssh_host_ed25519_key";
 in
 {
@@ -18,8 +21,12 @@ in
 
   assertions = [
     {
-      assertion = !(builtins.elem guest.hypervisor [ "firecracker" "stratovirt" ]);
-      message = "guests.${guest.name}: hypervisor ${guest.hypervisor} cannot share directories; use cloud-hypervisor or qemu";
+      assertion = builtins.elem guest.hypervisor [
+        "cloud-hypervisor"
+        "qemu"
+        "crosvm"
+      ];
+      message = "guests.${guest.name}: hypervisor ${guest.hypervisor} cannot serve virtiofs shares, which a Homestack guest's store and state use; use cloud-hypervisor (the default), qemu or crosvm";
     }
   ];
 
@@ -81,6 +88,10 @@ in
       path = sshKey;
     }
   ];
+
+  # The store is the hypervisor's, shared read-only, and its Nix database is not here: the
+  # hypervisor collects the garbage.
+  nix.gc.automatic = false;
 
   networking.useNetworkd = true;
   networking.useDHCP = false;

@@ -97,13 +97,16 @@ in
 
     # Routing for the guests; the plan's NAT table masquerades them to the LAN.
     boot.kernel.sysctl."net.ipv4.conf.all.forwarding" = true;
-    networking.nftables.ruleset = lib.concatStringsSep "\n" (
-      [ plan.artifacts.hostNftables.${machine} ]
-      # Guest-to-guest frames never reach the IP layer: the bridge-family table filters them.
-      ++ lib.optional (
-        plan.artifacts.bridgeNftablesByHost ? ${machine}
-      ) plan.artifacts.bridgeNftablesByHost.${machine}
-    );
+    # The plan's tables: NAT to the LAN (`networking.nat` stays off: this table masquerades)
+    # and the `inet` filter on traffic into the bridge, both beside NixOS's own `nixos-fw`
+    # input table (which keeps its default deny), plus the `bridge`-family table, because
+    # guest-to-guest frames never reach the IP layer.
+    homestack.nftables.rulesets = [
+      plan.artifacts.hostNftables.${machine}
+    ]
+    ++ lib.optional (
+      plan.artifacts.bridgeNftablesByHost ? ${machine}
+    ) plan.artifacts.bridgeNftablesByHost.${machine};
 
     # ZFS: the pool from the inventory holds one dataset per stateful guest.
     boot.supportedFilesystems = [ "zfs" ];
@@ -124,6 +127,8 @@ in
         value = {
           sopsFile = sopsFile "secrets/host-keys/${g.name}.yaml";
           key = "ssh_host_ed25519_key";
+          # A new key (`tools secrets` rotation) is copied to the guest's share again.
+          restartUnits = [ "homestack-host-key-${g.name}.service" ];
         };
       }) stateful
     );
@@ -156,9 +161,12 @@ in
               };
               script = ''
                 if ! ${zfs} list -H -o name ${g.state.dataset} >/dev/null 2>&1; then
+                  # virtiofsd serves the share with POSIX ACLs and xattrs (microvm.nix's
+                  # default posixAcl): give the dataset both.
                   ${zfs} create -p \
                     -o mountpoint=${g.state.hostPath} \
                     -o quota=${toString g.state.size}M \
+                    -o acltype=posixacl -o xattr=sa \
                     -o com.sun:auto-snapshot=true \
                     ${g.state.dataset}
                 fi

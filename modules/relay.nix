@@ -24,7 +24,7 @@ in
 
   # DNAT of the public ports, masquerade into the tunnel, and a forward chain that lets
   # only those flows through (policy drop).
-  networking.nftables.ruleset = plan.artifacts.hostNftables.${machine};
+  homestack.nftables.rulesets = [ plan.artifacts.hostNftables.${machine} ];
 
   networking.firewall = {
     allowedUDPPorts = [ plan.relay.port ];

@@ -9,10 +9,22 @@ let
 in
 lib.mkIf (plan.relay != null && (plan.relay.host == machine || wg.home.host == machine)) {
   sops.secrets.${side.privateKeySecret} = {
-    # networkd (when the machine uses it) reads the key as systemd-network.
+    # With networking.wireguard.useNetworkd (off by default, even where networkd manages the
+    # other interfaces) systemd-networkd reads the key itself, as systemd-network; otherwise
+    # the wireguard-<interface> unit reads it as root.
     mode = "0440";
-    group = if config.networking.useNetworkd then "systemd-network" else "root";
+    group = if config.networking.wireguard.useNetworkd then "systemd-network" else "root";
   };
+
+  # Where networkd manages the other links (the hypervisor) but the tunnel is made by the
+  # wireguard-<interface> script, keep networkd's hands off it, as NixOS's NetBird module
+  # does for its own interface.
+  systemd.network.networks."40-${side.interface}" =
+    lib.mkIf (config.networking.useNetworkd && !config.networking.wireguard.useNetworkd)
+      {
+        matchConfig.Name = side.interface;
+        linkConfig.Unmanaged = true;
+      };
 
   networking.wireguard.interfaces.${side.interface} = {
     ips = [ side.address ];

@@ -28,7 +28,10 @@ What they cannot prove: option *values* and their types (nixos-shape and, finall
 anything the manifest itself got wrong, and that the systems build or boot (the NixOS VM
 tests in tests/nixos/ need a machine with Nix and KVM). `lib`, `pkgs` and the `config`
 values the modules read are stand-ins (tests/nixos/option-paths/), so a module that reads a
-`config` value the stand-in lacks fails here although NixOS would have it.
+`config` value the stand-in lacks fails here although NixOS would have it. The stand-in `options`
+is empty, so where a module picks a nixpkgs layout by looking at `options` (the NetBird server's
+store and GeoLite switch), only the older layout's branch is checked here; nixos-shape, whose
+manifest declares both layouts, evaluates the newer one.
 """
 
 from __future__ import annotations

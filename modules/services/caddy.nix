@@ -20,27 +20,42 @@ let
 in
 {
   options.homestack.caddy.package = mkOption {
-    type = types.package;
-    default = pkgs.caddy;
-    defaultText = lib.literalExpression "pkgs.caddy";
+    type = types.nullOr types.package;
+    default = null;
+    example = lib.literalExpression ''
+      pkgs.caddy.withPlugins {
+        plugins = [ "github.com/caddy-dns/cloudflare@<version>" ];
+        hash = "sha256-…";
+      }
+    '';
     description = ''
-      The Caddy to run. acme-dns01 mode needs one with the Cloudflare DNS plugin, e.g.
-      `pkgs.caddy.withPlugins { plugins = [ "github.com/caddy-dns/cloudflare@<version>" ]; hash = "…"; }`
-      (the hash is learnt from the first build, which needs network access).
+      The Caddy to run; null means `pkgs.caddy`, which is enough in private-ca mode.
+      acme-dns01 mode needs a Caddy with the Cloudflare DNS plugin (plain `pkgs.caddy` fails
+      at start with "module not registered: dns.providers.cloudflare"): set it in
+      guests/<proxy>/default.nix as in the example. Every plugin needs an `@version`, and
+      the hash is learnt from the first build, which needs network access.
     '';
   };
 
   config = {
+    assertions = [
+      {
+        assertion = privateCa || config.homestack.caddy.package != null;
+        message = "certificates.mode = \"acme-dns01\" needs Caddy with the Cloudflare DNS plugin: set homestack.caddy.package = pkgs.caddy.withPlugins { plugins = [ \"github.com/caddy-dns/cloudflare@<version>\" ]; hash = \"…\"; } in the proxy guest (docs/nixos.md)";
+      }
+    ];
+
     # Not an assertion: the example must evaluate before anyone has made a CA. Caddy
     # then fails to start until the certificate exists.
     warnings = lib.optional (privateCa && !builtins.pathExists leaf) "certificates: certs/wildcard.crt is missing; run `tools ca init` and `tools certs issue`, then rebuild";
 
     services.caddy = {
       enable = true;
-      package = config.homestack.caddy.package;
-      # Used as is: the module's own generated Caddyfile (virtualHosts, email…) is bypassed.
-      configFile = pkgs.writeText "Caddyfile" plan.artifacts.caddyfile;
-      adapter = "caddyfile";
+      package = if config.homestack.caddy.package != null then config.homestack.caddy.package else pkgs.caddy;
+      # The plan's Caddyfile holds site blocks only; the module's generated file puts its
+      # global block (the ACME account email, the log level) in front of them.
+      extraConfig = plan.artifacts.caddyfile;
+      email = lib.mkIf (!privateCa) certs.acmeEmail;
       environmentFile = lib.mkIf (!privateCa) config.sops.templates."caddy.env".path;
     };
 

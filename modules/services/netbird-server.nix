@@ -2,12 +2,16 @@
 # dashboard, all behind the proxy at the guest's route, with PocketID as the OIDC provider.
 #
 # nixpkgs' NetBird server module changed shape across versions (enableNginx vs ingress,
-# relay and store options only in newer ones). This module uses only the options both
-# layouts declare (the components' enable/domain/port/settings) and writes the rest itself:
-# the relay unit, the database DSN and the GeoLite switch are plain systemd settings.
+# relay and store options only in newer ones). This module uses the options both layouts
+# declare (the components' enable/domain/port/settings) and writes the relay unit itself.
+# Two things cannot be said the same way in both: the newer layout asserts that a postgres
+# store comes with its own `store.dsnFile`, and declares `environment.NB_DISABLE_GEOLOCATION`
+# (null by default, which clashes with a plain systemd environment entry). For those two the
+# layout is recognised by its options (`newLayout`).
 {
   config,
   lib,
+  options,
   pkgs,
   ...
 }:
@@ -30,6 +34,17 @@ let
   db = lib.findFirst (d: d.owner == guest.name) null guest.databases;
   secret = name: config.sops.secrets.${name}.path;
   scopes = "openid profile email groups";
+  newLayout = lib.hasAttrByPath [
+    "services"
+    "netbird"
+    "server"
+    "management"
+    "store"
+    "dsnFile"
+  ] options;
+  dsn = "host=${db.serverAddress} port=${toString db.port} user=${db.role} password=${
+    config.sops.placeholder."postgresql/${db.role}-password"
+  } dbname=${db.name} sslmode=disable";
 in
 {
   imports = [ ./db-client.nix ];
@@ -47,7 +62,9 @@ in
   config = {
     services.netbird.server = {
       # Each component is enabled on its own: `server.enable` also turns on coturn (and, in
-      # some versions, the module's relay and a web server) by default.
+      # some versions, the module's relay and a web server) by default. The shared domain is
+      # set anyway: component defaults in some layouts read it.
+      inherit domain;
       management = {
         enable = true;
         inherit domain;
@@ -58,7 +75,6 @@ in
         # Merged over the module's defaults; { _secret = path; } is read at start.
         settings = {
           DataStoreEncryptionKey._secret = secret "netbird/datastore-key";
-          StoreConfig.Engine = if db != null then "postgres" else "sqlite";
           # STUN is served by the relay below (public UDP port forwarded by the relay host).
           Stuns = [
             {
@@ -102,7 +118,19 @@ in
             RedirectURLs = [ "http://localhost:53000" ];
             UseIDToken = true;
           };
+        }
+        # Older layout: the engine in the settings, the DSN from the environment file below.
+        // lib.optionalAttrs (!newLayout) {
+          StoreConfig.Engine = if db != null then "postgres" else "sqlite";
         };
+      }
+      // lib.optionalAttrs newLayout {
+        # Newer layout: its own store options (it passes the DSN as a systemd credential).
+        store = {
+          engine = if db != null then "postgres" else "sqlite";
+          dsnFile = lib.mkIf (db != null) config.sops.templates."netbird-management.dsn".path;
+        };
+        environment.NB_DISABLE_GEOLOCATION = true;
       };
       signal = {
         enable = true;
@@ -132,23 +160,38 @@ in
       };
     };
 
-    systemd.services.netbird-management = {
+    systemd.services.netbird-management = lib.mkIf (!newLayout) {
       # Management downloads GeoLite databases at start otherwise, and fails offline.
       environment.NB_DISABLE_GEOLOCATION = "true";
       serviceConfig.EnvironmentFile = lib.mkIf (db != null) [
         config.sops.templates."netbird-management.env".path
       ];
     };
-    sops.templates."netbird-management.env" = lib.mkIf (db != null) {
-      content = ''
-        NETBIRD_STORE_ENGINE_POSTGRES_DSN=host=${db.serverAddress} port=${toString db.port} user=${db.role} password=${
-          config.sops.placeholder."postgresql/${db.role}-password"
-        } dbname=${db.name} sslmode=disable
-      '';
-      # Read by systemd (EnvironmentFile=) as root before the service starts.
-      owner = "root";
-      restartUnits = [ "netbird-management.service" ];
-    };
+    sops.templates = lib.mkIf (db != null) (
+      if newLayout then
+        {
+          # The DSN alone, loaded by the module with LoadCredential (as root).
+          "netbird-management.dsn" = {
+            content = dsn;
+            owner = "root";
+            restartUnits = [ "netbird-management.service" ];
+          };
+        }
+      else
+        {
+          # NetBird reads NB_STORE_ENGINE_POSTGRES_DSN; releases before that name read only
+          # NETBIRD_STORE_ENGINE_POSTGRES_DSN (later ones still accept it): set both.
+          "netbird-management.env" = {
+            content = ''
+              NB_STORE_ENGINE_POSTGRES_DSN=${dsn}
+              NETBIRD_STORE_ENGINE_POSTGRES_DSN=${dsn}
+            '';
+            # Read by systemd (EnvironmentFile=) as root before the service starts.
+            owner = "root";
+            restartUnits = [ "netbird-management.service" ];
+          };
+        }
+    );
 
     # The relay (WebSocket behind the proxy at /relay, STUN on UDP 3478), written here
     # because only newer nixpkgs has a module for it.

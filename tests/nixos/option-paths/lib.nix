@@ -106,6 +106,14 @@ rec {
       }) names
     );
   getAttrs = names: set: genAttrs (filter (n: set ? ${n}) names) (n: set.${n});
+  hasAttrByPath =
+    path: set:
+    if path == [ ] then
+      true
+    else
+      builtins.isAttrs set
+      && set ? ${builtins.head path}
+      && hasAttrByPath (builtins.tail path) set.${builtins.head path};
   getExe' = drv: exe: "${drv}/bin/${exe}";
   inherit listToAttrs;
   mapAttrs = builtins.mapAttrs;

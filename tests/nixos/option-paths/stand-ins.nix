@@ -53,6 +53,7 @@ in
       caddy.package = stub "caddy";
       netbird.clientId = "netbird";
       secrets.file = "/nonexistent/secrets.yaml";
+      nftables.rulesets = [ ];
       # modules/gitops.nix, off as in the example
       gitops = {
         enable = false;
@@ -88,6 +89,7 @@ in
       postgresql.finalPackage = stub "postgresql";
     };
     networking.useNetworkd = false;
+    networking.wireguard.useNetworkd = false;
     nix.package = stub "nix";
     systemd.package = stub "systemd";
     boot.zfs.package = stub "zfs";
