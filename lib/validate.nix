@@ -36,7 +36,8 @@ let
   portKeys = [ "port" "proto" ];
   roles = [ "hypervisor" "relay" ];
   systems = [ "x86_64-linux" "aarch64-linux" ];
-  hypervisors = [ "cloud-hypervisor" "qemu" "firecracker" "crosvm" "kvmtool" "stratovirt" "alioth" ];
+  # Hypervisors with virtiofs, which the guests' state share needs.
+  hypervisors = [ "cloud-hypervisor" "qemu" "crosvm" ];
 
   label = "[a-z]([a-z0-9-]{0,61}[a-z0-9])?";
   isName = s: isString s && match label s != null;
