@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -206,3 +207,30 @@ def test_inventory_option_and_trust_output(repo: Path, tmp_path: Path) -> None:
     assert "  sudo update-ca-certificates" in lines
     far = tools(elsewhere, "ca", "-i", inventory, "trust", "--platform", "macos")
     assert f"-k /Library/Keychains/System.keychain {repo}/certs/ca.crt" in far.stdout
+
+
+def test_check_json_and_inventory_after_the_subcommand(repo: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    inventory = str(repo / "inventory.toml")
+    assert tools(elsewhere, "ca", "init", "-i", inventory).returncode == 0
+    missing = tools(elsewhere, "certs", "check", "--json", "-i", inventory)
+    assert missing.returncode == 2 and missing.stderr == ""
+    report = json.loads(missing.stdout)
+    assert report["ok"] is False and report["mode"] == "private-ca"
+    assert [f["subject"] for f in report["findings"]] == ["certs/wildcard.crt"]
+    assert tools(elsewhere, "certs", "issue", "-i", inventory).returncode == 0
+    ok = tools(elsewhere, "certs", "check", "--json", "-i", inventory)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["ok"] is True and report["findings"] == []
+    assert [c["path"] for c in report["certificates"]] == ["certs/ca.crt", "certs/wildcard.crt"]
+    assert report["certificates"][1]["names"] == ["*.home.arpa", "home.arpa"]
+
+
+def test_bad_inventory_toml_names_the_file(repo: Path) -> None:
+    (repo / "inventory.toml").write_text("[hosts\n")
+    result = tools(repo, "certs", "check")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {repo / 'inventory.toml'}: not valid TOML:")
+    assert len(result.stderr.splitlines()) == 1

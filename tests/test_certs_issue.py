@@ -30,8 +30,8 @@ from homestack.certs.certfile import (
 from homestack.certs.check import check, check_private_ca
 from homestack.certs.issue import build_leaf, issue, renew
 from homestack.certs.settings import CertSettings, Mode, SecretRef
-from homestack.plan import load_plan
 from homestack.errors import UserError
+from homestack.plan import load_plan
 from homestack.process import Runner
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from homestack.deploy import engine
 from homestack.deploy.health import Clock
 from homestack.deploy.order import Kind, waves
@@ -23,8 +26,6 @@ from homestack.deploy.report import Outcome
 from homestack.deploy.steps import DeployOptions
 from homestack.errors import UserError
 from homestack.process import RecordingRunner, Result
-from hypothesis import given
-from hypothesis import strategies as st
 
 STAMP = "20260101T000000Z"
 SWITCH = "/nix/var/nix/profiles/system/bin/switch-to-configuration switch"
@@ -101,7 +102,7 @@ class Machines:
     lock: threading.Lock = field(default_factory=threading.Lock)
     seen: list[str] = field(default_factory=list)
 
-    def __call__(self, call: tuple[str, ...]) -> Result | None:
+    def __call__(self, call: tuple[str, ...]) -> Result | None:  # noqa: PLR0911 - a fake ssh
         cmd = text(call)
         with self.lock:
             self.seen.append(cmd)
@@ -384,8 +385,9 @@ def test_guest_failure_rolls_back_to_the_previous_runner(rule: Rule) -> None:
 
 
 def test_rollback_that_cannot_connect_says_the_state_is_unknown() -> None:
+    switch_back = "nix-env -p /nix/var/nix/profiles/system --switch-generation"
     report, _ = run([Rule(RUNNING, 1, "root@relay", times=1),
-                     Rule("nix-env -p /nix/var/nix/profiles/system --switch-generation", 255, "root@relay")], ["cloud-relay"])
+                     Rule(switch_back, 255, "root@relay")], ["cloud-relay"])
     relay = report.machines[0]
     assert relay.outcome is Outcome.UNKNOWN
     assert "may still run /nix/store/new-cloud-relay" in relay.state
@@ -393,8 +395,9 @@ def test_rollback_that_cannot_connect_says_the_state_is_unknown() -> None:
 
 
 def test_rollback_that_fails_is_reported_as_unknown() -> None:
+    switch_back = "nix-env -p /nix/var/nix/profiles/system --switch-generation"
     report, _ = run([Rule(RUNNING, 1, "root@relay", times=1),
-                     Rule("nix-env -p /nix/var/nix/profiles/system --switch-generation", 1, "root@relay")], ["cloud-relay"])
+                     Rule(switch_back, 1, "root@relay")], ["cloud-relay"])
     assert report.machines[0].outcome is Outcome.UNKNOWN
     assert "rollback failed" in report.machines[0].state
 

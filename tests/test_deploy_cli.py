@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_deploy import Machines, Rule, make_plan
+
 from homestack.deploy import cli as deploy_cli
 from homestack.process import RecordingRunner, Result
-from test_deploy import Machines, Rule, make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,3 +135,26 @@ def test_an_invalid_inventory_deploys_nothing(tmp_path: Path,
     assert "guests.db.address" in out.err
     assert "nothing was deployed" in out.err
     assert "ssh" not in out.out
+
+
+def test_dry_run_json_is_json_alone_on_stdout(fleet: RecordingRunner) -> None:
+    result = invoke(["--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # the "# …" comments went to stderr
+    assert report["dryRun"] is True
+    assert result.stderr.startswith("# tools deploy --dry-run")
+
+
+def test_status_shows_progress_on_stderr(fleet: RecordingRunner) -> None:
+    result = invoke(["status", "homelab", "--json"])
+    json.loads(result.stdout)
+    assert "[homelab] asking over ssh" in result.stderr
+
+
+def test_inventory_short_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from homestack.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deploy", "--dry-run", "-i", str(tmp_path / "missing.toml")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}/missing.toml: no such inventory file\n"

@@ -39,7 +39,8 @@ let
   plan = builtins.fromJSON (builtins.readFile PLAN);
   pkgs = {
     writeText = name: text: builtins.toFile name text;
-    git = "git"; openssh = "openssh"; jq = "jq"; curl = "curl"; bash = "bash"; coreutils = "coreutils";
+    git = "git"; openssh = "openssh"; jq = "jq"; curl = "curl"; bash = "bash";
+    coreutils = "coreutils";
   };
   config = {
     homestack = {
@@ -114,18 +115,20 @@ def host(tmp_path: Path) -> Path:
         switch = t / "systems" / name / "bin" / "switch-to-configuration"
         switch.parent.mkdir(parents=True)
         health = "healthy" if name != "broken" else "degraded"
-        switch.write_text(f'#!/bin/sh\necho "switch {name}" >> "$LOG"\necho {health} > "$T/state"\n')
+        switch.write_text(
+            f'#!/bin/sh\necho "switch {name}" >> "$LOG"\necho {health} > "$T/state"\n'
+        )
         switch.chmod(0o755)
     (t / "state").write_text("healthy\n")
     profiles = t / "profiles"
     profiles.mkdir()
-    os.symlink(t / "systems" / "good", profiles / "system-1-link")
-    os.symlink("system-1-link", profiles / "system")
+    (profiles / "system-1-link").symlink_to(t / "systems" / "good")
+    (profiles / "system").symlink_to("system-1-link")
     for guest in ("auth", "db", "proxy", "vpn"):  # every guest runs what is declared
         d = t / "varlib" / "microvms" / guest
         d.mkdir(parents=True)
-        os.symlink("/nix/store/runner", d / "current")
-        os.symlink("/nix/store/runner", d / "booted")
+        (d / "current").symlink_to("/nix/store/runner")
+        (d / "booted").symlink_to("/nix/store/runner")
     (t / "varlib" / "homestack" / "gitops").mkdir(parents=True)
 
     key = t / "alice"
@@ -169,7 +172,7 @@ def run_timer(t: Path, builds: str) -> tuple[int, dict[str, str], list[str]]:
 
 
 def profile(t: Path) -> str:
-    return os.readlink(t / "profiles" / "system")
+    return str((t / "profiles" / "system").readlink())
 
 
 def test_signed_commit_is_switched_then_left_alone(host: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
 from homestack.deploy import provision as prov
 from homestack.errors import UserError
 from homestack.process import Result, Runner
@@ -111,7 +112,7 @@ def test_a_key_that_does_not_match_the_inventory_is_refused(tmp_path: Path,
     encrypt_host_key(flake, KEYS / "host_db")  # the wrong machine's key
     job = prov.Provision.from_plan(plan(), "homelab", "root@192.0.2.7", flake)
     runner = Installer()
-    with pytest.raises(UserError, match="is not the private half of hosts.homelab.host_key"):
+    with pytest.raises(UserError, match=r"is not the private half of hosts\.homelab\.host_key"):
         prov.install(job, runner, lambda _: None)
     assert runner.seen == {}
     assert [p for p in tmp_path.iterdir() if p.name.startswith("homestack-provision")] == []
@@ -124,8 +125,13 @@ def test_undecryptable_file_is_a_user_error(tmp_path: Path, age_identity: None,
     encrypt_host_key(flake, KEYS / "host_homelab")
     monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(tmp_path / "missing"))
     job = prov.Provision.from_plan(plan(), "homelab", "root@192.0.2.7", flake)
-    with pytest.raises(UserError, match="cannot decrypt ssh_host_ed25519_key"):
+    # sops's own reason, through the one sops wrapper, naming the file and the key
+    with pytest.raises(UserError) as exc:
         prov.install(job, Installer(), lambda _: None)
+    assert str(exc.value) == (
+        "cannot decrypt ssh_host_ed25519_key: secrets/host-keys/homelab.yaml: sops decrypt "
+        f"failed: SOPS_AGE_KEY_FILE={tmp_path / 'missing'} does not exist"
+    )
 
 
 def test_dry_run_decrypts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +141,7 @@ def test_dry_run_decrypts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
                                                  "--dry-run"])
     assert result.exit_code == 0
     commands = [line for line in result.stdout.splitlines() if not line.startswith("#")]
-    assert commands[0].startswith("sops --decrypt --extract '[\"ssh_host_ed25519_key\"]' "
+    assert commands[0].startswith("sops decrypt --extract '[\"ssh_host_ed25519_key\"]' "
                                   "secrets/host-keys/homelab.yaml > @private-tmpfs-dir@/")
     assert commands[-1] == ("nixos-anywhere --flake '.#homelab' --extra-files "
                             "@private-tmpfs-dir@ --target-host root@192.0.2.7")
@@ -152,3 +158,15 @@ def test_private_directory_is_never_on_disk_by_default(monkeypatch: pytest.Monke
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     assert prov.private_dir_root() == Path("/dev/shm")
     assert os.statvfs("/dev/shm")  # exists here
+
+
+def test_missing_nixos_anywhere_is_found_before_decrypting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("homestack.deploy.cli.load",
+                        lambda _: (tmp_path / "inventory.toml", plan()))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nixos-anywhere, no sops
+    monkeypatch.setattr(prov, "host_key_tree", lambda *_: pytest.fail("decrypted the key"))
+    with pytest.raises(UserError, match=r"^nixos-anywhere: command not found"):
+        CliRunner().invoke(prov.provision, ["homelab", "--target", "root@192.0.2.7"],
+                           catch_exceptions=False)

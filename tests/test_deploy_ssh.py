@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from homestack.deploy import engine
 from homestack.deploy.remote import DEFAULT_OPTIONS, Ssh
 from homestack.deploy.report import Outcome
@@ -100,7 +101,7 @@ class Target:
         return (self.root / "log").read_text().splitlines()
 
     def profile(self) -> str:
-        return os.readlink(self.root / "profiles" / "system")
+        return str((self.root / "profiles" / "system").readlink())
 
     def state(self) -> str:
         return (self.root / "state").read_text().strip()
@@ -142,8 +143,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         """))
     (root / "profiles").mkdir()
     base = _closure(root, "base", "healthy")
-    os.symlink(base, root / "profiles" / "system-1-link")
-    os.symlink("system-1-link", root / "profiles" / "system")
+    (root / "profiles" / "system-1-link").symlink_to(base)
+    (root / "profiles" / "system").symlink_to("system-1-link")
     (root / "state").write_text("healthy\n")
     (root / "log").write_text("")
     _write(root / "sshd_config", textwrap.dedent(f"""\
@@ -236,7 +237,7 @@ def test_good_configuration_is_switched_and_confirmed(target: Target) -> None:
     assert report.ok, report.summary()
     assert report.machines[0].outcome is Outcome.SWITCHED
     assert target.profile() == "system-2-link"
-    assert os.readlink(target.root / "profiles" / "system-2-link") == good
+    assert str((target.root / "profiles" / "system-2-link").readlink()) == good
     log = target.log()
     assert log[0].startswith("systemd-run --unit=homestack-rollback-relay-")
     assert "--switch-generation 1" in log[0]  # the watchdog knows the way back
@@ -277,5 +278,6 @@ def test_lost_connection_during_the_switch_rolls_back(target: Target) -> None:
     report = deploy(target, dropper)
     relay = report.machines[0]
     assert relay.outcome is Outcome.ROLLED_BACK, relay
-    assert relay.error is not None and relay.error.startswith("lost the connection to root@127.0.0.1")
+    assert relay.error is not None
+    assert relay.error.startswith("lost the connection to root@127.0.0.1")
     assert target.profile() == before

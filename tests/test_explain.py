@@ -59,3 +59,10 @@ def test_cli_json() -> None:
     result = CliRunner().invoke(cli, ["explain", "--format", "json", "-i", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["domain"] == "home.arpa"
+
+
+def test_cli_json_flag_is_format_json() -> None:
+    flag = CliRunner().invoke(cli, ["explain", "--json", "-i", str(EXAMPLE)])
+    assert flag.exit_code == 0, flag.output
+    assert flag.stdout == CliRunner().invoke(cli, ["explain", "--format", "json",
+                                                   "-i", str(EXAMPLE)]).stdout

@@ -123,3 +123,33 @@ def test_any_address_is_judged_by_the_subnet(address: int, name: str) -> None:
         duplicate = [p for p in problems if "is also the address of" in p]
         assert bool(duplicate) == taken
         assert problems == duplicate
+
+
+def test_unreadable_inventory_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^.*: cannot read the inventory: Is a directory$"):
+        load_inventory(tmp_path)
+    latin1 = tmp_path / "inventory.toml"
+    latin1.write_bytes(b'domain = "caf\xe9"\n')
+    with pytest.raises(UserError, match=r"inventory.toml: not valid TOML: not UTF-8 text$"):
+        load_inventory(latin1)
+
+
+def test_cli_check_takes_the_inventory_option_too(tmp_path: Path) -> None:
+    bad = next(p for p in BAD if p.stem == "address-outside-subnet")
+    result = CliRunner().invoke(cli, ["inventory", "check", "-i", str(bad)],
+                                standalone_mode=False)
+    assert isinstance(result.exception, CheckFailed)
+    result = CliRunner().invoke(cli, ["inventory", "check", str(EXAMPLE), "-i", str(bad)],
+                                standalone_mode=False)
+    assert isinstance(result.exception, UserError)
+    assert str(result.exception).startswith("give the inventory once")
+
+
+def test_cli_show_of_a_directory_exits_2(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from homestack.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["inventory", "show", "-i", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err

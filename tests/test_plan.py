@@ -201,7 +201,8 @@ def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
     text = EXAMPLE.read_text() + (
         '\n[guests.wiki]\nhost = "homelab"\naddress = "192.168.100.30"\nvcpu = 1\nmemory = 512\n'
         'services = []\nports = [{ port = 3000, proto = "tcp" }]\n'
-        'routes = [{ name = "wiki", port = 3000 }]\ndatabases = [{ name = "wiki", server = "db" }]\n'
+        'routes = [{ name = "wiki", port = 3000 }]\n'
+        'databases = [{ name = "wiki", server = "db" }]\n'
     )
     assert "wiki" not in data["guests"]
     path = tmp_path / "inventory.toml"
@@ -225,3 +226,16 @@ def test_every_nix_file_parses() -> None:
             ["nix-instantiate", "--parse", str(path)], check=False, capture_output=True, text=True
         )
         assert out.returncode == 0, f"{path}: {out.stderr.strip()}"
+
+
+def test_invalid_toml_names_the_file_not_nix(tmp_path: Path) -> None:
+    broken = tmp_path / "inventory.toml"
+    broken.write_text('domain = "home.arpa\n')
+    with pytest.raises(UserError) as exc:
+        load_plan(broken)
+    assert str(exc.value).startswith(f"{broken}: not valid TOML: ")
+
+
+def test_a_directory_is_not_an_inventory(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cannot read the inventory"):
+        load_plan(tmp_path)

@@ -9,9 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from homestack.secrets.audit import audit
-from homestack.secrets.sops import Sops
-from homestack.secrets.store import create_file
 from test_secrets_helpers import (  # noqa: F401 - fixtures
     BOB,
     DUMMY_SECRETS,
@@ -22,6 +19,10 @@ from test_secrets_helpers import (  # noqa: F401 - fixtures
     session_keys,
     tools,
 )
+
+from homestack.secrets.audit import audit
+from homestack.secrets.sops import Sops
+from homestack.secrets.store import create_file
 
 CA = "secrets/ca.yaml"
 HOMELAB = "secrets/homelab.yaml"
@@ -85,7 +86,8 @@ def test_least_privilege_and_missing_recipient(
         in lines
     )
     assert (
-        "secrets/vpn.yaml: vpn (guest on homelab) should decrypt it but cannot (run `tools secrets sync`)"
+        "secrets/vpn.yaml: vpn (guest on homelab) should decrypt it but cannot "
+        "(run `tools secrets sync`)"
         in lines
     )
     for key in DUMMY_SECRETS["secrets/vpn.yaml"]:
@@ -155,8 +157,8 @@ def test_machine_without_age_key(repo: Path) -> None:
     inventory.write_text(text)
     found = messages(repo)
     assert (
-        "secrets/shared/pg-pocketid.yaml: db (guest on homelab) should decrypt it but has no age key "
-        "(run `tools secrets bootstrap db`)" in found
+        "secrets/shared/pg-pocketid.yaml: db (guest on homelab) should decrypt it "
+        "but has no age key (run `tools secrets bootstrap db`)" in found
     )
 
 

@@ -4,19 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 
 import pytest
-from homestack.inventory import read_inventory
-from homestack.secrets.agekeys import (
-    read_identities,
-    ssh_private_to_identity,
-    ssh_to_age,
-)
-from homestack.secrets.rules import render_rules
-from homestack.secrets.sopsfile import read_sops_file
 from test_secrets_helpers import (  # noqa: F401 - fixtures
     BOB,
     KEYS,
@@ -32,6 +23,15 @@ from test_secrets_helpers import (  # noqa: F401 - fixtures
     sops_with,
     tools,
 )
+
+from homestack.inventory import read_inventory
+from homestack.secrets.agekeys import (
+    read_identities,
+    ssh_private_to_identity,
+    ssh_to_age,
+)
+from homestack.secrets.rules import render_rules
+from homestack.secrets.sopsfile import read_sops_file
 
 ALICE = "age1x0dtwwdnzcdvdtkvp05nnmxf25y5qq6g5gxd2j9jxp8a0yzhaflqyxs40k"
 HOMELAB = "age122rgmw8t3prhp3vtcgqcfzvnl6xgj80xmxs8x3h6c8cu6phhsv8skds0qp"
@@ -223,7 +223,8 @@ def test_bootstrap_generates_a_key_for_a_new_guest(
     inventory.write_text(
         inventory.read_text()
         + (
-            '\n[guests.wiki]\nhost = "homelab"\naddress = "192.168.100.30"\nvcpu = 1\nmemory = 512\n'
+            '\n[guests.wiki]\nhost = "homelab"\naddress = "192.168.100.30"\n'
+            "vcpu = 1\nmemory = 512\n"
             "services = []\nstate_size = 512\n"
         )
     )
@@ -264,7 +265,7 @@ def test_bootstrap_refuses_to_replace_a_key_the_inventory_lists(
         capsys, "secrets", "bootstrap", "db", "--key", str(KEYS / "host_auth")
     )
     assert code == 2 and "not the host key the inventory lists" in err
-    os.chmod(repo, 0o755)
+    repo.chmod(0o755)  # back to the mode the checkout had
 
 
 def test_bootstrap_records_a_key_whose_inventory_update_was_lost(
@@ -279,7 +280,8 @@ def test_bootstrap_records_a_key_whose_inventory_update_was_lost(
     inventory.write_text(
         text.replace(
             line,
-            'host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKeyOtherKey0 x"',
+            'host_key = "ssh-ed25519 '
+            'AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKeyOtherKey0 x"',
         )
     )
     code, out, err = tools(capsys, "secrets", "bootstrap", "proxy")
@@ -299,4 +301,109 @@ def test_set_notes_a_secret_no_module_reads(
     assert out.splitlines()[1] == (
         "note: no NixOS module reads typo-key from secrets/auth.yaml "
         "(they read: pocket-id/encryption-key)"
+    )
+
+
+def test_commands_work_from_a_subdirectory_with_repository_paths(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # show and recipients take a path as the other commands do: here, else in the repo
+    (repo / "docs").mkdir()
+    monkeypatch.chdir(repo / "docs")
+    code, out, err = tools(capsys, "secrets", "show", "secrets/vpn.yaml")
+    assert code == 0, err
+    assert "turn-password" in out
+    assert tools(capsys, "secrets", "show", "../secrets/vpn.yaml")[1] == out
+    code, out, err = tools(capsys, "secrets", "recipients", "secrets/vpn.yaml", "--json")
+    assert code == 0, err
+    assert json.loads(out)["recipients"]
+    code, _, err = tools(capsys, "secrets", "show", "secrets/nope.yaml")
+    assert code == 2
+    assert err == f"error: secrets/nope.yaml: no such file (here or in {repo.resolve()})\n"
+    code, _, err = tools(capsys, "secrets", "show", "../secrets")
+    assert (code, err) == (2, "error: ../secrets: is a directory, not a sops file\n")
+
+
+def test_inventory_option_after_the_subcommand(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    inventory = str(repo / "inventory.toml")
+    before = tools(capsys, "secrets", "-i", inventory, "rules", "--check")
+    after = tools(capsys, "secrets", "rules", "--check", "-i", inventory)
+    assert before == after
+    assert after[0] == 0 and after[1].startswith(".sops.yaml: up to date")
+    # the one given last wins
+    code, _, err = tools(capsys, "secrets", "-i", "nope.toml", "rules", "-i", inventory)
+    assert code == 0, err
+
+
+def test_bad_inventory_toml_names_the_file(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "inventory.toml").write_text('domain = "unterminated\n')
+    code, _, err = tools(capsys, "secrets", "check")
+    assert code == 2 and err.startswith(f"error: {repo / 'inventory.toml'}: not valid TOML:")
+    assert len(err.splitlines()) == 1
+
+
+def test_failures_on_staged_copies_name_the_repository_file(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    (repo / "secrets/vpn.yaml").write_text("turn-password: [unclosed\n")
+    code, _, err = tools(capsys, "secrets", "rotate", "secrets/vpn.yaml")
+    assert code == 2 and err.startswith("error: secrets/vpn.yaml: sops rotate failed:"), err
+    monkeypatch.setattr("sys.stdin", io.StringIO("x"))
+    code, _, err = tools(capsys, "secrets", "set", "secrets/vpn.yaml", "k")
+    assert code == 2 and err.startswith("error: secrets/vpn.yaml: sops set failed:"), err
+
+
+def test_sync_needs_at_least_one_job(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = tools(capsys, "secrets", "sync", "--jobs", "0")
+    assert code == 2 and "0 is not in the range x>=1" in err
+
+
+def test_group_help_lists_whole_summaries(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = tools(capsys, "secrets", "--help")
+    assert code == 0
+    commands = out.split("Commands:")[1]
+    assert "..." not in commands
+    assert "-i, --inventory" in tools(capsys, "secrets", "show", "--help")[1]
+
+
+def test_a_broken_sops_yaml_is_found_and_does_not_stop_the_tools(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    (repo / ".sops.yaml").write_text("creation_rules: [\n")
+    code, _, err = tools(capsys, "secrets", "check")
+    assert code == 2
+    assert ".sops.yaml: not what the inventory gives (run `tools secrets rules`)" in err
+    # the commands that stage copies use the plan's rules, not the broken file
+    monkeypatch.setattr("sys.stdin", io.StringIO("v"))
+    assert tools(capsys, "secrets", "set", "secrets/vpn.yaml", "k")[0] == 0
+    assert tools(capsys, "secrets", "rotate", "secrets/vpn.yaml")[0] == 0
+    # plain sops (here: show) reads it: say which file is at fault
+    code, _, err = tools(capsys, "secrets", "show", "secrets/vpn.yaml")
+    assert code == 2
+    assert err == (
+        "error: secrets/vpn.yaml: sops decrypt failed: the .sops.yaml sops found is not valid "
+        "(`tools secrets rules` writes it from the inventory)\n"
+    )
+    assert tools(capsys, "secrets", "rules")[0] == 0
+    code, _, err = tools(capsys, "secrets", "check")
+    assert ".sops.yaml" not in err, err
+
+
+def test_init_names_the_inventory_it_was_given(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "site.toml").write_text((repo / "inventory.toml").read_text())
+    code, _, err = tools(capsys, "secrets", "init", "--user", "nobody", "-i", "site.toml")
+    assert (code, err) == (
+        2, "error: site.toml: users.nobody: no such user (add [users.nobody] first)\n"
     )

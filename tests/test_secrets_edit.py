@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from homestack.secrets.privtmp import fs_type
-from homestack.secrets.sops import Sops
-from homestack.secrets.sopsfile import read_sops_file
 from test_secrets_helpers import (  # noqa: F401 - fixtures
     admin_sops,
     built_repo,
@@ -25,6 +22,10 @@ from test_secrets_helpers import (  # noqa: F401 - fixtures
     session_keys,
     tools,
 )
+
+from homestack.secrets.privtmp import fs_type
+from homestack.secrets.sops import Sops
+from homestack.secrets.sopsfile import read_sops_file
 
 AUTH = "secrets/auth.yaml"
 
@@ -80,7 +81,7 @@ def test_unchanged_file_is_not_rewritten(
         ('printf "sops: 1\\n" > "$1"\n', "reserved by sops"),
     ],
 )
-def test_failures_keep_the_old_file(
+def test_failures_keep_the_old_file(  # noqa: PLR0917 - pytest passes fixtures by name
     repo: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -259,8 +260,8 @@ def test_an_unprivileged_user_gets_a_private_tmpfs_too() -> None:
             "--",
         ]
         result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *launcher]
-            + ["sh", "-c", probe],
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *launcher,
+             "sh", "-c", probe],
             capture_output=True,
             text=True,
             check=False,
@@ -289,3 +290,19 @@ def test_a_file_you_cannot_open_is_kept(
     assert f"error: {AUTH}: sops edit failed: SOPS_AGE_KEY_FILE=" in err
     assert "does not exist; the old file is kept" in err
     assert (repo / AUTH).read_bytes() == before
+
+
+def test_an_editor_that_cannot_run_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from homestack.secrets import editor
+
+    doc = tmp_path / "x.yaml"
+    doc.write_text("a: 1\n")
+    monkeypatch.setenv(editor.REAL_EDITOR, "/nowhere/editor")
+    assert editor.main([str(doc)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "edit: /nowhere/editor: cannot run it: No such file or directory "
+        "(set $EDITOR to your editor)\n"
+    )

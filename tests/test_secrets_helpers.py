@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from homestack import cli
 from homestack.inventory import set_inventory_value
 from homestack.plan import load_plan

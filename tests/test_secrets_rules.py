@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
+from test_secrets_helpers import REPO
+
 from homestack.errors import UserError
 from homestack.plan import load_plan
 from homestack.secrets.model import SecretsPlan
 from homestack.secrets.rules import render_rules, rules_are_current, write_rules
-from test_secrets_helpers import REPO
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from homestack.errors import UserError
 from homestack.process import RecordingRunner, Result
 from homestack.secrets.sops import Sops, index_of

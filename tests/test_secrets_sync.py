@@ -13,13 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-import homestack.secrets.sync as sync_mod
 import pytest
-from homestack.errors import UserError
-from homestack.secrets.audit import files_on_disk
-from homestack.secrets.sops import Sops
-from homestack.secrets.sopsfile import read_sops_file
-from homestack.secrets.staging import Stage
 from test_secrets_helpers import (  # noqa: F401 - fixtures
     BOB,
     add_admin,
@@ -32,6 +26,13 @@ from test_secrets_helpers import (  # noqa: F401 - fixtures
     sops_with,
     tools,
 )
+
+import homestack.secrets.sync as sync_mod
+from homestack.errors import UserError
+from homestack.secrets.audit import files_on_disk
+from homestack.secrets.sops import Sops
+from homestack.secrets.sopsfile import read_sops_file
+from homestack.secrets.staging import Stage
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -183,9 +184,8 @@ def test_kill_9_at_random_moments_loses_nothing(
     full = time.perf_counter() - start
     restore()
 
-    rng = random.Random(
-        4
-    )  # the moments differ per trial; the seed keeps failures reproducible
+    # the moments differ per trial; the seed keeps failures reproducible
+    rng = random.Random(4)  # noqa: S311 - picks crash points, not secrets
     mixed = committed = 0
     for trial in range(24):
         proc = subprocess.Popen(
@@ -260,7 +260,7 @@ def test_a_copy_whose_values_changed_is_refused(
 
     monkeypatch.setattr(Sops, "updatekeys", tampering)
     with pytest.raises(
-        UserError, match="secrets/vpn.yaml: re-keying changed its values"
+        UserError, match=r"secrets/vpn\.yaml: re-keying changed its values"
     ):
         sync_mod.sync(repo, secrets_plan(repo), admin_sops)
     assert snapshot(repo) == before

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
+from test_secrets_helpers import VECTORS
+
 from homestack.errors import UserError
 from homestack.secrets.sops import Sops
 from homestack.secrets.sopsfile import Store, parse_sops, read_sops_file
-from test_secrets_helpers import VECTORS
 
 if not (VECTORS / "INDEX.md").is_file():
     pytest.skip("sops test vectors not found", allow_module_level=True)
@@ -122,7 +123,7 @@ def test_vector_decrypts_to_the_expected_plaintext(
 
 
 def test_shamir_needs_two_groups() -> None:
-    with pytest.raises(UserError, match="cannot|none of your age identities|failed"):
+    with pytest.raises(UserError, match=r"cannot|none of your age identities|failed"):
         sops_for("generated/bob+carol.agekey", None).decrypt(G / "shamir.enc.yaml")
 
 
@@ -162,8 +163,8 @@ def plaintext_keys(name: str) -> set[str]:
         }
     else:
         section = "DEFAULT"
-        for line in text.splitlines():
-            line = line.strip()
+        for raw in text.splitlines():
+            line = raw.strip()
             if line.startswith("["):
                 section = line[1:-1]
                 keys.add(section)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from homestack import vmtest
 from homestack.errors import UserError
 from homestack.process import RecordingRunner, Result
@@ -106,3 +107,29 @@ def test_missing_nix_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, tmp
     assert capsys.readouterr().err == (
         "error: nix: command not found; the NixOS VM tests need Nix with flakes "
         "(https://nixos.org/download) and KVM\n")
+
+
+def test_the_flake_is_the_repository_found_from_a_subdirectory(
+    nix: RecordingRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "inventory.toml").write_text("")
+    monkeypatch.delenv("HOMESTACK_INVENTORY", raising=False)
+    monkeypatch.chdir(repo / "docs")
+    seen: list[Path] = []
+    monkeypatch.setattr(vmtest, "current_system",
+                        lambda _runner, flake: seen.append(flake) or "x86_64-linux")
+    assert CliRunner().invoke(vmtest.test, ["--list"]).exit_code == 0
+    assert seen == [repo]
+
+
+def test_a_nix_evaluation_error_is_its_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    stderr = ("warning: unable to download 'https://cache.nixos.org/nix-cache-info'\n"
+              "error: attribute 'checks' missing\n"
+              "(use '--show-trace' to show detailed location information)\n")
+    runner = RecordingRunner(script=lambda call: Result(call, 1, "", stderr))
+    with pytest.raises(UserError) as exc:
+        vmtest.list_checks(runner, Path("/flake"), "x86_64-linux")
+    assert str(exc.value) == (
+        "/flake: cannot evaluate checks.x86_64-linux: attribute 'checks' missing")

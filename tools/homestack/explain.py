@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from homestack.cliopts import inventory_option
 from homestack.inventory import find_inventory, load_inventory
 from homestack.plan import load_plan
 
@@ -270,12 +271,12 @@ def to_dot(d: dict[str, Any]) -> str:
     "--format", "fmt", type=click.Choice(["markdown", "json", "dot"]), default="markdown",
     show_default=True, help="markdown for people, json for programs, dot for Graphviz.",
 )  # fmt: skip
-@click.option(
-    "--inventory", "-i", "inventory_path", type=click.Path(path_type=Path), default=None,
-    help="Inventory file (default: ./inventory.toml or $HOMESTACK_INVENTORY).",
-)  # fmt: skip
-def explain(fmt: str, inventory_path: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@inventory_option
+def explain(fmt: str, as_json: bool, inventory_path: Path | None) -> None:
     """Describe the whole architecture: machines, services, flows, public entry, state, secrets."""
+    if as_json:
+        fmt = "json"
     path = find_inventory(inventory_path)
     load_inventory(path)
     d = describe(load_plan(path))

@@ -56,9 +56,7 @@ DB_KEYS = ["name", "server"]
 PORT_KEYS = ["port", "proto"]
 ROLES = ["hypervisor", "relay"]
 SYSTEMS = ["x86_64-linux", "aarch64-linux"]
-HYPERVISORS = [
-    "cloud-hypervisor", "qemu", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth",
-]  # fmt: skip
+HYPERVISORS = ["cloud-hypervisor", "qemu", "crosvm"]  # with virtiofs, for the state share
 
 _LABEL = r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
 _OCTET = r"(0|[1-9][0-9]?|1[0-9][0-9]|2[0-4][0-9]|25[0-5])"
@@ -717,6 +715,10 @@ def read_inventory(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError as exc:
         raise UserError(f"{path}: no such inventory file") from exc
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise UserError(f"{path}: cannot read the inventory: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
 

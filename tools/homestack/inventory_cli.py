@@ -8,18 +8,10 @@ from typing import Any
 
 import click
 
-from homestack.errors import CheckFailed
+from homestack.cliopts import inventory_option
+from homestack.errors import CheckFailed, UserError
 from homestack.inventory import check_inventory, find_inventory, load_inventory
 from homestack.plan import load_plan
-
-inventory_option = click.option(
-    "--inventory",
-    "-i",
-    "inventory_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Inventory file (default: ./inventory.toml or $HOMESTACK_INVENTORY).",
-)
 
 
 @click.group()
@@ -27,12 +19,18 @@ def inventory() -> None:
     """Check, plan and show the inventory."""
 
 
-@inventory.command("check")
-@click.argument("file", type=click.Path(path_type=Path), required=False)
+@inventory.command("check", short_help="Validate the inventory; one line per problem.")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@inventory_option
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
-def check(file: Path | None, as_json: bool) -> None:
-    """Validate schema and cross-references; one line per problem, exit 2 if any."""
-    path = find_inventory(file)
+def check(file: Path | None, inventory_path: Path | None, as_json: bool) -> None:
+    """Validate schema and cross-references; one line per problem, exit 2 if any.
+
+    FILE is the same as --inventory FILE.
+    """
+    if file is not None and inventory_path is not None and file != inventory_path:
+        raise UserError(f"give the inventory once: {file} or --inventory {inventory_path}")
+    path = find_inventory(file or inventory_path)
     problems = check_inventory(path)
     if as_json:
         click.echo(json.dumps({"file": str(path), "problems": problems}, indent=2))

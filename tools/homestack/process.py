@@ -7,6 +7,7 @@ Every call goes through a `Runner`, so tests can record and script commands
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -60,6 +61,8 @@ class Runner:
             )
         except subprocess.TimeoutExpired as exc:
             raise UserError(f"{program}: timed out after {timeout} s") from exc
+        except OSError as exc:  # a path that is not there, or not executable
+            raise UserError(f"{program}: cannot run it: {exc.strerror}") from exc
         out = proc.stdout if proc.stdout is not None else ""
         err = proc.stderr if proc.stderr is not None else ""
         if isinstance(out, bytes):
@@ -86,6 +89,27 @@ class Runner:
                 start_new_session=True,
                 env=None if env is None else {**os.environ, **env},
             )
+
+
+# Lines programs add after the error itself (Nix's hints), never the error.
+_HINTS = ("(use '--show-trace'", "For full logs, run")
+
+
+def error_line(output: str, fallback: str) -> str:
+    """The one line of a program's error output that says what went wrong.
+
+    Nix's first ``error:`` line (without the prefix) when there is one; else the last line
+    that is not a hint such as "(use '--show-trace' …)"; else ``fallback``.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("error:"):
+            message = line.removeprefix("error:").strip()
+            if message:
+                return message
+    useful = [line for line in lines if not line.startswith(_HINTS)]
+    return useful[-1] if useful else fallback
 
 
 Script = Callable[[tuple[str, ...]], Result | None]

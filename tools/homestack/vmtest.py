@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from homestack.errors import UserError
-from homestack.process import Runner, default_runner
+from homestack.inventory import find_inventory
+from homestack.process import Runner, default_runner, error_line
 
 NIX = ("nix", "--extra-experimental-features", "nix-command flakes")
 KVM = Path("/dev/kvm")
@@ -65,9 +66,8 @@ def list_checks(runner: Runner, flake: Path, system: str) -> list[Check]:
     result = runner.run([*NIX, "eval", "--json", f".#checks.{system}", "--apply", IS_VM_TEST],
                         check=False, cwd=flake)
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise UserError(f"{flake}: cannot evaluate checks.{system}: "
-                        f"{lines[-1].strip() if lines else 'nix eval failed'}")
+                        f"{error_line(result.stderr, 'nix eval failed')}")
     found = json.loads(result.stdout or "{}")
     return [Check(name, bool(vm)) for name, vm in sorted(found.items())]
 
@@ -110,11 +110,14 @@ def select(checks: Sequence[Check], names: Sequence[str]) -> list[Check]:
 @click.option("--interactive", is_flag=True,
               help="Start the interactive test driver of one test (start_all(), shell_interact()).")
 @click.option("--list", "list_only", is_flag=True, help="List the checks; run nothing.")
-@click.option("--flake", type=click.Path(path_type=Path, file_okay=False), default=".",
-              show_default=True, help="The Homestack flake.")
-def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path) -> None:
+@click.option("--flake", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The Homestack flake (default: the directory of the inventory, found as "
+                   "-i/--inventory is elsewhere).")
+def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path | None) -> None:
     """Run the NixOS VM tests NAMEs (default: all of them) and summarise the results."""
     runner = default_runner
+    if flake is None:
+        flake = find_inventory().resolve().parent
     require_nix()
     system = current_system(runner, flake)
     checks = list_checks(runner, flake, system)

@@ -30,11 +30,8 @@ def decrypt_value(root: Path, file: str, key: str, runner: Runner) -> str:
         raise UserError(f"{file}: not found")
     if not has_value(root, file, key):
         raise UserError(f"{file}: has no key {key}")
-    try:
-        return Sops(runner=runner).decrypt(path, extract=key)
-    except UserError as exc:
-        # Name the file as the user knows it, relative to the repository.
-        raise UserError(str(exc).replace(str(path), file)) from None
+    # Errors name the file as the user knows it, relative to the repository.
+    return Sops(runner=runner).decrypt(path, extract=key, shown_as=file)
 
 
 def set_value(

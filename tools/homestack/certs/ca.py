@@ -88,7 +88,7 @@ def build_root(
         .subject_name(name)
         .issuer_name(name)
         .public_key(public)
-        .serial_number(_serial())
+        .serial_number(serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -171,6 +171,6 @@ def _backup(path: Path, now: datetime) -> Path:
     return target
 
 
-def _serial() -> int:
+def serial_number() -> int:
     # 159 random bits: positive, at most 20 octets, unpredictable (CA/B BR 7.1).
     return secrets.randbits(159) | 1

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import click
 from cryptography import x509
@@ -18,21 +19,14 @@ from homestack.certs.certfile import (
     load_chain,
     permitted_subtrees,
 )
-from homestack.certs.check import check
+from homestack.certs.check import Finding, check
 from homestack.certs.issue import issue, renew
 from homestack.certs.settings import CertSettings, Mode, SecretRef
+from homestack.cliopts import inventory_path, shared_inventory_option
 from homestack.errors import CheckFailed
-from homestack.inventory import find_inventory
 from homestack.plan import load_plan
 from homestack.process import default_runner
 
-inventory_option = click.option(
-    "-i",
-    "--inventory",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The inventory (default: $HOMESTACK_INVENTORY or ./inventory.toml, searching upwards).",
-)
 days_option = click.option(
     "--days",
     type=click.IntRange(min=0),
@@ -42,18 +36,10 @@ days_option = click.option(
 )
 
 
-INVENTORY_KEY = "homestack.certs.inventory"
-
-
 def load_settings(ctx: click.Context) -> CertSettings:
-    """The certificate settings of the plan of the inventory the group was given."""
-    path = find_inventory(ctx.find_root().meta.get(INVENTORY_KEY))
+    """The certificate settings of the plan of the inventory the command was given."""
+    path = inventory_path(ctx)
     return CertSettings.from_plan(load_plan(path), path.resolve().parent)
-
-
-def _remember_inventory(ctx: click.Context, inventory: Path | None) -> None:
-    # Evaluated only when a command runs, so `--help` never waits for Nix.
-    ctx.find_root().meta[INVENTORY_KEY] = inventory
 
 
 def _acme_note(settings: CertSettings) -> str:
@@ -76,14 +62,13 @@ def _validity(cert: x509.Certificate, now: datetime) -> str:
 
 
 @click.group()
-@inventory_option
-@click.pass_context
-def ca(ctx: click.Context, inventory: Path | None) -> None:
+@shared_inventory_option
+def ca() -> None:
     """The private certificate authority (certificates.mode = "private-ca")."""
-    _remember_inventory(ctx, inventory)
 
 
 @ca.command("init")
+@shared_inventory_option
 @click.option("--force", is_flag=True, help="Replace an existing CA (the old one is backed up).")
 @click.pass_context
 def ca_init(ctx: click.Context, force: bool) -> None:
@@ -103,6 +88,7 @@ def ca_init(ctx: click.Context, force: bool) -> None:
 
 
 @ca.command("trust")
+@shared_inventory_option
 @click.option("--install", is_flag=True, help="Add the root to this machine's system store.")
 @click.option(
     "--platform",
@@ -135,14 +121,13 @@ def ca_trust(ctx: click.Context, install: bool, target: str | None) -> None:
 
 
 @click.group()
-@inventory_option
-@click.pass_context
-def certs(ctx: click.Context, inventory: Path | None) -> None:
+@shared_inventory_option
+def certs() -> None:
     """Issue, check and renew the proxy's certificate."""
-    _remember_inventory(ctx, inventory)
 
 
 @certs.command("issue")
+@shared_inventory_option
 @click.pass_context
 def certs_issue(ctx: click.Context) -> None:
     """Issue the wildcard leaf; its key goes into the proxy's sops file."""
@@ -161,19 +146,26 @@ def _print_issued(settings: CertSettings, cert: x509.Certificate, now: datetime)
     click.echo(f"  private key  {settings.leaf_key}, {_readers(settings, settings.leaf_key)}")
 
 
-@certs.command("check")
+@certs.command("check", short_help="Check every certificate the plan needs.")
+@shared_inventory_option
 @days_option
 @click.option(
     "--keys",
     is_flag=True,
     help="Also decrypt the proxy's key (needs an admin age key) and match it.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.pass_context
-def certs_check(ctx: click.Context, days: int, keys: bool) -> None:
-    """Check every certificate the plan needs; one line per problem, exit 2."""
+def certs_check(ctx: click.Context, days: int, keys: bool, as_json: bool) -> None:
+    """Check every certificate the plan needs; one line per problem, exit 2 if any."""
     settings = load_settings(ctx)
     now = datetime.now(UTC)
     findings = check(settings, days=days, now=now, runner=default_runner if keys else None)
+    if as_json:
+        click.echo(json.dumps(_check_json(settings, findings, now), indent=2))
+        if findings:
+            sys.exit(2)
+        return
     if findings:
         raise CheckFailed(f"{len(findings)} certificate problem(s)", [str(f) for f in findings])
     if settings.mode is Mode.ACME_DNS01:
@@ -190,7 +182,40 @@ def certs_check(ctx: click.Context, days: int, keys: bool) -> None:
     click.echo(f"ok: chain{checked} valid, nothing expires within {days} days")
 
 
+def _check_json(
+    settings: CertSettings, findings: list[Finding], now: datetime
+) -> dict[str, object]:
+    certificates: list[dict[str, object]] = []
+    if settings.mode is Mode.PRIVATE_CA and not findings:
+        root = load_root(settings)
+        leaf = load_chain(settings.path(settings.leaf_certificate), settings.leaf_certificate)[0]
+        for path, cert in ((settings.ca_certificate, root), (settings.leaf_certificate, leaf)):
+            certificates.append(
+                {
+                    "path": path,
+                    "names": list(dns_names(cert)) or [common_name(cert)],
+                    "notAfter": cert.not_valid_after_utc.isoformat(),
+                    "daysLeft": round(days_left(cert, now)),
+                }
+            )
+    return {
+        "mode": settings.mode.value,
+        "ok": not findings,
+        "findings": [
+            {
+                "subject": f.subject,
+                "problem": f.problem,
+                "renewable": f.renewable,
+                "hint": f.hint,
+            }
+            for f in findings
+        ],
+        "certificates": certificates,
+    }
+
+
 @certs.command("renew")
+@shared_inventory_option
 @days_option
 @click.pass_context
 def certs_renew(ctx: click.Context, days: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from homestack.certs import _sops
-from homestack.certs.ca import BACKDATE, Authority, load_authority
+from homestack.certs.ca import BACKDATE, Authority, load_authority, serial_number
 from homestack.certs.certfile import key_to_pem, to_pem
 from homestack.certs.check import Finding, check_private_ca, root_problems
 from homestack.certs.settings import CertSettings, Mode
@@ -66,7 +65,7 @@ def build_leaf(
         .subject_name(subject)
         .issuer_name(root.subject)
         .public_key(key.public_key())
-        .serial_number(secrets.randbits(159) | 1)
+        .serial_number(serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

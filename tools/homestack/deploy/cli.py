@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from homestack.cliopts import inventory_option
 from homestack.deploy import engine
 from homestack.deploy.remote import DEFAULT_OPTIONS, Ssh
 from homestack.deploy.status import status as machine_status
@@ -62,8 +63,7 @@ class _Printer:
 @click.option("--yes", is_flag=True,
               help="Remove guests that left the inventory without asking (a final snapshot "
                    "is kept).")
-@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="inventory.toml (default: ./inventory.toml or $HOMESTACK_INVENTORY).")
+@inventory_option
 @click.option("--health-timeout", type=float, default=120.0, show_default=True,
               help="Seconds each health check may take to pass.")
 @click.option("--watchdog", type=int, default=900, show_default=True,
@@ -73,7 +73,7 @@ class _Printer:
               help="Extra ssh option, as for ssh -o (repeatable).")
 def deploy(  # noqa: PLR0917 - click passes options by keyword
     machines: tuple[str, ...], dry_run: bool, build_only: bool, as_json: bool, yes: bool,
-           inventory: Path | None, health_timeout: float, watchdog: int,
+           inventory_path: Path | None, health_timeout: float, watchdog: int,
            ssh_options: tuple[str, ...]) -> None:
     """Build, switch, health-check and roll back MACHINEs (default: all), in the plan's order.
 
@@ -84,10 +84,12 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
     Exit status: 0 when every machine runs its new configuration, 1 when any did not
     (each one's state is printed), 2 for a problem in the inventory or the command line.
     """
-    path, plan = load(inventory)
+    path, plan = load(inventory_path)
     ssh = Ssh(options=(*DEFAULT_OPTIONS, *[x for o in ssh_options for x in ("-o", o)]))
     if machines[:1] == ("status",) and "status" not in {*plan["hosts"], *plan["guests"]}:
-        rows = machine_status(plan, runner(), ssh, machines[1:])
+        rows = machine_status(plan, runner(), ssh, machines[1:],
+                              progress=lambda name: click.echo(f"[{name}] asking over ssh",
+                                                               err=True))
         if as_json:
             click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         else:
@@ -100,8 +102,11 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
     printer = _Printer(err=as_json or not dry_run, comment=dry_run and not as_json)
     run_with: Runner = runner()
     if dry_run:
-        click.echo("# tools deploy --dry-run: the commands a deploy runs, in this order.")
-        click.echo("# @name@ stands for a value known only once the command before it ran.")
+        # With --json, stdout holds the report alone.
+        click.echo("# tools deploy --dry-run: the commands a deploy runs, in this order.",
+                   err=as_json)
+        click.echo("# @name@ stands for a value known only once the command before it ran.",
+                   err=as_json)
         run_with = engine.DryRunRunner(printer.command if not as_json else _stderr)
 
     def confirm(question: str) -> bool:

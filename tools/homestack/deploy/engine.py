@@ -16,7 +16,7 @@ from homestack.deploy.order import STATE_DIR, Kind, Machine, waves
 from homestack.deploy.remote import ConnectionLost, Remote, Ssh
 from homestack.deploy.report import DeployReport, MachineReport, Outcome, Removal
 from homestack.deploy.steps import NIX, Context, DeployOptions, MachineRun, Snapshots
-from homestack.process import Result, Runner
+from homestack.process import Result, Runner, error_line
 
 Progress = Callable[[str, str], None]
 Confirm = Callable[[str], bool]
@@ -100,7 +100,7 @@ def deploy(
         result = runner.run(build_command(machine), check=False, cwd=flake)
         out = result.stdout.strip().splitlines()
         if result.returncode != 0 or not out:
-            detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+            detail = error_line(result.stderr, f"exit code {result.returncode}")
             return DeployReport(
                 _not_started(machines, "not started: a build failed, nothing was changed"),
                 dry_run=options.dry_run, error=f"build of {machine.name} failed: {detail}")

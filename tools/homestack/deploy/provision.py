@@ -20,8 +20,10 @@ from typing import Any
 
 import click
 
+from homestack.cliopts import inventory_option
 from homestack.errors import UserError
 from homestack.process import Runner, default_runner
+from homestack.secrets.sops import Sops, index_of
 
 KEY_NAME = "ssh_host_ed25519_key"
 KEY_PATH = Path("etc/ssh") / KEY_NAME  # inside the --extra-files tree
@@ -56,8 +58,9 @@ class Provision:
                             "(tools secrets bootstrap makes it)")
         return cls(host, target, flake, secret, key, public)
 
-    def decrypt_command(self, sops: str) -> list[str]:
-        return [sops, "--decrypt", "--extract", f'["{self.key}"]', self.secret]
+    def decrypt_command(self) -> list[str]:
+        """What `Sops.decrypt` runs (shown by --dry-run)."""
+        return ["sops", "decrypt", "--extract", index_of(self.key), self.secret]
 
     @staticmethod
     def public_command(key_file: Path | str) -> list[str]:
@@ -66,14 +69,6 @@ class Provision:
     def install_command(self, extra_files: Path | str) -> list[str]:
         return ["nixos-anywhere", "--flake", f".#{self.host}", "--extra-files", str(extra_files),
                 "--target-host", self.target]
-
-
-def _sops_binary() -> str:
-    try:
-        from homestack.secrets.sops import find_sops  # noqa: PLC0415 - optional neighbour
-    except ModuleNotFoundError:
-        return "sops"
-    return find_sops()
 
 
 def private_dir_root() -> Path:
@@ -92,16 +87,14 @@ def host_key_tree(job: Provision, runner: Runner, root: Path | None = None) -> I
                                  dir=root or private_dir_root()))  # mode 0700
     key_file = base / KEY_PATH
     try:
-        result = runner.run(job.decrypt_command(_sops_binary()), check=False, cwd=job.flake,
-                            env={"SOPS_DISABLE_VERSION_CHECK": "1"})
-        if result.returncode != 0:
-            detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-            raise UserError(f"{job.secret}: cannot decrypt {job.key}: {detail} "
-                            "(is SOPS_AGE_KEY_FILE set to an admin's age key?)")
+        try:
+            pem = Sops(runner=runner).decrypt(job.flake / job.secret, job.key, shown_as=job.secret)
+        except UserError as exc:
+            raise UserError(f"cannot decrypt {job.key}: {exc}") from None
         key_file.parent.mkdir(parents=True, mode=0o755)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(result.stdout if result.stdout.endswith("\n") else result.stdout + "\n")
+            out.write(pem if pem.endswith("\n") else pem + "\n")
         derived = runner.run(job.public_command(key_file), check=False)
         if derived.returncode != 0 or derived.stdout.split()[:2] != job.public_key.split()[:2]:
             raise UserError(f"{job.secret}: {job.key} is not the private half of "
@@ -135,7 +128,7 @@ def dry_run_lines(job: Provision) -> list[str]:
     return [
         f"# tools provision {job.host} --dry-run: the commands it runs, in order.",
         f"# 1. decrypt the host key into a private tmpfs directory ({tree}, mode 0700):",
-        f"{shlex.join(job.decrypt_command('sops'))} > {tree}/{KEY_PATH}  # mode 0600",
+        f"{shlex.join(job.decrypt_command())} > {tree}/{KEY_PATH}  # mode 0600",
         f"# 2. check it is the private half of hosts.{job.host}.host_key:",
         shlex.join(job.public_command(f"{tree}/{KEY_PATH}")),
         f"#    and write {tree}/{KEY_PATH}.pub: {job.public_key}",
@@ -150,16 +143,18 @@ def dry_run_lines(job: Provision) -> list[str]:
 @click.option("--target", required=True, help="user@address of the machine, booted into any "
               "Linux with SSH (e.g. the NixOS installer).")
 @click.option("--dry-run", is_flag=True, help="Print the commands; decrypt and install nothing.")
-@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="inventory.toml (default: ./inventory.toml or $HOMESTACK_INVENTORY).")
-def provision(host: str, target: str, dry_run: bool, inventory: Path | None) -> None:
+@inventory_option
+def provision(host: str, target: str, dry_run: bool, inventory_path: Path | None) -> None:
     """Install HOST on a fresh machine with nixos-anywhere and its disko layout."""
     from homestack.deploy.cli import load  # noqa: PLC0415
 
-    path, plan = load(inventory)
+    path, plan = load(inventory_path)
     job = Provision.from_plan(plan, host, target, path.parent)
     if dry_run:
         for line in dry_run_lines(job):
             click.echo(line)
         return
+    if shutil.which("nixos-anywhere") is None:  # before the host key is decrypted
+        raise UserError("nixos-anywhere: command not found (use the flake's dev shell, or "
+                        "nix run github:nix-community/nixos-anywhere)")
     install(job, default_runner, lambda line: click.echo(f"[{host}] {line}", err=True))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +43,12 @@ class MachineStatus:
 
 
 def status(plan: Mapping[str, Any], runner: Runner, ssh: Ssh,
-           selected: Sequence[str] = ()) -> list[MachineStatus]:
+           selected: Sequence[str] = (),
+           progress: Callable[[str], None] = lambda _: None) -> list[MachineStatus]:
+    """Ask each machine (in deploy order) what it runs; ``progress`` hears each name first."""
     rows = []
     for machine in [m for wave in waves(plan, selected) for m in wave]:
+        progress(machine.name)
         remote = Remote(runner, ssh, machine.target)
         try:
             if machine.kind is Kind.HOST:

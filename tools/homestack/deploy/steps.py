@@ -23,7 +23,7 @@ from homestack.deploy.order import Machine
 from homestack.deploy.remote import ConnectionLost, Remote, Ssh
 from homestack.deploy.report import MachineReport, Outcome, StepLog
 from homestack.errors import UserError
-from homestack.process import Runner
+from homestack.process import Runner, error_line
 
 PROFILE = "/nix/var/nix/profiles/system"
 SWITCH = f"{PROFILE}/bin/switch-to-configuration"
@@ -331,5 +331,4 @@ class MachineRun:
 
 
 def _last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else ""
+    return error_line(text, "")

@@ -211,14 +211,20 @@ def ed25519_seed_to_identity(seed: bytes) -> AgeIdentity:
     return AgeIdentity(bytes(digest))
 
 
-def ssh_private_to_identity(pem: bytes) -> AgeIdentity:
-    """The age identity of an unencrypted OpenSSH ed25519 private key."""
+def _load_ed25519(pem: bytes, not_ed25519: str) -> Ed25519PrivateKey:
+    """An unencrypted OpenSSH ed25519 private key; ``not_ed25519`` says why others won't do."""
     try:
         key = serialization.load_ssh_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise UserError(f"not an unencrypted OpenSSH private key: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise UserError("only ssh-ed25519 host keys can be converted to age keys")
+        raise UserError(not_ed25519)
+    return key
+
+
+def ssh_private_to_identity(pem: bytes) -> AgeIdentity:
+    """The age identity of an unencrypted OpenSSH ed25519 private key."""
+    key = _load_ed25519(pem, "only ssh-ed25519 host keys can be converted to age keys")
     seed = key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
@@ -252,12 +258,7 @@ class HostKey:
 
     @classmethod
     def load(cls, pem: bytes, comment: str) -> HostKey:
-        try:
-            key = serialization.load_ssh_private_key(pem, password=None)
-        except (ValueError, TypeError) as exc:
-            raise UserError(f"not an unencrypted OpenSSH private key: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise UserError("host keys must be ssh-ed25519")
+        key = _load_ed25519(pem, "host keys must be ssh-ed25519")
         # Keep the file as it was: sshd gets back exactly the key it had.
         return cls(pem.decode(), cls.from_private(key, comment).public_line)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from homestack.secrets.model import Principal, SecretSpec, SecretsPlan
+from homestack.secrets.rules import CONFIG_NAME, rules_are_current
 from homestack.secrets.sopsfile import SopsFile, SopsFormatError, read_sops_file
 from homestack.secrets.staging import SECRETS_DIR
 
@@ -108,4 +109,9 @@ def audit(root: Path, plan: SecretsPlan) -> list[Finding]:
             except SopsFormatError as exc:
                 messages.append(f"broken: {str(exc).split(': ', 1)[-1]}")
         findings += [Finding(rel, m) for m in messages]
+    if not rules_are_current(root, plan):
+        # sops run by hand (or by an editor plugin) would encrypt new files for the wrong keys
+        findings.append(
+            Finding(CONFIG_NAME, "not what the inventory gives (run `tools secrets rules`)")
+        )
     return findings

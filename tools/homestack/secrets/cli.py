@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import update_wrapper
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
+from homestack.cliopts import inventory_path, shared_inventory_option
 from homestack.errors import CheckFailed, UserError
-from homestack.inventory import find_inventory, set_inventory_value
+from homestack.inventory import set_inventory_value
 from homestack.plan import load_plan
 from homestack.secrets import audit as audit_mod
 from homestack.secrets import keys as keys_mod
@@ -32,6 +35,14 @@ class Repo:
     def root(self) -> Path:
         return self.inventory.resolve().parent
 
+    @property
+    def shown(self) -> str:
+        """The inventory as messages name it: relative to here when it is below here."""
+        try:
+            return str(self.inventory.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(self.inventory)
+
     def plan(self) -> SecretsPlan:
         return SecretsPlan.from_plan(load_plan(self.inventory))
 
@@ -41,25 +52,40 @@ class Repo:
     def rel(self, file: str) -> str:
         return relative(self.root, file)
 
+    def locate(self, file: str) -> Path:
+        """An existing sops file: FILE as given (relative to here), else in the repository."""
+        given = Path(file)
+        for candidate in (given, self.root / given):
+            if candidate.is_file():
+                return candidate
+        if given.is_dir():
+            raise UserError(f"{file}: is a directory, not a sops file")
+        raise UserError(f"{file}: no such file (here or in {self.root})")
 
-pass_repo = click.make_pass_decorator(Repo)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def pass_repo(f: Callable[Concatenate[Repo, P], R]) -> Callable[P, R]:
+    """Give the command the repository of the inventory named on the group or the command.
+
+    Resolved only when the command runs, so `--help` never evaluates anything."""
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        return f(Repo(inventory_path(click.get_current_context())), *args, **kwargs)
+
+    return shared_inventory_option(update_wrapper(wrapper, f))
 
 
 @click.group()
-@click.option(
-    "--inventory",
-    "-i",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The inventory (default: $HOMESTACK_INVENTORY or ./inventory.toml, searching upwards).",
-)
-@click.pass_context
-def secrets(ctx: click.Context, inventory: Path | None) -> None:
+@shared_inventory_option
+def secrets() -> None:
     """Manage sops secrets and machine keys.
 
     Which files exist and who may decrypt each comes from the inventory's plan; sops does
     all encryption. Secret files live under secrets/ next to inventory.toml.
     """
-    ctx.obj = Repo(find_inventory(inventory))
 
 
 def _progress(step: str, done: int, total: int) -> None:
@@ -78,7 +104,7 @@ def _sync(repo: Repo, plan: SecretsPlan, jobs: int) -> sync_mod.SyncResult:
     return result
 
 
-@secrets.command()
+@secrets.command(short_help="Create your admin age key and record it in the inventory.")
 @click.option("--user", help="The inventory user whose age_key this is (default: the only admin).")
 @click.option("--force", is_flag=True, help="Replace a different age_key already in the inventory.")
 @pass_repo
@@ -88,26 +114,26 @@ def init(repo: Repo, user: str | None, force: bool) -> None:
     admins = [p for p in plan.principals if p.kind is Kind.ADMIN]
     if user is None:
         if len(admins) != 1:
-            raise UserError("inventory.toml: say which user this key belongs to with --user NAME")
+            raise UserError(f"{repo.shown}: say which user this key belongs to with --user NAME")
         user = admins[0].name
     principal = plan.principal(user)
     if principal is None or principal.is_machine:
-        raise UserError(f"inventory.toml: users.{user}: no such user (add [users.{user}] first)")
+        raise UserError(f"{repo.shown}: users.{user}: no such user (add [users.{user}] first)")
     key = keys_mod.init_admin_key(keys_mod.admin_key_path())
     verb = "created" if key.created else "exists, kept"
     click.echo(f"{key.path}: {verb} (mode 0600)")
     click.echo(f"recipient: {key.identity.recipient}")
     held = {i.recipient for i in keys_mod.read_identities(key.path.read_text())}
     if principal.recipient == key.identity.recipient or (principal.recipient in held and not force):
-        click.echo(f"inventory.toml: users.{user}.age_key already names this key")
+        click.echo(f"{repo.shown}: users.{user}.age_key already names this key")
         return
     if principal.recipient and not force:
         raise UserError(
-            f"inventory.toml: users.{user}.age_key is {principal.recipient}, a key {key.path} does "
+            f"{repo.shown}: users.{user}.age_key is {principal.recipient}, a key {key.path} does "
             "not hold; pass --force to replace it (then run `tools secrets sync` with the old key)"
         )
     repo.set_value(["users", user, "age_key"], key.identity.recipient)
-    click.echo(f"inventory.toml: users.{user}.age_key set")
+    click.echo(f"{repo.shown}: users.{user}.age_key set")
     plan = repo.plan()
     write_rules(repo.root, plan)
     click.echo(f"{CONFIG_NAME}: updated from the inventory")
@@ -116,7 +142,7 @@ def init(repo: Repo, user: str | None, force: bool) -> None:
         click.echo(f"next: `tools secrets sync` re-keys {len(changes)} file(s) for this key")
 
 
-@secrets.command()
+@secrets.command(short_help="Give machines SSH host keys before they first boot.")
 @click.argument("machines", nargs=-1)
 @click.option(
     "--key",
@@ -189,16 +215,17 @@ def edit(repo: Repo, file: str) -> None:
     click.echo(f"{result.path}: {messages[result.outcome]}")
 
 
-@secrets.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@secrets.command(short_help="Print FILE, or one KEY of it, decrypted.")
+@click.argument("file")
 @click.argument("key", required=False)
-def show(file: Path, key: str | None) -> None:
+@pass_repo
+def show(repo: Repo, file: str, key: str | None) -> None:
     """Print FILE decrypted (exactly as `sops decrypt` does), or one KEY (a/b for nested)."""
-    text = Sops().decrypt(file, key)
+    text = Sops().decrypt(repo.locate(file), key, shown_as=file)
     click.echo(text, nl=key is not None and not text.endswith("\n"))
 
 
-@secrets.command(name="set")
+@secrets.command(name="set", short_help="Set KEY in FILE to a value read from stdin.")
 @click.argument("file")
 @click.argument("key")
 @click.option("--keep-newline", is_flag=True, help="Keep a final newline of the value.")
@@ -230,8 +257,11 @@ def rotate(repo: Repo, file: str) -> None:
     click.echo(f"{rel}: rotated (new data key)")
 
 
-@secrets.command()
-@click.option("--jobs", "-j", default=2, show_default=True, help="sops processes at a time.")
+@secrets.command(short_help="Re-key every secret file for the recipients it should have.")
+@click.option(
+    "--jobs", "-j", type=click.IntRange(min=1), default=2, show_default=True,
+    help="sops processes at a time.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
 @pass_repo
 def sync(repo: Repo, jobs: int, as_json: bool) -> None:
@@ -277,7 +307,7 @@ def sync(repo: Repo, jobs: int, as_json: bool) -> None:
     )
 
 
-@secrets.command()
+@secrets.command(short_help="Audit every secret file against the inventory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @pass_repo
 def check(repo: Repo, as_json: bool) -> None:
@@ -299,13 +329,13 @@ def check(repo: Repo, as_json: bool) -> None:
     click.echo(f"secrets: {len(plan.specs)} files match the inventory")
 
 
-@secrets.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@secrets.command(short_help="List who can decrypt FILE.")
+@click.argument("file")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_repo
-def recipients(repo: Repo, file: Path, as_json: bool) -> None:
+def recipients(repo: Repo, file: str, as_json: bool) -> None:
     """List who can decrypt FILE (any sops file), naming inventory machines and users."""
-    sops_file = read_sops_file(file)
+    sops_file = read_sops_file(repo.locate(file))
     try:
         plan: SecretsPlan | None = repo.plan()
     except UserError:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
+from homestack.errors import UserError
 from homestack.process import default_runner
 
 REAL_EDITOR = "HOMESTACK_EDITOR"
@@ -74,7 +75,11 @@ def problem(path: Path) -> str | None:  # noqa: PLR0911 - one return per kind of
 def main(argv: list[str]) -> int:
     path = Path(argv[-1])
     editor = shlex.split(os.environ.get(REAL_EDITOR) or "vi")
-    result = default_runner.run([*editor, str(path)], check=False, capture=False)
+    try:
+        result = default_runner.run([*editor, str(path)], check=False, capture=False)
+    except UserError as exc:
+        print(f"edit: {exc} (set $EDITOR to your editor)", file=sys.stderr)
+        return 1
     if result.returncode != 0:
         print(f"edit: the editor exited with code {result.returncode}", file=sys.stderr)
         return 1

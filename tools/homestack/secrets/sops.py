@@ -16,6 +16,7 @@ from pathlib import Path
 
 from homestack.errors import UserError
 from homestack.process import Result, Runner, default_runner
+from homestack.secrets.rules import CONFIG_NAME
 
 # sops exit codes (getsops/sops cmd/sops/codes) that deserve their own message.
 MAC_MISMATCH = 51
@@ -48,6 +49,11 @@ def _last_error(stderr: str) -> str:
         if "level=error" in line and 'msg="' in line:
             return line.split('msg="', 1)[1].split("\\n", 1)[0].rstrip('"')
     return lines[-1] if lines else "no error message"
+
+
+def _config(config: Path | None) -> list[str]:
+    # The plan's rules, not whatever .sops.yaml sops would find above the working directory.
+    return ["--config", str(config)] if config is not None else []
 
 
 @dataclass(frozen=True)
@@ -94,23 +100,37 @@ class Sops:
                     "none of your age identities can decrypt its data key "
                     "(looked at $SOPS_AGE_KEY_FILE and ~/.config/sops/age/keys.txt)"
                 )
+        elif "error loading config" in result.stderr:
+            why = (
+                f"the {CONFIG_NAME} sops found is not valid "
+                "(`tools secrets rules` writes it from the inventory)"
+            )
         elif code == NO_MATCHING_RULE or "no matching creation rules" in result.stderr:
             why = "no creation rule in .sops.yaml matches it (run `tools secrets rules`)"
         else:
             why = _last_error(result.stderr)
         return UserError(f"{path}: sops {what} failed: {why}")
 
-    def decrypt(self, path: Path, extract: str | None = None) -> str:
-        """The plaintext exactly as `sops decrypt` prints it (or one value with ``extract``)."""
-        args = ["decrypt"]
+    def decrypt(
+        self,
+        path: Path,
+        extract: str | None = None,
+        *,
+        config: Path | None = None,
+        shown_as: Path | str | None = None,
+    ) -> str:
+        """The plaintext exactly as `sops decrypt` prints it (or one value with ``extract``).
+
+        Errors name the file ``shown_as`` (e.g. the repository path of a staged copy)."""
+        args = [*_config(config), "decrypt"]
         if extract is not None:
             args += ["--extract", index_of(extract)]
         # bytes input: the output is not newline-translated
         result = self.run([*args, str(path)], input=b"")
         if result.returncode != 0:
             if extract is not None and "not found" in result.stderr:
-                raise UserError(f"{path}: no secret named {extract!r}")
-            raise self.fail("decrypt", path, result)
+                raise UserError(f"{shown_as or path}: no secret named {extract!r}")
+            raise self.fail("decrypt", shown_as or path, result)
         return result.stdout
 
     def encrypt(self, plaintext: str, filename: str, *, config: Path, cwd: Path) -> str:
@@ -140,16 +160,27 @@ class Sops:
                     break
             raise self.fail("updatekeys", culprit, result)
 
-    def rotate(self, path: Path) -> None:
+    def rotate(
+        self, path: Path, *, config: Path | None = None, shown_as: Path | str | None = None
+    ) -> None:
         """New data key, every value re-encrypted, in place (callers pass a staged copy)."""
-        result = self.run(["rotate", "--in-place", str(path)])
+        result = self.run([*_config(config), "rotate", "--in-place", str(path)])
         if result.returncode != 0:
-            raise self.fail("rotate", path, result)
+            raise self.fail("rotate", shown_as or path, result)
 
-    def set(self, path: Path, key: str, value: str) -> None:
+    def set(
+        self,
+        path: Path,
+        key: str,
+        value: str,
+        *,
+        config: Path | None = None,
+        shown_as: Path | str | None = None,
+    ) -> None:
         """Set one string value; the value goes through stdin, never argv."""
         result = self.run(
-            ["set", "--value-stdin", str(path), index_of(key)], input=json.dumps(value).encode()
+            [*_config(config), "set", "--value-stdin", str(path), index_of(key)],
+            input=json.dumps(value).encode(),
         )
         if result.returncode != 0:
-            raise self.fail("set", path, result)
+            raise self.fail("set", shown_as or path, result)

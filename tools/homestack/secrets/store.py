@@ -66,7 +66,7 @@ def set_secret(
     stage = Stage.create(root, "set", render_rules(plan))
     try:
         staged = stage.copy_in(rel)
-        sops.set(staged, key, value)
+        sops.set(staged, key, value, config=stage.config, shown_as=rel)
         stage.commit(rel)
     finally:
         stage.remove()
@@ -80,11 +80,11 @@ def rotate_file(root: Path, plan: SecretsPlan, rel: str, sops: Sops) -> None:
     stage = Stage.create(root, "rotate", render_rules(plan))
     try:
         staged = stage.copy_in(rel)
-        sops.rotate(staged)
+        sops.rotate(staged, config=stage.config, shown_as=rel)
         problems = read_sops_file(staged).problems
         if problems:
             raise UserError(f"{rel}: rotated copy is damaged ({problems[0]}); the old file is kept")
-        sops.decrypt(staged)
+        sops.decrypt(staged, config=stage.config, shown_as=rel)
         stage.commit(rel)
     finally:
         stage.remove()

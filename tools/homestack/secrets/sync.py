@@ -171,7 +171,7 @@ def verify_staged(
             pass  # e.g. the admin key is not an X25519 key sops would find: ask sops
         else:
             return
-    sops.decrypt(stage.path(spec.path))
+    sops.decrypt(stage.path(spec.path), config=stage.config, shown_as=spec.path)
 
 
 def _counter(report: Progress, step: str, total: int) -> Callable[[int], None]:
@@ -213,7 +213,12 @@ def _rekey_and_verify(
 
     rotating = {c.path for c in changes if c.rotates}
     tick = _counter(report, "rotated", len(rotating))
-    _parallel(jobs, sorted(rotating), lambda rel: sops.rotate(stage.path(rel)), lambda _: tick(1))
+    _parallel(
+        jobs,
+        sorted(rotating),
+        lambda rel: sops.rotate(stage.path(rel), config=stage.config, shown_as=rel),
+        lambda _: tick(1),
+    )
 
     identities = verify.local_identities(sops.env)
 
