@@ -104,6 +104,27 @@
         default = tools;
       };
 
+      # What `tools provision` hands to nixos-anywhere (--store-paths): each host with a
+      # disko layout, its partitioning script and its system. disko's module is added only
+      # here, with enableConfig off: the system keeps the file systems its hardware file
+      # declares, exactly as `nixos-rebuild --flake .#<host>` builds it.
+      legacyPackages.${system}.install = lib.mapAttrs (
+        name: layout:
+        let
+          installer = self.nixosConfigurations.${name}.extendModules {
+            modules = [
+              disko.nixosModules.disko
+              layout
+              { disko.enableConfig = false; }
+            ];
+          };
+        in
+        {
+          inherit (installer.config.system.build) diskoScript;
+          inherit (self.nixosConfigurations.${name}.config.system.build) toplevel;
+        }
+      ) machines.diskoConfigurations;
+
       apps.${system}.deploy = {
         type = "app";
         program = "${pkgs.writeShellScript "homestack-deploy" ''

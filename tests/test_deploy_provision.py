@@ -57,10 +57,15 @@ class Installer(Runner):
     def __init__(self) -> None:
         self.real = Runner()
         self.seen: dict[str, Any] = {}
+        self.builds: list[str] = []
 
     def run(self, args: Sequence[str], *, check: bool, input: str | bytes | None = None,
             env: Mapping[str, str] | None = None, cwd: Any = None,
             timeout: float | None = None, capture: bool = True) -> Result:
+        if args[0] == "nix" and "build" in args:
+            what = args[args.index("build") + 1].rsplit(".", 1)[1]
+            self.builds.append(args[args.index("build") + 1])
+            return Result(tuple(args), 0, f"/nix/store/{what}-homelab\n", "")
         if args[0] == "nixos-anywhere":
             tree = Path(args[args.index("--extra-files") + 1])
             key = tree / "etc/ssh/ssh_host_ed25519_key"
@@ -95,7 +100,10 @@ def test_host_key_is_pre_seeded_and_wiped(tmp_path: Path, age_identity: None) ->
     lines: list[str] = []
     prov.install(job, runner, lines.append)
     seen = runner.seen
-    assert seen["args"][:3] == ["nixos-anywhere", "--flake", ".#homelab"]
+    assert runner.builds == [".#legacyPackages.x86_64-linux.install.homelab.diskoScript",
+                             ".#legacyPackages.x86_64-linux.install.homelab.toplevel"]
+    assert seen["args"][:4] == ["nixos-anywhere", "--store-paths",
+                                "/nix/store/diskoScript-homelab", "/nix/store/toplevel-homelab"]
     assert seen["args"][-2:] == ["--target-host", "root@192.0.2.7"]
     assert seen["key"] == (KEYS / "host_homelab").read_text()
     assert seen["pub"].strip() == (KEYS / "host_homelab.pub").read_text().strip()
@@ -141,10 +149,14 @@ def test_dry_run_decrypts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
                                                  "--dry-run"])
     assert result.exit_code == 0
     commands = [line for line in result.stdout.splitlines() if not line.startswith("#")]
-    assert commands[0].startswith("sops decrypt --extract '[\"ssh_host_ed25519_key\"]' "
+    assert commands[2].startswith("sops decrypt --extract '[\"ssh_host_ed25519_key\"]' "
                                   "secrets/host-keys/homelab.yaml > @private-tmpfs-dir@/")
-    assert commands[-1] == ("nixos-anywhere --flake '.#homelab' --extra-files "
-                            "@private-tmpfs-dir@ --target-host root@192.0.2.7")
+    assert commands[0] == ("@disko-script@=$(nix --extra-experimental-features 'nix-command "
+                           "flakes' build "
+                           "'.#legacyPackages.x86_64-linux.install.homelab.diskoScript'"
+                           " --no-link --print-out-paths)")
+    assert commands[-1] == ("nixos-anywhere --store-paths @disko-script@ @toplevel@ "
+                            "--extra-files @private-tmpfs-dir@ --target-host root@192.0.2.7")
 
 
 def test_guests_and_bad_targets_are_refused() -> None:

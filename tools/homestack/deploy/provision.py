@@ -1,7 +1,9 @@
 """`tools provision HOST --target root@ADDR`: install a fresh machine with nixos-anywhere.
 
-nixos-anywhere partitions the disks with the host's disko layout, installs the host's
-closure and reboots. Before that, the host's SSH host key is decrypted from
+The host's partitioning script (from hosts/<host>/disko.nix) and its system are built
+first, from the flake's `legacyPackages.<system>.install.<host>`; nixos-anywhere then
+partitions the disks with that script, installs that exact system (`--store-paths`) and
+reboots. Before that, the host's SSH host key is decrypted from
 secrets/host-keys/<host>.yaml into a private tmpfs directory and handed over with
 --extra-files, so the machine boots with the key its secrets are encrypted to (its age
 recipient is derived from it) and can decrypt them on first boot.
@@ -22,7 +24,7 @@ import click
 
 from homestack.cliopts import inventory_option
 from homestack.errors import UserError
-from homestack.process import Runner, default_runner
+from homestack.process import Runner, default_runner, error_line
 from homestack.secrets.sops import Sops, index_of
 
 KEY_NAME = "ssh_host_ed25519_key"
@@ -39,6 +41,7 @@ class Provision:
     secret: str  # secrets/host-keys/<host>.yaml, relative to the flake
     key: str  # the secret's key holding the private host key
     public_key: str  # hosts.<host>.host_key, what the decrypted key must match
+    system: str = "x86_64-linux"  # hosts.<host>.system
 
     @classmethod
     def from_plan(cls, plan: Mapping[str, Any], host: str, target: str, flake: Path) -> Provision:
@@ -56,7 +59,8 @@ class Provision:
         if not public:
             raise UserError(f"inventory.toml: hosts.{host}.host_key is not set "
                             "(tools secrets bootstrap makes it)")
-        return cls(host, target, flake, secret, key, public)
+        system = str(hosts[host].get("system") or "x86_64-linux")
+        return cls(host, target, flake, secret, key, public, system)
 
     def decrypt_command(self) -> list[str]:
         """What `Sops.decrypt` runs (shown by --dry-run)."""
@@ -66,9 +70,16 @@ class Provision:
     def public_command(key_file: Path | str) -> list[str]:
         return ["ssh-keygen", "-y", "-f", str(key_file)]
 
-    def install_command(self, extra_files: Path | str) -> list[str]:
-        return ["nixos-anywhere", "--flake", f".#{self.host}", "--extra-files", str(extra_files),
-                "--target-host", self.target]
+    def build_command(self, what: str) -> list[str]:
+        """Build the host's `diskoScript` or `toplevel` for nixos-anywhere --store-paths."""
+        attr = f".#legacyPackages.{self.system}.install.{self.host}.{what}"
+        return ["nix", "--extra-experimental-features", "nix-command flakes", "build", attr,
+                "--no-link", "--print-out-paths"]
+
+    def install_command(self, extra_files: Path | str, disko_script: str,
+                        toplevel: str) -> list[str]:
+        return ["nixos-anywhere", "--store-paths", disko_script, toplevel,
+                "--extra-files", str(extra_files), "--target-host", self.target]
 
 
 def private_dir_root() -> Path:
@@ -109,11 +120,27 @@ def host_key_tree(job: Provision, runner: Runner, root: Path | None = None) -> I
         shutil.rmtree(base, ignore_errors=True)
 
 
+def build(job: Provision, runner: Runner, what: str) -> str:
+    """The store path of the host's `what` (diskoScript or toplevel), built locally."""
+    result = runner.run(job.build_command(what), check=False, cwd=job.flake)
+    paths = result.stdout.split()
+    if result.returncode != 0 or not paths:
+        raise UserError(f"hosts/{job.host}: cannot build its {what} for installing: "
+                        f"{error_line(result.stderr, f'exit code {result.returncode}')}")
+    return paths[-1]
+
+
 def install(job: Provision, runner: Runner, say: Callable[[str], None]) -> None:
+    # Build before the key is decrypted: a broken configuration stops here, with no secret
+    # in memory and nothing touched on the target.
+    say(f"building the disko script and the system of {job.host}")
+    disko_script = build(job, runner, "diskoScript")
+    toplevel = build(job, runner, "toplevel")
     with host_key_tree(job, runner) as tree:
         say(f"host key of {job.host} decrypted into {tree} (matches hosts.{job.host}.host_key)")
         say(f"installing {job.host} on {job.target} with nixos-anywhere (this erases its disks)")
-        result = runner.run(job.install_command(tree), check=False, cwd=job.flake, capture=False)
+        command = job.install_command(tree, disko_script, toplevel)
+        result = runner.run(command, check=False, cwd=job.flake, capture=False)
     if result.returncode != 0:
         raise UserError(f"nixos-anywhere failed for {job.host} on {job.target} "
                         f"(exit {result.returncode}); its output is above")
@@ -127,13 +154,16 @@ def dry_run_lines(job: Provision) -> list[str]:
     tree = "@private-tmpfs-dir@"
     return [
         f"# tools provision {job.host} --dry-run: the commands it runs, in order.",
+        f"# 0. build the host's partitioning script (hosts/{job.host}/disko.nix) and system:",
+        f"@disko-script@=$({shlex.join(job.build_command('diskoScript'))})",
+        f"@toplevel@=$({shlex.join(job.build_command('toplevel'))})",
         f"# 1. decrypt the host key into a private tmpfs directory ({tree}, mode 0700):",
         f"{shlex.join(job.decrypt_command())} > {tree}/{KEY_PATH}  # mode 0600",
         f"# 2. check it is the private half of hosts.{job.host}.host_key:",
         shlex.join(job.public_command(f"{tree}/{KEY_PATH}")),
         f"#    and write {tree}/{KEY_PATH}.pub: {job.public_key}",
         "# 3. partition with the host's disko layout, install, reboot (ERASES THE DISKS):",
-        shlex.join(job.install_command(tree)),
+        shlex.join(job.install_command(tree, "@disko-script@", "@toplevel@")),
         f"# 4. overwrite and delete {tree}",
     ]
 
