@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 import subprocess
 from typing import Any
@@ -66,3 +67,14 @@ def test_cli_json_flag_is_format_json() -> None:
     assert flag.exit_code == 0, flag.output
     assert flag.stdout == CliRunner().invoke(cli, ["explain", "--format", "json",
                                                    "-i", str(EXAMPLE)]).stdout
+
+
+def test_guest_without_catalogued_service(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text() + (
+        '\n[guests.wiki]\nhost = "homelab"\naddress = "192.168.100.30"\nvcpu = 1\n'
+        'memory = 512\nservices = []\nports = [{ port = 3000, proto = "tcp" }]\n'
+    )
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(text)
+    markdown = to_markdown(describe(load_plan(inventory)))
+    assert "| 1 vCPU, 512 MiB | own service (3000/tcp) |" in markdown

@@ -138,10 +138,12 @@ def to_markdown(d: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after 
         runs = "none: runs guests only" if m["role"] == "hypervisor" else "WireGuard, forwards"
         add(f"| {m['name']} | {m['role']} host ({m['system']}) | {where} | | | {runs} |")
     for m in guests:
+        # A guest with no catalogued service still lists the ports it declares itself.
+        services = ", ".join(m["services"]) or "own service"
+        ports = f" ({', '.join(m['ports'])})" if m["ports"] else ""
         add(
             f"| {m['name']} | guest on {m['host']} ({m['hypervisor']}) | {m['tap']} {m['mac']} | "
-            f"{m['address']} | {m['vcpu']} vCPU, {m['memory']} MiB | {', '.join(m['services'])} "
-            f"({', '.join(m['ports'])}) |"
+            f"{m['address']} | {m['vcpu']} vCPU, {m['memory']} MiB | {services}{ports} |"
         )
     add("")
     add("## What is public")
