@@ -173,6 +173,7 @@ let
       ++ optional (h ? host_key && !(isSshKey h.host_key)) "${p}.host_key: not an ssh-ed25519 public key"
       ++ optional (h ? age_key && !(isAgeKey h.age_key)) "${p}.age_key: ${builtins.toJSON h.age_key} is not an age recipient (age1…)"
       ++ optional (role == "hypervisor" && !(h ? lan_interface)) "${p}.lan_interface: missing required key (hypervisors NAT the guest network out of it)"
+      ++ optional (role == "hypervisor" && !(h ? zfs)) "${p}.zfs: missing required key (hypervisors keep each guest's state on a ZFS dataset)"
       ++ optional (
         h ? lan_interface && !(isString h.lan_interface && match "[a-zA-Z0-9_.-]{1,15}" h.lan_interface != null)
       ) "${p}.lan_interface: ${builtins.toJSON h.lan_interface} is not an interface name of at most 15 characters"
@@ -263,7 +264,7 @@ let
     else
       check (isName name) "${p}: guest name must be lowercase letters, digits and dashes"
       ++ unknownKeys "${p}." guestKeys g
-      ++ required "${p}." g [ "host" "address" "vcpu" "memory" "services" ]
+      ++ required "${p}." g [ "host" "address" "vcpu" "memory" "services" "state_size" ]
       ++ optional (
         g ? host && !(isString hostName && hosts ? ${hostName})
       ) "${p}.host: ${builtins.toJSON hostName} is not a host in the inventory (hosts: ${u.showList hostNames})"
@@ -280,7 +281,7 @@ let
       ++ optional (ip != null && ip == gatewayIp) "${p}.address: ${g.address} is the gateway's address"
       ++ optional (g ? vcpu && !(isInt g.vcpu && g.vcpu >= 1 && g.vcpu <= 64)) "${p}.vcpu: ${builtins.toJSON g.vcpu} must be a whole number from 1 to 64"
       ++ optional (g ? memory && !(isInt g.memory && g.memory >= 128)) "${p}.memory: ${builtins.toJSON g.memory} must be a whole number of MiB, at least 128"
-      ++ optional (g ? state_size && !(isInt g.state_size && g.state_size >= 0)) "${p}.state_size: ${builtins.toJSON g.state_size} must be a whole number of MiB"
+      ++ optional (g ? state_size && !(isInt g.state_size && g.state_size >= 16)) "${p}.state_size: ${builtins.toJSON g.state_size} must be a whole number of MiB, at least 16 (the guest's SSH host key lives there)"
       ++ optional (g ? host_key && !(isSshKey g.host_key)) "${p}.host_key: not an ssh-ed25519 public key"
       ++ optional (g ? age_key && !(isAgeKey g.age_key)) "${p}.age_key: ${builtins.toJSON g.age_key} is not an age recipient (age1…)"
       ++ optional (g ? hypervisor && !(elem g.hypervisor hypervisors)) "${p}.hypervisor: ${builtins.toJSON g.hypervisor} is not one of ${u.showList hypervisors}"

@@ -72,7 +72,7 @@ def test_cli_json_flag_is_format_json() -> None:
 def test_guest_without_catalogued_service(tmp_path: Path) -> None:
     text = EXAMPLE.read_text() + (
         '\n[guests.wiki]\nhost = "homelab"\naddress = "192.168.100.30"\nvcpu = 1\n'
-        'memory = 512\nservices = []\nports = [{ port = 3000, proto = "tcp" }]\n'
+        'memory = 512\nstate_size = 256\nservices = []\nports = [{ port = 3000, proto = "tcp" }]\n'
     )
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(text)

@@ -39,6 +39,7 @@ address = "192.168.100.30"
 vcpu = 1
 memory = 512
 services = ["pocket-id"]
+state_size = 256
 host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC8BqTTMc0jt8j9tKsDxUqX/dBQc52H0VQUMYZmC9jmq id2"
 age_key = "age17wqkjf6ph5c5lnhxyhnfh6esuz7yx705sepm7zjnzcmds500hv0szdkk0f"
 routes = [{ name = "id2", port = 1411 }]

@@ -200,7 +200,7 @@ def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
     data = tomllib.loads(EXAMPLE.read_text())
     text = EXAMPLE.read_text() + (
         '\n[guests.wiki]\nhost = "homelab"\naddress = "192.168.100.30"\nvcpu = 1\nmemory = 512\n'
-        'services = []\nports = [{ port = 3000, proto = "tcp" }]\n'
+        'state_size = 256\nservices = []\nports = [{ port = 3000, proto = "tcp" }]\n'
         'routes = [{ name = "wiki", port = 3000 }]\n'
         'databases = [{ name = "wiki", server = "db" }]\n'
     )

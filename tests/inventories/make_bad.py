@@ -34,7 +34,7 @@ def guest(inv: Inv, name: str) -> Inv:
 def new_guest(inv: Inv, name: str) -> None:
     inv["guests"][name] = {
         "host": "homelab", "address": "192.168.100.30", "vcpu": 1, "memory": 256,
-        "services": ["postgresql"],
+        "services": ["postgresql"], "state_size": 256,
     }  # fmt: skip
 
 
@@ -117,6 +117,9 @@ CASES: dict[str, tuple[str, Callable[[Inv], None]]] = {
         lambda i: guest(i, "proxy")["public"][0].update(port=8443),
     ),
     "missing-memory": ("guests.db.memory", lambda i: guest(i, "db").pop("memory")),
+    "missing-state-size": ("guests.db.state_size", lambda i: guest(i, "db").pop("state_size")),
+    "state-size-zero": ("guests.db.state_size", lambda i: guest(i, "db").update(state_size=0)),
+    "hypervisor-without-zfs": ("hosts.homelab.zfs", lambda i: i["hosts"]["homelab"].pop("zfs")),
     "missing-domain": ("domain", lambda i: i.pop("domain")),
     "missing-gateway": (
         "networks.guests.gateway",

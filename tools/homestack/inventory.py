@@ -359,6 +359,11 @@ class _Checker:
                 f"{p}.lan_interface: {_j(h['lan_interface'])} is not an interface name "
                 "of at most 15 characters"
             )
+        if role == "hypervisor" and "zfs" not in h:
+            self.add(
+                f"{p}.zfs: missing required key "
+                "(hypervisors keep each guest's state on a ZFS dataset)"
+            )
         if role == "relay" and "public_address" not in h:
             self.add(f"{p}.public_address: missing required key (the relay's public IPv4 address)")
         if "public_address" in h and _ip(h["public_address"]) is None:
@@ -498,7 +503,7 @@ class _Checker:
         if not _full(_LABEL, name):
             self.add(f"{p}: guest name must be lowercase letters, digits and dashes")
         self.unknown(f"{p}.", GUEST_KEYS, g)
-        self.required(f"{p}.", g, ["host", "address", "vcpu", "memory", "services"])
+        self.required(f"{p}.", g, ["host", "address", "vcpu", "memory", "services", "state_size"])
         if "host" in g and not (isinstance(host, str) and host in self.hosts):
             self.add(
                 f"{p}.host: {_j(host)} is not a host in the inventory "
@@ -527,8 +532,11 @@ class _Checker:
             self.add(f"{p}.vcpu: {_j(g['vcpu'])} must be a whole number from 1 to 64")
         if "memory" in g and not (_is_int(g["memory"]) and g["memory"] >= 128):
             self.add(f"{p}.memory: {_j(g['memory'])} must be a whole number of MiB, at least 128")
-        if "state_size" in g and not (_is_int(g["state_size"]) and g["state_size"] >= 0):
-            self.add(f"{p}.state_size: {_j(g['state_size'])} must be a whole number of MiB")
+        if "state_size" in g and not (_is_int(g["state_size"]) and g["state_size"] >= 16):
+            self.add(
+                f"{p}.state_size: {_j(g['state_size'])} must be a whole number of MiB, "
+                "at least 16 (the guest's SSH host key lives there)"
+            )
         if "host_key" in g and not _full(_SSH_ED25519, g["host_key"]):
             self.add(f"{p}.host_key: not an ssh-ed25519 public key")
         if "age_key" in g and not _full(_AGE, g["age_key"]):
