@@ -47,7 +47,8 @@ def inventory(n: int) -> dict[str, object]:
         "users": {"admin": {"admin": True, "ssh_keys": []}},
         "networks": {"guests": {"cidr": "10.10.0.0/20", "gateway": "10.10.0.1"}},
         "hosts": {"hv": {"role": "hypervisor", "system": "x86_64-linux", "target": "root@hv",
-                         "lan_interface": "eth0"}},
+                         "lan_interface": "eth0",
+                         "zfs": {"pool": "tank", "host_id": "0a0b0c0d"}}},
         "guests": guests,
     }  # fmt: skip
 
