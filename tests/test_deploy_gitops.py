@@ -2,8 +2,8 @@
 module with the example plan) fetches from a real Git repository with commits signed by
 real SSH keys, and must switch, refuse, or roll back.
 
-Evaluated with the real nixpkgs `lib` (from the nix-community/nixpkgs.lib mirror the
-nixos-shape tool uses; skipped without it). The host it runs on is not NixOS, said
+Evaluated with nixpkgs' `lib` when NIXPKGS_LIB names a checkout of it, else with the small
+stand-in of tests/nixos/option-paths/lib.nix. The host it runs on is not NixOS, said
 plainly: `nix build`, `nix-env`, `systemctl` and each configuration's
 `switch-to-configuration` are small scripts of this test first on PATH, and the script's
 /var/lib and /nix/var/nix/profiles are this test's directories, bind-mounted in a private
