@@ -173,3 +173,43 @@ def test_check_of_200_files_is_fast(repo: Path, admin_sops: Sops) -> None:
     elapsed = time.perf_counter() - start
     assert len(found) == 200  # each extra file is an orphan
     assert elapsed < 1.0, f"check took {elapsed:.2f} s"
+
+
+def test_backup_is_held_to_its_file_and_follows_sync(
+    repo: Path, admin_sops: Sops, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tools ca init --force` keeps secrets/backup/ca-<UTC>.yaml: admins only, like ca.yaml."""
+    complete(repo, admin_sops)
+    backup = repo / "secrets/backup/ca-20261122T120000Z.yaml"
+    backup.parent.mkdir()
+    shutil.copyfile(repo / CA, backup)
+    assert messages(repo) == []
+    # A backup of the CA key that a machine could read is a least-privilege finding.
+    shutil.copyfile(repo / HOMELAB, backup)
+    found = messages(repo)
+    assert any(
+        f.startswith("secrets/backup/ca-20261122T120000Z.yaml: homelab (") and "should not" in f
+        for f in found
+    ), found
+    # A backup of no plan file is still an orphan.
+    shutil.copyfile(repo / CA, repo / "secrets/backup/wiki-20261122T120000Z.yaml")
+    assert any(f.startswith("secrets/backup/wiki-") and "not a secret file" in f
+               for f in messages(repo))
+
+
+def test_sync_rekeys_backups_with_their_file(
+    repo: Path, admin_sops: Sops, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_secrets_helpers import add_admin
+
+    from homestack.secrets.sopsfile import read_sops_file
+
+    complete(repo, admin_sops)
+    backup = repo / "secrets/backup/ca-20261122T120000Z.yaml"
+    backup.parent.mkdir()
+    shutil.copyfile(repo / CA, backup)
+    add_admin(repo / "inventory.toml", "bob", BOB)
+    code, _, err = tools(capsys, "secrets", "sync")
+    assert code == 0, err
+    assert BOB in read_sops_file(backup).recipients
+    assert messages(repo) == []

@@ -95,7 +95,7 @@ def _missing_age_keys(plan: SecretsPlan, spec: SecretSpec) -> Iterator[str]:
 def audit(root: Path, plan: SecretsPlan) -> list[Finding]:
     """Every finding, one per line, sorted by file."""
     findings: list[Finding] = []
-    specs = {spec.path: spec for spec in plan.specs}
+    specs = {spec.path: spec for spec in plan.with_backups(root).specs}
     on_disk = files_on_disk(root)
     for rel in sorted(set(on_disk) | set(specs)):
         spec = specs.get(rel)

@@ -6,12 +6,23 @@ Everything here comes from `plan["secrets"]` and the plan's users, hosts and gue
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from homestack.errors import UserError
+
+# A file kept when it was replaced (`tools ca init --force`): secrets/backup/<name>-<UTC>.<ext>.
+_BACKUP = re.compile(r"secrets/backup/(?P<stem>.+)-\d{8}T\d{6}Z(?P<ext>\.[A-Za-z0-9]+)")
+
+
+def backup_of(rel: str) -> str | None:
+    """The plan file a backup was taken of, or None when ``rel`` is not a backup."""
+    m = _BACKUP.fullmatch(rel)
+    return f"secrets/{m['stem']}{m['ext']}" if m else None
 
 
 class Kind(Enum):
@@ -92,6 +103,19 @@ class SecretsPlan:
             SecretSpec.from_plan(entry) for _, entry in sorted(plan.get("secrets", {}).items())
         )
         return cls(specs, tuple(principals))
+
+    def with_backups(self, root: Path) -> SecretsPlan:
+        """This plan plus one spec per backup under secrets/backup/: a backup must be
+        readable by exactly whoever may read the file it was taken of."""
+        by_path = {spec.path: spec for spec in self.specs}
+        base = root / "secrets" / "backup"
+        extra = []
+        for path in sorted(base.glob("*")) if base.is_dir() else []:
+            rel = path.relative_to(root).as_posix()
+            original = by_path.get(backup_of(rel) or "")
+            if original is not None and path.is_file():
+                extra.append(replace(original, path=rel, purpose=f"backup of {original.path}"))
+        return SecretsPlan(self.specs + tuple(extra), self.principals) if extra else self
 
     def spec(self, path: str) -> SecretSpec:
         for spec in self.specs:

@@ -240,6 +240,7 @@ def sync(
 ) -> SyncResult:
     """Bring every secret file's recipients in line with ``plan`` (see the module doc)."""
     report = progress or (lambda _step, _done, _total: None)
+    plan = plan.with_backups(root)  # backups follow their file's recipients too
     with _lock(root):
         recovered = recover(root)
         changes, unchanged, missing = pending_changes(root, plan)
