@@ -145,23 +145,33 @@ class CanaryScan:
         self.thread = threading.Thread(target=self._scan_when_ready, daemon=True)
 
     def editor_body(self) -> str:
+        # The editor waits for the scan, but never longer than a minute.
         return (
             'printf "canary: %s\\n" "$CANARY" >> "$1"\n'
             f'touch "{self.ready}"\n'
-            f'while [ ! -e "{self.done}" ]; do sleep 0.05; done\n'
+            "i=0\n"
+            f'while [ ! -e "{self.done}" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n'
         )
 
     def _scan_when_ready(self) -> None:
         deadline = time.time() + 30
-        while not self.ready.exists() and time.time() < deadline:
-            time.sleep(0.02)
-        self.scan()
-        self.done.touch()
+        try:
+            while not self.ready.exists() and time.time() < deadline:
+                time.sleep(0.02)
+            self.scan()
+        finally:
+            self.done.touch()  # whatever happened, release the editor
 
     def scan(self) -> None:
         files = _files_touched_since(self.roots, self.since)
         self.scanned += len(files)
-        self.leaks += [p for p in files if self.canary.encode() in p.read_bytes()]
+        for path in files:
+            try:
+                data = path.read_bytes()
+            except OSError:  # removed or closed to us since it was listed
+                continue
+            if self.canary.encode() in data:
+                self.leaks.append(path)
 
     def __enter__(self) -> Self:
         self.thread.start()
