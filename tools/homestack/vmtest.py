@@ -72,6 +72,28 @@ def list_checks(runner: Runner, flake: Path, system: str) -> list[Check]:
     return [Check(name, bool(vm)) for name, vm in sorted(found.items())]
 
 
+# The VM tests' names, read from tests/nixos without nixpkgs: the attribute set it returns
+# does not depend on its arguments, so they are never forced.
+_TEST_NAMES = (
+    "builtins.attrNames (import ./tests/nixos/default.nix (builtins.mapAttrs (n: _: throw n) "
+    "(builtins.functionArgs (import ./tests/nixos/default.nix))))"
+)
+
+
+def vm_test_names(runner: Runner, flake: Path) -> list[Check]:
+    """The NixOS VM tests of tests/nixos, found with no input fetched (nix-instantiate)."""
+    import json  # noqa: PLC0415 - only this command needs it
+
+    result = runner.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "--expr", _TEST_NAMES],
+        check=False, cwd=flake,
+    )  # fmt: skip
+    if result.returncode != 0:
+        reason = error_line(result.stderr, "cannot list the tests")
+        raise UserError(f"{flake}/tests/nixos: {reason}")
+    return [Check(name, True) for name in sorted(json.loads(result.stdout))]
+
+
 def run_checks(runner: Runner, flake: Path, system: str, names: Sequence[str], *,
                say: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
                ) -> list[Outcome]:
@@ -120,7 +142,15 @@ def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path
         flake = find_inventory().resolve().parent
     require_nix()
     system = current_system(runner, flake)
-    checks = list_checks(runner, flake, system)
+    try:
+        checks = list_checks(runner, flake, system)
+    except UserError as exc:
+        if not list_only:
+            raise
+        # Without nixpkgs (offline) the flake's checks cannot be evaluated; the VM tests'
+        # names can still be read from tests/nixos.
+        click.echo(f"{exc}; listing the NixOS VM tests of tests/nixos instead", err=True)
+        checks = vm_test_names(runner, flake)
     if list_only:
         for check in checks:
             click.echo(f"{check.name:<24} {'NixOS VM test' if check.vm else 'build check'}")
