@@ -576,12 +576,16 @@ class _Checker:
             if self.port_entry(q, e, True):
                 self.unknown(f"{q}.", PORT_KEYS, e)
 
+        def served(q: str, port: Any, proto: Any) -> None:
+            """A route, allow or public entry must name a port this guest's services use."""
+            spec = f"{port}/{proto}"
+            if known and _is_port(port) and spec not in ports:
+                self.add(f"{q}.port: {spec} is not a port of this guest's services ({shown})")
+
         def public(q: str, e: Any) -> None:
             if self.port_entry(q, e, True):
                 self.unknown(f"{q}.", PORT_KEYS, e)
-                spec = f"{e.get('port')}/{e.get('proto', 'tcp')}"
-                if known and _is_port(e.get("port")) and spec not in ports:
-                    self.add(f"{q}.port: {spec} is not a port of this guest's services ({shown})")
+                served(q, e.get("port"), e.get("proto", "tcp"))
 
         def route(q: str, r: Any) -> None:
             if not isinstance(r, dict):
@@ -593,10 +597,7 @@ class _Checker:
                 self.add(f"{q}.name: {_j(r['name'])} is not a DNS label")
             if "port" in r and not _is_port(r["port"]):
                 self.add(f"{q}.port: {_show_port(r['port'])} is not a port (1-65535)")
-            if known and _is_port(r.get("port")) and f"{r['port']}/tcp" not in ports:
-                self.add(
-                    f"{q}.port: {r['port']}/tcp is not a port of this guest's services ({shown})"
-                )
+            served(q, r.get("port"), "tcp")
             if "path" in r and not (isinstance(r["path"], str) and r["path"].startswith("/")):
                 self.add(f"{q}.path: must start with /")
             if "h2c" in r and not isinstance(r["h2c"], bool):
@@ -624,9 +625,7 @@ class _Checker:
                         self.add(
                             f'{q}.from[{i}]: {_j(s)} is not a guest, a host, "guests" or "lan"'
                         )
-            spec = f"{a.get('port')}/{a.get('proto', 'tcp')}"
-            if known and _is_port(a.get("port")) and spec not in ports:
-                self.add(f"{q}.port: {spec} is not a port of this guest's services ({shown})")
+            served(q, a.get("port"), a.get("proto", "tcp"))
 
         def database(q: str, d: Any) -> None:
             if not isinstance(d, dict):
