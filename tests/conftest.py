@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from homestack.plan import load_plan
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "inventory.toml"
@@ -31,3 +36,23 @@ requires_nix = pytest.mark.skipif(
     shutil.which("nix-instantiate") is None,
     reason="nix-instantiate (Debian: nix-bin) is not installed",
 )
+
+
+@pytest.fixture(scope="session")
+def example_plan() -> dict[str, Any]:
+    """The plan of the example inventory, evaluated once."""
+    return load_plan(EXAMPLE)
+
+
+@pytest.fixture
+def admin_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty repository directory, acting as the example's admin: alice's age key (0600)
+    in SOPS_AGE_KEY_FILE, and this interpreter's scripts (sops) first on PATH."""
+    key = tmp_path / "alice.agekey"
+    shutil.copy(REPO / "tests" / "keys" / "admin_alice.agekey", key)
+    key.chmod(0o600)
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    return repo

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +27,6 @@ from homestack.certs.certfile import (
 from homestack.certs.issue import build_leaf
 from homestack.certs.settings import CertSettings
 from homestack.errors import UserError
-from homestack.plan import load_plan
 from homestack.process import Result, Runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,21 +35,14 @@ ALICE = "age1x0dtwwdnzcdvdtkvp05nnmxf25y5qq6g5gxd2j9jxp8a0yzhaflqyxs40k"
 NOW = datetime.now(UTC)
 
 
-@pytest.fixture(scope="module")
-def plan() -> dict[str, Any]:
-    return load_plan(REPO / "inventory.toml")
+@pytest.fixture
+def plan(example_plan: dict[str, Any]) -> dict[str, Any]:
+    return example_plan
 
 
 @pytest.fixture
-def settings(tmp_path: Path, plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> CertSettings:
-    key = tmp_path / "alice.agekey"
-    shutil.copy(KEYS / "admin_alice.agekey", key)
-    key.chmod(0o600)
-    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    return CertSettings.from_plan(plan, repo)
+def settings(admin_repo: Path, plan: dict[str, Any]) -> CertSettings:
+    return CertSettings.from_plan(plan, admin_repo)
 
 
 class SpyRunner(Runner):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
-import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,6 @@ from homestack.certs.check import check, check_private_ca
 from homestack.certs.issue import build_leaf, issue, renew
 from homestack.certs.settings import CertSettings, Mode, SecretRef
 from homestack.errors import UserError
-from homestack.plan import load_plan
 from homestack.process import Runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,21 +36,14 @@ PROXY = "age1par4gc3d0sefsgvdd9azypc7xpnshtv7vn3cxxhglewv35heavfsuv5z58"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-@pytest.fixture(scope="module")
-def plan() -> dict[str, Any]:
-    return load_plan(REPO / "inventory.toml")
+@pytest.fixture
+def plan(example_plan: dict[str, Any]) -> dict[str, Any]:
+    return example_plan
 
 
 @pytest.fixture
-def settings(tmp_path: Path, plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> CertSettings:
-    key = tmp_path / "alice.agekey"
-    shutil.copy(KEYS / "admin_alice.agekey", key)
-    key.chmod(0o600)
-    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    settings = CertSettings.from_plan(plan, repo)
+def settings(admin_repo: Path, plan: dict[str, Any]) -> CertSettings:
+    settings = CertSettings.from_plan(plan, admin_repo)
     init_ca(settings, Runner(), now=NOW)
     return settings
 

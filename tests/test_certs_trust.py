@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,28 +14,22 @@ from homestack.certs.issue import issue
 from homestack.certs.settings import CertSettings
 from homestack.certs.trust import Platform, detect_platform, install, steps
 from homestack.errors import UserError
-from homestack.plan import load_plan
 from homestack.process import RecordingRunner, Runner
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def plan() -> dict[str, Any]:
-    return load_plan(REPO / "inventory.toml")
+@pytest.fixture
+def plan(example_plan: dict[str, Any]) -> dict[str, Any]:
+    return example_plan
 
 
 @pytest.fixture
-def settings(tmp_path: Path, plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> CertSettings:
-    key = tmp_path / "alice.agekey"
-    shutil.copy(REPO / "tests/keys/admin_alice.agekey", key)
-    key.chmod(0o600)
-    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    monkeypatch.chdir(repo)
-    settings = CertSettings.from_plan(plan, repo)
+def settings(
+    admin_repo: Path, plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> CertSettings:
+    monkeypatch.chdir(admin_repo)
+    settings = CertSettings.from_plan(plan, admin_repo)
     init_ca(settings, Runner(), now=datetime.now(UTC))
     return settings
 
