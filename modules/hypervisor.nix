@@ -143,22 +143,25 @@ in
           ];
           guestCfg = config.homestack.guestConfigurations.${g.name}.config;
           persist = guestCfg.homestack.persist or [ ];
+          # A oneshot that must have run before the guest (and its share) start.
+          beforeGuest = unit: {
+            before = units;
+            requiredBy = units;
+            serviceConfig = {
+              Type = "oneshot";
+              RemainAfterExit = true;
+            };
+          } // unit;
         in
         [
           {
             # The dataset exists before the guest's share is served, mounted where the
             # guest's state share reads from, marked for auto-snapshots, capped at state_size.
             name = "homestack-state-${g.name}";
-            value = {
+            value = beforeGuest {
               description = "ZFS dataset for the state of guest ${g.name}";
               after = [ "zfs-import.target" "zfs-mount.service" ];
               requires = [ "zfs-import.target" ];
-              before = units;
-              requiredBy = units;
-              serviceConfig = {
-                Type = "oneshot";
-                RemainAfterExit = true;
-              };
               script = ''
                 if ! ${zfs} list -H -o name ${g.state.dataset} >/dev/null 2>&1; then
                   # virtiofsd serves the share with POSIX ACLs and xattrs (microvm.nix's
@@ -183,16 +186,10 @@ in
             # The guest decrypts its own secrets with this key, so it must be in place
             # before the guest's first boot (and stay the same key forever after).
             name = "homestack-host-key-${g.name}";
-            value = {
+            value = beforeGuest {
               description = "Install the SSH host key of guest ${g.name}";
               after = [ "homestack-state-${g.name}.service" "sops-install-secrets.service" ];
               requires = [ "homestack-state-${g.name}.service" ];
-              before = units;
-              requiredBy = units;
-              serviceConfig = {
-                Type = "oneshot";
-                RemainAfterExit = true;
-              };
               script = ''
                 dir=${g.state.hostPath}/etc/ssh
                 install -d -m 0755 "$dir"
