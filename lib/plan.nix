@@ -69,7 +69,7 @@ let
   }) inv.hosts;
 
   servicePorts = g: concatMap (s: map (p: p // { service = s; }) services.${s}.ports) (inv.guests.${g}.services);
-  extraPorts = g: map (p: { inherit (p) port; proto = p.proto or "tcp"; service = "extra"; }) (inv.guests.${g}.ports or [ ]);
+  extraPorts = g: map (p: rec { inherit (p) port; proto = p.proto or "tcp"; name = "${toString port}/${proto}"; service = "extra"; }) (inv.guests.${g}.ports or [ ]);
 
   routesOfGuest =
     g:
@@ -215,6 +215,10 @@ let
         else
           null;
       ports = servicePorts name ++ extraPorts name;
+      # The same by service and name, for the modules: portOf.netbird-server.dashboard = 8080.
+      portOf = builtins.mapAttrs (
+        _: ps: builtins.listToAttrs (map (p: { inherit (p) name; value = p.port; }) ps)
+      ) (builtins.groupBy (p: p.service) (servicePorts name));
       health = concatMap (s: map (h: h // { service = s; }) services.${s}.health) g.services;
       routes = routesOfGuest name;
       databases = databasesOfGuest name;

@@ -18,13 +18,7 @@
 let
   inherit (lib) mkOption types;
   inherit (config.homestack) plan guest;
-  ports = {
-    dashboard = 8080;
-    management = 33073;
-    signal = 10000;
-    relay = 33080;
-    stun = 3478;
-  };
+  ports = guest.portOf.netbird-server; # dashboard, management, signal, relay, stun
   domain = (lib.findFirst (r: r.port == ports.dashboard) (throw "guests.${guest.name}: netbird-server needs a route to port ${toString ports.dashboard} (the dashboard) in inventory.toml") guest.routes).fqdn;
   idRoute = lib.findFirst (
     r: builtins.elem "pocket-id" plan.guests.${r.guest}.services

@@ -4,7 +4,8 @@
 { config, lib, ... }:
 let
   inherit (config.homestack) plan guest;
-  route = lib.findFirst (r: r.port == 1411) (throw "guests.${guest.name}: pocket-id needs a route to port 1411 in inventory.toml") guest.routes;
+  port = guest.portOf.pocket-id.http;
+  route = lib.findFirst (r: r.port == port) (throw "guests.${guest.name}: pocket-id needs a route to port ${toString port} in inventory.toml") guest.routes;
   db = lib.findFirst (d: d.owner == guest.name) null guest.databases;
   ph = config.sops.placeholder;
 in

@@ -26,7 +26,7 @@ in
     enableTCPIP = true;
     # enableTCPIP sets listen_addresses = "*" at normal priority; only the guest's address.
     settings.listen_addresses = lib.mkForce "127.0.0.1,${guest.address}";
-    settings.port = 5432;
+    settings.port = guest.portOf.postgresql.postgresql;
     settings.password_encryption = "scram-sha-256";
     # The plan's pg_hba is complete (local peer, one line per owner, reject the rest);
     # NixOS would otherwise append its own defaults after it.
