@@ -47,27 +47,57 @@ let
       };
     };
 
-  # The inventory's errors, each "<key>: <problem>"; [] when it is valid.
+  # The inventory's problems, each "<key>: <problem>"; [] when it is valid. Also given the
+  # result of read.nix, so problems in the text itself come first.
   errorsOf = inv: validate inv;
+  problemsOf = read: if read.errors != [ ] then read.errors else validate read.inventory;
+
+  # Every problem on its own line, each "FILE: KEY: message", as `tools inventory check`
+  # prints them.
+  report = file: errors: builtins.concatStringsSep "\n" (map (e: "${file}: ${e}") errors);
 
   mkPlanFrom =
-    file: inv:
+    file: read:
     let
-      errors = validate inv;
+      errors = problemsOf read;
     in
-    if errors != [ ] then throw "${file}: ${head errors}" else withArtifacts (mkBasePlan inv);
+    if errors != [ ] then throw (report file errors) else withArtifacts (mkBasePlan read.inventory);
 
-  readInventory = path: builtins.fromTOML (builtins.readFile path);
+  readInventory = import ./read.nix;
+
+  # What `tools` evaluates (lib/eval.nix): the problems, and the plan when there are none.
+  inspect =
+    path: withPlan:
+    let
+      read = readInventory path;
+      errors = problemsOf read;
+      inv = read.inventory;
+    in
+    {
+      file = baseNameOf (toString path);
+      inherit errors;
+      counts =
+        if errors == [ ] then
+          {
+            hosts = builtins.length (attrNames inv.hosts);
+            guests = builtins.length (attrNames inv.guests);
+            users = builtins.length (attrNames inv.users);
+          }
+        else
+          null;
+      plan = if errors == [ ] && withPlan then withArtifacts (mkBasePlan inv) else null;
+    };
 in
 {
-  inherit services errorsOf;
+  inherit services errorsOf inspect;
+  schema = import ./schema.nix;
   inherit (secrets) secretKeys;
 
-  # mkPlan ./inventory.toml -> the plan (throws one message naming the key at fault).
+  # mkPlan ./inventory.toml -> the plan; throws every problem, one "FILE: KEY: message" a line.
   mkPlan = path: mkPlanFrom (baseNameOf (toString path)) (readInventory path);
 
   # The same from an already parsed inventory attribute set.
-  mkPlanFromAttrs = inv: mkPlanFrom "inventory" inv;
+  mkPlanFromAttrs = inv: mkPlanFrom "inventory" { errors = [ ]; inventory = inv; };
 
   # The plan of this repository's example inventory.
   plan = mkPlanFrom "inventory.toml" (readInventory ../inventory.toml);

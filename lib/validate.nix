@@ -1,400 +1,434 @@
-# Inventory validation: returns the list of problems, each "<key>: <what is wrong>".
-# The plan throws the first one, prefixed with the file name. tools/homestack/inventory.py
-# implements the same rules in Python (one line per problem); tests/inventories/bad/ holds
-# a corpus that both must reject, naming the same key.
+# Inventory validation, the only one in Homestack: `tools inventory check` prints this list
+# and the plan throws it. Returns the problems, each "<key>: <what is wrong, what to do>",
+# [] when the inventory is valid.
+#
+# First the shape (schema.nix: keys, types, bounds, whitelists), then, on a well-shaped
+# inventory only, the rules between keys: addresses in their networks, names that refer to
+# something, names nothing else may use, and the topology the plan supports (one
+# hypervisor, one relay, one proxy, one PostgreSQL server, one DNS server).
 let
   u = import ./util.nix;
+  schema = import ./schema.nix;
   services = import ./services.nix;
   inherit (builtins)
     attrNames
     concatLists
+    concatStringsSep
     elem
     filter
+    genList
+    head
     isAttrs
     isBool
+    isFloat
     isInt
     isList
     isString
     length
+    listToAttrs
     match
     stringLength
+    substring
+    toJSON
     ;
-  inherit (u) concatMap optional imap0;
+  inherit (u) concatMap optional optionals;
 
-  topKeys = [ "domain" "certificates" "users" "networks" "hosts" "guests" ];
-  certKeys = [ "mode" "include_network" "acme_email" ];
-  userKeys = [ "admin" "ssh_keys" "age_key" ];
-  guestNetKeys = [ "cidr" "gateway" "bridge" ];
-  tunnelKeys = [ "cidr" ];
-  hostKeys = [ "role" "system" "target" "host_key" "age_key" "lan_interface" "zfs" "wireguard" "public_address" ];
-  zfsKeys = [ "pool" "host_id" ];
-  wgKeys = [ "relay" "address" "public_key" "port" ];
-  guestKeys = [ "host" "address" "vcpu" "memory" "services" "state_size" "host_key" "age_key" "routes" "allow" "databases" "public" "ports" "mac" "tap" "hypervisor" ];
-  routeKeys = [ "name" "port" "path" "h2c" ];
-  allowKeys = [ "from" "port" "proto" ];
-  dbKeys = [ "name" "server" ];
-  portKeys = [ "port" "proto" ];
-  roles = [ "hypervisor" "relay" ];
-  systems = [ "x86_64-linux" "aarch64-linux" ];
-  # Hypervisors with virtiofs, which the guests' state share needs.
-  hypervisors = [ "cloud-hypervisor" "qemu" "crosvm" ];
+  # A value as a message shows it: JSON (so a newline stays "\n"), long strings cut short.
+  show =
+    v:
+    if isString v then
+      toJSON (if stringLength v > 80 then substring 0 77 v + "..." else v)
+    else if isAttrs v then
+      "a table"
+    else if isList v then
+      "a list"
+    else if isFloat v then
+      "${toJSON v} (a decimal number)"
+    else if isInt v || isBool v then
+      toJSON v
+    else
+      builtins.typeOf v;
+  # A user-chosen key in a dotted path: as it is when plain, quoted (TOML style) otherwise.
+  showKey = k: if match "[A-Za-z0-9_-]+" k != null then k else toJSON k;
+  showInt = n: toString n;
 
-  label = "[a-z]([a-z0-9-]{0,61}[a-z0-9])?";
-  isName = s: isString s && match label s != null;
-  isDomain = s: isString s && match "${label}(\\.${label})*" s != null;
-  isIdent = s: isString s && match "[a-z_][a-z0-9_]{0,62}" s != null;
-  isPort = p: isInt p && p >= 1 && p <= 65535;
-  isSshKey = s: isString s && match "ssh-ed25519 [A-Za-z0-9+/]+=* ?.*" s != null;
-  isAnySshKey = s: isString s && match "(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh.com) [A-Za-z0-9+/]+=* ?.*" s != null;
-  isAgeKey = s: isString s && match "age1[02-9ac-hj-np-z]{58}" s != null;
-  isWgKey = s: isString s && match "[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=" s != null;
-  isMac = s: isString s && match "[0-9a-f]{2}(:[0-9a-f]{2}){5}" s != null;
-  showPort = p: if isInt p then toString p else builtins.toJSON p;
-  typeOf = v: if isAttrs v then "a table" else if isList v then "a list" else builtins.typeOf v;
+  # --- The shape ------------------------------------------------------------------------
+  checkValue =
+    path: t: v:
+    if t.type == "string" then
+      optional (!(isString v && match t.pattern v != null)) "${path}: ${show v} is not ${t.what}"
+    else if t.type == "int" then
+      if !(isInt v) then
+        [ "${path}: ${show v} is not a whole number (from ${showInt t.min} to ${showInt t.max})" ]
+      else
+        optional (v < t.min || v > t.max) "${path}: ${toString v} is out of range (from ${showInt t.min} to ${showInt t.max})"
+    else if t.type == "bool" then
+      optional (!(isBool v)) "${path}: ${show v} is not true or false"
+    else if t.type == "enum" then
+      optional (!(isString v && elem v t.values)) "${path}: ${show v} is not one of ${u.showList t.values}"
+    else if t.type == "list" then
+      if !(isList v) then
+        [ "${path}: must be a list, not ${show v}" ]
+      else if length v > t.maxItems then
+        [ "${path}: has ${toString (length v)} entries, at most ${toString t.maxItems} are allowed" ]
+      else
+        concatLists (u.imap0 (i: e: checkValue "${path}[${toString i}]" t.item e) v)
+    else if t.type == "table" then
+      if !(isAttrs v) then
+        [ "${path}: must be a table, not ${show v}" ]
+      else
+        checkTable path t v
+    else if t.type == "named" then
+      if !(isAttrs v) then
+        [ "${path}: must be a table, not ${show v}" ]
+      else
+        concatMap (
+          n:
+          let
+            p = "${path}.${showKey n}";
+          in
+          if match t.pattern n == null then
+            [ "${p}: ${t.what} name must be lowercase letters, digits and dashes, starting with a letter (at most 63)" ]
+          else
+            checkValue p t.value v.${n}
+        ) (attrNames v)
+    else
+      throw "schema.nix: unknown type ${t.type} at ${path}";
+
+  checkTable =
+    path: t: v:
+    let
+      prefix = if path == "" then "" else "${path}.";
+      declared = attrNames t.keys;
+    in
+    map (
+      k:
+      if (t.refuse or { }) ? ${k} then
+        "${prefix}${k}: ${t.refuse.${k}}"
+      else
+        "${prefix}${showKey k}: unknown key (expected one of: ${u.showList declared})"
+    ) (filter (k: !(t.keys ? ${k})) (attrNames v))
+    ++ map (k: "${prefix}${k}: missing required key") (filter (k: t.keys.${k}.required && !(v ? ${k})) declared)
+    ++ concatMap (k: checkValue "${prefix}${k}" t.keys.${k} v.${k}) (filter (k: v ? ${k}) declared);
+
+  # --- Words the plan gives meaning to --------------------------------------------------
+  # Sources in `allow` and the lab's own namespaces; "internet" is kept for egress rules.
+  planWords = [ "lan" "guests" "internet" "all" "any" "localhost" "gateway" "relay" ];
+  # Accounts NixOS or the services create on every machine: an admin of that name would
+  # be merged into (or fight with) the system account.
+  systemUsers = [
+    "root" "nobody" "nogroup" "daemon" "bin" "sys" "sync" "adm" "wheel" "users" "kmem" "tty"
+    "disk" "audio" "video" "input" "kvm" "render" "sgx" "lp" "mail" "news" "uucp" "proxy"
+    "backup" "man" "messagebus" "sshd" "polkituser" "nscd" "nixbld" "keys" "shadow" "utmp"
+    "postgres" "caddy" "dnsmasq" "netbird" "pocket-id" "microvm" "acme" "nginx" "coturn"
+    "headscale" "tailscale" "traefik" "incus-admin" "incus" "lxd" "avahi" "rtkit" "tss"
+  ];
+  # Names PostgreSQL gives a meaning to in pg_hba.conf or reserves for roles.
+  pgReserved = [
+    "postgres" "all" "sameuser" "samerole" "samegroup" "replication" "public" "none"
+    "template0" "template1" "current_user" "current_role" "session_user" "user"
+  ];
+  # Names the kernel or sysctl use for interfaces (/proc/sys/net/ipv4/conf/{all,default}).
+  ifReserved = [ "lo" "all" "default" "bonding_masters" ];
+  zfsReserved = [ "mirror" "raidz" "raidz1" "raidz2" "raidz3" "draid" "spare" "log" "cache" "special" "dedup" ];
+  # Address blocks a guest or tunnel network, or the relay's public address, must not use
+  # (RFC 6890): "this network", loopback, link-local, multicast and reserved.
+  forbiddenBlocks = [
+    { cidr = "0.0.0.0/8"; what = "\"this network\" (0.0.0.0/8)"; }
+    { cidr = "127.0.0.0/8"; what = "loopback (127.0.0.0/8)"; }
+    { cidr = "169.254.0.0/16"; what = "link-local (169.254.0.0/16)"; }
+    { cidr = "224.0.0.0/4"; what = "multicast (224.0.0.0/4)"; }
+    { cidr = "240.0.0.0/4"; what = "reserved (240.0.0.0/4)"; }
+  ];
+  blocks = map (b: b // { net = u.parseCIDR b.cidr; }) forbiddenBlocks;
+  overlaps = a: b: u.inCIDR a b.network || u.inCIDR b a.network;
+  blockOfNet = net: filter (b: overlaps net b.net) blocks;
+  blockOfIp = ip: filter (b: u.inCIDR b.net ip) blocks;
+  isPrefixOf = pre: s: substring 0 (stringLength pre) s == pre;
 in
 inv:
 let
-  unknownKeys =
-    prefix: allowed: attrs:
-    map (k: "${prefix}${k}: unknown key (expected one of: ${u.showList allowed})") (
-      filter (k: !(elem k allowed)) (attrNames attrs)
-    );
-  required = prefix: attrs: keys: map (k: "${prefix}${k}: missing required key") (filter (k: !(attrs ? ${k})) keys);
-  check = cond: msg: optional (!cond) msg;
-  tableAt = key: v: optional (!(isAttrs v)) "${key}: must be a table, not ${typeOf v}";
+  shape = checkTable "" schema.inventory inv;
 
-  domain = inv.domain or null;
-  guestNet = inv.networks.guests or { };
-  cidr = u.parseCIDR (guestNet.cidr or null);
-  tunnelCidr = u.parseCIDR (inv.networks.tunnel.cidr or null);
-  gatewayIp = u.parseIPv4 (guestNet.gateway or null);
-  hosts = if isAttrs (inv.hosts or null) then inv.hosts else { };
-  guests = if isAttrs (inv.guests or null) then inv.guests else { };
-  users = if isAttrs (inv.users or null) then inv.users else { };
-  guestNames = attrNames guests;
-  hostNames = attrNames hosts;
-
-  top =
-    unknownKeys "" topKeys inv
-    ++ required "" inv [ "domain" "users" "networks" "hosts" "guests" ]
-    ++ concatMap (k: optional (inv ? ${k} && !(isAttrs inv.${k})) "${k}: must be a table, not ${typeOf inv.${k}}") [ "networks" "hosts" "guests" ]
-    ++ optional (inv ? domain && !(isDomain domain)) "domain: ${builtins.toJSON domain} is not a lowercase DNS name";
-
-  certs =
+  # --- Rules between keys (only on a well-shaped inventory) -----------------------------
+  rules =
     let
-      c = inv.certificates or { };
-      mode = c.mode or "private-ca";
-    in
-    tableAt "certificates" c
-    ++ optionals' (isAttrs c) (
-      unknownKeys "certificates." certKeys c
-      ++ check (elem mode [ "private-ca" "acme-dns01" ]) "certificates.mode: ${builtins.toJSON mode} is not one of private-ca, acme-dns01"
-      ++ check (isBool (c.include_network or false)) "certificates.include_network: must be true or false"
-      ++ optional (mode == "acme-dns01" && !(isString (c.acme_email or null))) "certificates.acme_email: missing required key (acme-dns01 mode needs an e-mail for Let's Encrypt)"
-    );
+      domain = inv.domain;
+      users = inv.users;
+      hosts = inv.hosts;
+      guests = inv.guests;
+      userNames = attrNames users;
+      hostNames = attrNames hosts;
+      guestNames = attrNames guests;
+      guestNet = inv.networks.guests;
+      cidr = u.parseCIDR guestNet.cidr;
+      gatewayIp = u.parseIPv4 guestNet.gateway;
+      tunnel = inv.networks.tunnel or null;
+      tunnelCidr = if tunnel == null then null else u.parseCIDR tunnel.cidr;
+      bridge = guestNet.bridge or "br-guests";
+      certMode = (inv.certificates or { }).mode or "private-ca";
 
-  optionals' = cond: xs: if cond then xs else [ ];
+      rolesOf = role: filter (h: hosts.${h}.role == role) hostNames;
+      hypervisors = rolesOf "hypervisor";
+      relays = rolesOf "relay";
+      hostSet = u.toSet hostNames;
+      guestSet = u.toSet guestNames;
 
-  userErrors =
-    tableAt "users" (inv.users or { })
-    ++ concatMap (
-      name:
-      let
-        usr = users.${name};
-        p = "users.${name}";
-      in
-      if !(isAttrs usr) then
-        [ "${p}: must be a table, not ${typeOf usr}" ]
-      else
-        check (isName name) "${p}: user name must be lowercase letters, digits and dashes"
-        ++ unknownKeys "${p}." userKeys usr
-        ++ check (isBool (usr.admin or false)) "${p}.admin: must be true or false"
-        ++ (
-          if !(isList (usr.ssh_keys or [ ])) then
-            [ "${p}.ssh_keys: must be a list of SSH public keys" ]
-          else
-            concatLists (imap0 (i: k: check (isAnySshKey k) "${p}.ssh_keys[${toString i}]: not an SSH public key") (usr.ssh_keys or [ ]))
-        )
-        ++ optional (usr ? age_key && !(isAgeKey usr.age_key)) "${p}.age_key: ${builtins.toJSON usr.age_key} is not an age recipient (age1…)"
-    ) (attrNames users)
-    ++ optional (
-      isAttrs (inv.users or null) && filter (n: isAttrs users.${n} && (users.${n}.admin or false) == true) (attrNames users) == [ ]
-    ) "users: no user has admin = true (someone must be able to log in and decrypt)";
+      running = s: filter (g: elem s guests.${g}.services) guestNames;
+      proxies = running "caddy";
+      pgServers = running "postgresql";
+      dnsServers = running "dnsmasq";
 
-  netErrors =
-    optionals' (isAttrs (inv.networks or null)) (
-      unknownKeys "networks." [ "guests" "tunnel" ] inv.networks
-      ++ (
-        if !(inv.networks ? guests) then
-          [ "networks.guests: missing required key" ]
-        else
-          unknownKeys "networks.guests." guestNetKeys guestNet
-          ++ required "networks.guests." guestNet [ "cidr" "gateway" ]
-          ++ optional (guestNet ? cidr && cidr == null) "networks.guests.cidr: ${builtins.toJSON guestNet.cidr} is not an IPv4 CIDR like 192.168.100.0/24"
-          ++ optional (cidr != null && cidr.address != cidr.network) "networks.guests.cidr: ${guestNet.cidr} has host bits set (did you mean ${u.formatIPv4 cidr.network}/${toString cidr.prefix}?)"
-          ++ optional (cidr != null && cidr.prefix > 30) "networks.guests.cidr: /${toString cidr.prefix} leaves no room for guests"
-          ++ optional (guestNet ? gateway && gatewayIp == null) "networks.guests.gateway: ${builtins.toJSON guestNet.gateway} is not an IPv4 address"
-          ++ optional (
-            gatewayIp != null && cidr != null && !(u.inCIDR cidr gatewayIp)
-          ) "networks.guests.gateway: ${guestNet.gateway} is outside networks.guests.cidr ${guestNet.cidr}"
-          ++ optional (
-            guestNet ? bridge && !(isString guestNet.bridge && match "[a-zA-Z0-9_.-]{1,15}" guestNet.bridge != null)
-          ) "networks.guests.bridge: ${builtins.toJSON guestNet.bridge} is not an interface name of at most 15 characters"
-      )
-      ++ optionals' (inv.networks ? tunnel) (
-        unknownKeys "networks.tunnel." tunnelKeys inv.networks.tunnel
-        ++ required "networks.tunnel." inv.networks.tunnel [ "cidr" ]
-        ++ optional (inv.networks.tunnel ? cidr && tunnelCidr == null) "networks.tunnel.cidr: ${builtins.toJSON inv.networks.tunnel.cidr} is not an IPv4 CIDR"
+      # Ports a guest serves: its services' (from the catalogue) and its own `ports`.
+      servedOf =
+        g:
+        u.toSet (
+          concatMap (s: map (p: "${toString p.port}/${p.proto}") services.${s}.ports) guests.${g}.services
+          ++ map (p: "${toString p.port}/${p.proto}") (guests.${g}.ports or [ ])
+        );
+      served = builtins.mapAttrs (g: _: servedOf g) guests;
+      servedList = g: u.showList (attrNames served.${g});
+      notServed = g: port: proto: !(served.${g} ? "${toString port}/${proto}");
+
+      # A network (guest or tunnel) must be usable: no host bits, room for hosts, no
+      # special-purpose block.
+      networkErrors =
+        key: text: net:
+        optional (net.address != net.network) "${key}: ${text} has host bits set (did you mean ${u.formatIPv4 net.network}/${toString net.prefix}?)"
+        ++ optional (net.prefix < 8) "${key}: ${text} is larger than a /8; use a private network such as 192.168.100.0/24"
+        ++ optional (net.prefix > 30) "${key}: /${toString net.prefix} leaves no room for machines (at most /30)"
+        ++ map (b: "${key}: ${text} overlaps ${b.what}; use a private network such as 192.168.100.0/24") (blockOfNet net);
+      edgeErrors =
+        key: ip: text: net: netText:
+        optional (
+          u.inCIDR net ip && (ip == net.network || ip == net.network + net.size - 1)
+        ) "${key}: ${text} is the network or broadcast address of ${netText}";
+
+      topology =
+        optional (length hypervisors > 1) "hosts.${showKey (builtins.elemAt hypervisors 1)}.role: one hypervisor is supported (hosts.${showKey (head hypervisors)} is one already): guests of several would share one gateway address"
+        ++ optional (length relays > 1) "hosts.${showKey (builtins.elemAt relays 1)}.role: one relay is supported (hosts.${showKey (head relays)} is one already)"
+        ++ optional (length proxies > 1) "guests.${showKey (builtins.elemAt proxies 1)}.services: one guest may run caddy (guests.${showKey (head proxies)} does already): the plan has one proxy"
+        ++ optional (length pgServers > 1) "guests.${showKey (builtins.elemAt pgServers 1)}.services: one guest may run postgresql (guests.${showKey (head pgServers)} does already): the plan has one database server"
+        ++ optional (length dnsServers > 1) "guests.${showKey (builtins.elemAt dnsServers 1)}.services: one guest may run dnsmasq (guests.${showKey (head dnsServers)} does already): the plan has one DNS server"
+        ++ optional (guestNames != [ ] && hypervisors == [ ]) "hosts: no host has role = \"hypervisor\", so nothing can run the guests";
+
+      admins = filter (n: users.${n}.admin or false) userNames;
+      userErrors =
+        optional (admins == [ ]) "users: no user has admin = true (someone must be able to log in and decrypt)"
         ++ optional (
-          tunnelCidr != null && cidr != null && (u.inCIDR cidr tunnelCidr.network || u.inCIDR tunnelCidr cidr.network)
-        ) "networks.tunnel.cidr: ${inv.networks.tunnel.cidr} overlaps networks.guests.cidr ${guestNet.cidr}"
-      )
-    );
+          admins != [ ] && filter (n: (users.${n}.ssh_keys or [ ]) != [ ]) admins == [ ]
+        ) "users: no admin has an SSH key (deploy and the machines' root log in with one)"
+        ++ concatMap (
+          n:
+          optional (elem n systemUsers || isPrefixOf "systemd-" n || isPrefixOf "nixbld" n) "users.${n}: ${n} is a system account on NixOS; choose another user name"
+          ++ optional (elem n planWords) "users.${n}: ${n} is a word the plan gives a meaning to; choose another user name"
+          ++ optional (stringLength n > 32) "users.${n}: a user name has at most 32 characters"
+        ) userNames;
 
-  hostErrors = concatMap (
-    name:
-    let
-      h = hosts.${name};
-      p = "hosts.${name}";
-      role = h.role or null;
-      wg = h.wireguard or { };
-      wgIp = u.parseIPv4 (wg.address or null);
-    in
-    if !(isAttrs h) then
-      [ "${p}: must be a table, not ${typeOf h}" ]
-    else
-      check (isName name) "${p}: host name must be lowercase letters, digits and dashes"
-      ++ optional (guests ? ${name}) "${p}: the name is also used by guests.${name}"
-      ++ unknownKeys "${p}." hostKeys h
-      ++ required "${p}." h [ "role" "system" "target" ]
-      ++ optional (h ? role && !(elem role roles)) "${p}.role: ${builtins.toJSON role} is not one of ${u.showList roles}"
-      ++ optional (h ? system && !(elem h.system systems)) "${p}.system: ${builtins.toJSON h.system} is not one of ${u.showList systems}"
-      ++ optional (h ? target && !(isString h.target && h.target != "")) "${p}.target: must be an SSH destination like root@host"
-      ++ optional (h ? host_key && !(isSshKey h.host_key)) "${p}.host_key: not an ssh-ed25519 public key"
-      ++ optional (h ? age_key && !(isAgeKey h.age_key)) "${p}.age_key: ${builtins.toJSON h.age_key} is not an age recipient (age1…)"
-      ++ optional (role == "hypervisor" && !(h ? lan_interface)) "${p}.lan_interface: missing required key (hypervisors NAT the guest network out of it)"
-      ++ optional (role == "hypervisor" && !(h ? zfs)) "${p}.zfs: missing required key (hypervisors keep each guest's state on a ZFS dataset)"
-      ++ optional (
-        h ? lan_interface && !(isString h.lan_interface && match "[a-zA-Z0-9_.-]{1,15}" h.lan_interface != null)
-      ) "${p}.lan_interface: ${builtins.toJSON h.lan_interface} is not an interface name of at most 15 characters"
-      ++ optional (role == "relay" && !(h ? public_address)) "${p}.public_address: missing required key (the relay's public IPv4 address)"
-      ++ optional (
-        h ? public_address && u.parseIPv4 h.public_address == null
-      ) "${p}.public_address: ${builtins.toJSON h.public_address} is not an IPv4 address"
-      ++ optionals' (h ? zfs) (
-        if !(isAttrs h.zfs) then
-          [ "${p}.zfs: must be a table" ]
-        else
-          unknownKeys "${p}.zfs." zfsKeys h.zfs
-          ++ required "${p}.zfs." h.zfs [ "pool" "host_id" ]
-          ++ optional (h.zfs ? host_id && !(isString h.zfs.host_id && match "[0-9a-f]{8}" h.zfs.host_id != null)) "${p}.zfs.host_id: ${builtins.toJSON h.zfs.host_id} must be 8 lowercase hex digits (head -c4 /dev/urandom | od -An -tx4)"
-          ++ optional (h.zfs ? pool && !(isString h.zfs.pool && match "[A-Za-z][A-Za-z0-9_.:-]*" h.zfs.pool != null)) "${p}.zfs.pool: ${builtins.toJSON h.zfs.pool} is not a ZFS pool name"
-      )
-      ++ optionals' (h ? wireguard) (
-        if !(isAttrs wg) then
-          [ "${p}.wireguard: must be a table" ]
-        else
-          unknownKeys "${p}.wireguard." wgKeys wg
-          ++ required "${p}.wireguard." wg [ "address" "public_key" ]
-          ++ optional (!(inv.networks ? tunnel)) "${p}.wireguard: needs networks.tunnel.cidr"
-          ++ optional (wg ? address && wgIp == null) "${p}.wireguard.address: ${builtins.toJSON wg.address} is not an IPv4 address"
-          ++ optional (
-            wgIp != null && tunnelCidr != null && !(u.inCIDR tunnelCidr wgIp)
-          ) "${p}.wireguard.address: ${wg.address} is outside networks.tunnel.cidr ${inv.networks.tunnel.cidr}"
-          ++ optional (wg ? public_key && !(isWgKey wg.public_key)) "${p}.wireguard.public_key: not a WireGuard public key (44 characters of base64)"
-          ++ optional (wg ? port && !(isPort wg.port)) "${p}.wireguard.port: ${showPort wg.port} is not a port (1-65535)"
-          ++ optional (role == "relay" && !(wg ? port)) "${p}.wireguard.port: missing required key (the relay listens on it)"
-          ++ optional (
-            wg ? relay && !(isString wg.relay && hosts ? ${wg.relay} && isAttrs hosts.${wg.relay} && (hosts.${wg.relay}.role or null) == "relay")
-          ) "${p}.wireguard.relay: ${builtins.toJSON wg.relay} is not a host with role = \"relay\""
-          ++ optional (role == "hypervisor" && !(wg ? relay)) "${p}.wireguard.relay: missing required key (the relay host this hypervisor dials)"
-      )
-  ) hostNames
-  ++ u.concatMap (
-    a: [ "hosts.${a}.wireguard.address: ${hosts.${a}.wireguard.address} is used twice in networks.tunnel" ]
-  ) (
-    u.duplicates (
-      map (n: hosts.${n}.wireguard.address) (filter (n: isAttrs hosts.${n} && isAttrs (hosts.${n}.wireguard or null) && isString (hosts.${n}.wireguard.address or null)) hostNames)
-    )
-  );
+      certErrors =
+        optional (certMode == "acme-dns01" && !((inv.certificates or { }) ? acme_email)) "certificates.acme_email: missing required key (acme-dns01 mode needs an e-mail for the ACME account)"
+        ++ optional (stringLength domain > 253) "domain: longer than 253 characters";
 
-  routesOf = g: if isAttrs guests.${g} && isList (guests.${g}.routes or null) then guests.${g}.routes else [ ];
-  portsOf =
-    g:
-    let
-      gs = guests.${g};
-      fromServices = concatMap (s: if isString s then (services.${s} or { ports = [ ]; }).ports else [ ]) (if isList (gs.services or null) then gs.services else [ ]);
-      extra = if isList (gs.ports or null) then filter isAttrs gs.ports else [ ];
-    in
-    map (p: "${builtins.toJSON (p.port or 0)}/${if isString (p.proto or null) then p.proto else builtins.toJSON (p.proto or "tcp")}") (fromServices ++ extra);
-  # Guests whose services are all known; port and server checks skip the others, so one
-  # misspelt service is reported once, not again for every port and database using it.
-  knownServices = g: isAttrs guests.${g} && isList (guests.${g}.services or null) && builtins.all (s: isString s && services ? ${s}) guests.${g}.services;
-  pgServers = filter (g: isAttrs guests.${g} && elem "postgresql" (guests.${g}.services or [ ])) guestNames;
-  pgOrUnknown = filter (g: !(knownServices g) || elem "postgresql" guests.${g}.services) guestNames;
-  sources = [ "lan" "guests" ] ++ guestNames ++ hostNames;
-
-  portErrors =
-    p: entry: needProto:
-    if !(isAttrs entry) then
-      [ "${p}: must be a table like { port = 443, proto = \"tcp\" }" ]
-    else
-      optional (!(entry ? port)) "${p}.port: missing required key"
-      ++ optional (entry ? port && !(isPort entry.port)) "${p}.port: ${showPort entry.port} is not a port (1-65535)"
-      ++ optional (needProto && !(entry ? proto)) "${p}.proto: missing required key"
-      ++ optional (entry ? proto && !(elem entry.proto [ "tcp" "udp" ])) "${p}.proto: ${builtins.toJSON entry.proto} is not tcp or udp";
-
-  listOf =
-    p: v: f:
-    if !(isList v) then [ "${p}: must be a list" ] else concatLists (imap0 (i: e: f "${p}[${toString i}]" e) v);
-
-  guestErrors = concatMap (
-    name:
-    let
-      g = guests.${name};
-      p = "guests.${name}";
-      ip = u.parseIPv4 (g.address or null);
-      hostName = g.host or null;
-      tap = g.tap or "vm-${name}";
-      ports = portsOf name;
-      portsKnown = knownServices name;
-    in
-    if !(isAttrs g) then
-      [ "${p}: must be a table, not ${typeOf g}" ]
-    else
-      check (isName name) "${p}: guest name must be lowercase letters, digits and dashes"
-      ++ unknownKeys "${p}." guestKeys g
-      ++ required "${p}." g [ "host" "address" "vcpu" "memory" "services" "state_size" ]
-      ++ optional (
-        g ? host && !(isString hostName && hosts ? ${hostName})
-      ) "${p}.host: ${builtins.toJSON hostName} is not a host in the inventory (hosts: ${u.showList hostNames})"
-      ++ optional (
-        g ? host && isString hostName && hosts ? ${hostName} && isAttrs hosts.${hostName} && (hosts.${hostName}.role or null) != "hypervisor"
-      ) "${p}.host: ${hostName} is not a hypervisor (role = ${builtins.toJSON (hosts.${hostName}.role or null)})"
-      ++ optional (g ? address && ip == null) "${p}.address: ${builtins.toJSON g.address} is not an IPv4 address"
-      ++ optional (
-        ip != null && cidr != null && !(u.inCIDR cidr ip)
-      ) "${p}.address: ${g.address} is outside networks.guests.cidr ${guestNet.cidr}"
-      ++ optional (
-        ip != null && cidr != null && u.inCIDR cidr ip && (ip == cidr.network || ip == cidr.network + cidr.size - 1)
-      ) "${p}.address: ${g.address} is the network or broadcast address of ${guestNet.cidr}"
-      ++ optional (ip != null && ip == gatewayIp) "${p}.address: ${g.address} is the gateway's address"
-      ++ optional (g ? vcpu && !(isInt g.vcpu && g.vcpu >= 1 && g.vcpu <= 64)) "${p}.vcpu: ${builtins.toJSON g.vcpu} must be a whole number from 1 to 64"
-      ++ optional (g ? memory && !(isInt g.memory && g.memory >= 128)) "${p}.memory: ${builtins.toJSON g.memory} must be a whole number of MiB, at least 128"
-      ++ optional (g ? state_size && !(isInt g.state_size && g.state_size >= 16)) "${p}.state_size: ${builtins.toJSON g.state_size} must be a whole number of MiB, at least 16 (the guest's SSH host key lives there)"
-      ++ optional (g ? host_key && !(isSshKey g.host_key)) "${p}.host_key: not an ssh-ed25519 public key"
-      ++ optional (g ? age_key && !(isAgeKey g.age_key)) "${p}.age_key: ${builtins.toJSON g.age_key} is not an age recipient (age1…)"
-      ++ optional (g ? hypervisor && !(elem g.hypervisor hypervisors)) "${p}.hypervisor: ${builtins.toJSON g.hypervisor} is not one of ${u.showList hypervisors}"
-      ++ optional (g ? mac && !(isMac g.mac)) "${p}.mac: ${builtins.toJSON g.mac} is not a lowercase MAC address like 02:00:00:00:00:01"
-      ++ optional (
-        g ? mac && isMac g.mac && match "[0-9a-f][26ae]:.*" g.mac == null
-      ) "${p}.mac: ${g.mac} is not a locally administered unicast address (second hex digit 2, 6, a or e)"
-      ++ optional (!(isString tap && match "[a-zA-Z0-9_.-]+" tap != null)) "${p}.tap: ${builtins.toJSON tap} is not an interface name"
-      ++ optional (isString tap && stringLength tap > 15) "${p}.tap: ${builtins.toJSON tap} is longer than 15 characters (shorten the guest name or set guests.${name}.tap)"
-      ++ (
-        if !(isList (g.services or [ ])) then
-          [ "${p}.services: must be a list of service names" ]
-        else
-          concatLists (
-            imap0 (
-              i: s: check (isString s && services ? ${s}) "${p}.services[${toString i}]: ${builtins.toJSON s} is not a known service (${u.showList (attrNames services)})"
-            ) (g.services or [ ])
-          )
-      )
-      ++ optionals' (g ? ports) (listOf "${p}.ports" g.ports (q: e: portErrors q e true ++ optionals' (isAttrs e) (unknownKeys "${q}." portKeys e)))
-      ++ optionals' (g ? public) (listOf "${p}.public" g.public (q: e: portErrors q e true ++ optionals' (isAttrs e) (unknownKeys "${q}." portKeys e ++ optional (isPort (e.port or null) && portsKnown && isString (e.proto or "tcp") && !(elem "${toString e.port}/${e.proto or "tcp"}" ports)) "${q}.port: ${toString e.port}/${e.proto or "tcp"} is not a port of this guest's services (${u.showList ports})")))
-      ++ optionals' (g ? routes) (
-        listOf "${p}.routes" g.routes (
-          q: r:
-          if !(isAttrs r) then
-            [ "${q}: must be a table like { name = \"id\", port = 1411 }" ]
+      netErrors =
+        networkErrors "networks.guests.cidr" guestNet.cidr cidr
+        ++ (
+          if !(u.inCIDR cidr gatewayIp) then
+            [ "networks.guests.gateway: ${guestNet.gateway} is outside networks.guests.cidr ${guestNet.cidr}" ]
           else
-            unknownKeys "${q}." routeKeys r
-            ++ required "${q}." r [ "name" "port" ]
-            ++ optional (r ? name && !(isName r.name)) "${q}.name: ${builtins.toJSON r.name} is not a DNS label"
-            ++ optional (r ? port && !(isPort r.port)) "${q}.port: ${showPort r.port} is not a port (1-65535)"
-            ++ optional (
-              portsKnown && isPort (r.port or null) && !(elem "${toString r.port}/tcp" ports)
-            ) "${q}.port: ${toString r.port}/tcp is not a port of this guest's services (${u.showList ports})"
-            ++ optional (r ? path && !(isString r.path && u.hasPrefix "/" r.path)) "${q}.path: must start with /"
-            ++ optional (r ? h2c && !(isBool r.h2c)) "${q}.h2c: must be true or false"
-            ++ optional (isName (r.name or null) && guests ? ${r.name} && r.name != name) "${q}.name: ${r.name} clashes with guest ${r.name} (its DNS name)"
+            edgeErrors "networks.guests.gateway" gatewayIp guestNet.gateway cidr "networks.guests.cidr ${guestNet.cidr}"
         )
-      )
-      ++ optionals' (g ? allow) (
-        listOf "${p}.allow" g.allow (
-          q: a:
-          if !(isAttrs a) then
-            [ "${q}: must be a table like { from = [\"lan\"], port = 443, proto = \"tcp\" }" ]
+        ++ optional (elem bridge ifReserved) "networks.guests.bridge: ${bridge} is a name the kernel uses; choose another"
+        ++ optionals (tunnel != null) (
+          networkErrors "networks.tunnel.cidr" tunnel.cidr tunnelCidr
+          ++ optional (overlaps tunnelCidr cidr) "networks.tunnel.cidr: ${tunnel.cidr} overlaps networks.guests.cidr ${guestNet.cidr}"
+        );
+
+      lanInterfaces = concatMap (h: optional (hosts.${h} ? lan_interface) hosts.${h}.lan_interface) hostNames;
+
+      hostErrors = concatMap (
+        name:
+        let
+          h = hosts.${name};
+          p = "hosts.${name}";
+          wg = h.wireguard or null;
+          wgIp = u.parseIPv4 wg.address;
+          pub = u.parseIPv4 h.public_address;
+          relayOk = r: hostSet ? ${r} && hosts.${r}.role == "relay";
+        in
+        optional (guestSet ? ${name}) "${p}: the name is also used by guests.${name}; every machine needs its own name"
+        ++ optional (elem name planWords) "${p}: ${name} is a word the plan gives a meaning to (an allow source or a lab name); choose another host name"
+        ++ optionals (h.role == "hypervisor") (
+          optional (!(h ? lan_interface)) "${p}.lan_interface: missing required key (hypervisors NAT the guest network out of it)"
+          ++ optional (!(h ? zfs)) "${p}.zfs: missing required key (hypervisors keep each guest's state on a ZFS dataset)"
+          ++ optional (h ? public_address) "${p}.public_address: only a relay has a public address here"
+          ++ optional (tunnel != null && relays != [ ] && wg == null) "${p}.wireguard: missing required key (the hypervisor dials the relay ${head relays} over WireGuard)"
+          ++ optional (wg != null && !(wg ? relay)) "${p}.wireguard.relay: missing required key (the relay host this hypervisor dials)"
+          ++ optional (wg != null && wg ? relay && !(relayOk wg.relay)) "${p}.wireguard.relay: ${show wg.relay} is not a host with role = \"relay\""
+          ++ optional (wg != null && wg ? port) "${p}.wireguard.port: the hypervisor dials out and listens on no port; remove it"
+          ++ optional (h ? lan_interface && h.lan_interface == bridge) "${p}.lan_interface: ${h.lan_interface} is also the guest bridge's name"
+          ++ optional (h ? lan_interface && elem h.lan_interface ifReserved) "${p}.lan_interface: ${h.lan_interface} is a name the kernel uses, not a network card"
+        )
+        ++ optionals (h.role == "relay") (
+          optional (!(h ? public_address)) "${p}.public_address: missing required key (the relay's public IPv4 address)"
+          ++ optional (wg == null) "${p}.wireguard: missing required key (the relay is the tunnel's endpoint: address, public_key and port)"
+          ++ optional (wg != null && !(wg ? port)) "${p}.wireguard.port: missing required key (the relay listens on it)"
+          ++ optional (wg != null && wg ? relay) "${p}.wireguard.relay: only a hypervisor dials a relay; remove it"
+          ++ optional (wg != null && wg ? port && wg.port == 22) "${p}.wireguard.port: 22 is the relay's SSH port"
+          ++ optional (
+            wg != null && filter (o: (hosts.${o}.wireguard or { }).relay or null == name) hostNames == [ ]
+          ) "${p}: no hypervisor dials this relay (set wireguard.relay = \"${name}\" on the hypervisor)"
+          ++ optional (h ? lan_interface) "${p}.lan_interface: only a hypervisor has a guest network to NAT"
+          ++ optional (h ? zfs) "${p}.zfs: only a hypervisor keeps guest state"
+        )
+        ++ optionals (h ? public_address) (
+          map (b: "${p}.public_address: ${h.public_address} is ${b.what}, not a public address") (blockOfIp pub)
+          ++ optional (pub == 4294967295) "${p}.public_address: 255.255.255.255 is the broadcast address"
+          ++ optional (u.inCIDR cidr pub) "${p}.public_address: ${h.public_address} is inside networks.guests.cidr ${guestNet.cidr}"
+          ++ optional (tunnelCidr != null && u.inCIDR tunnelCidr pub) "${p}.public_address: ${h.public_address} is inside networks.tunnel.cidr ${tunnel.cidr}"
+        )
+        ++ optionals (h ? zfs) (
+          optional (elem h.zfs.pool zfsReserved || match "c[0-9].*" h.zfs.pool != null) "${p}.zfs.pool: ${h.zfs.pool} is a name zpool reserves"
+        )
+        ++ optionals (wg != null) (
+          if tunnel == null then
+            [ "${p}.wireguard: needs networks.tunnel.cidr" ]
+          else if !(u.inCIDR tunnelCidr wgIp) then
+            [ "${p}.wireguard.address: ${wg.address} is outside networks.tunnel.cidr ${tunnel.cidr}" ]
           else
-            unknownKeys "${q}." allowKeys a
-            ++ portErrors q a false
-            ++ required "${q}." a [ "from" ]
-            ++ (
-              if a ? from && !(isList a.from) then
-                [ "${q}.from: must be a list of sources" ]
-              else
-                concatLists (
-                  imap0 (
-                    i: s: check (isString s && elem s sources) "${q}.from[${toString i}]: ${builtins.toJSON s} is not a guest, a host, \"guests\" or \"lan\""
-                  ) (a.from or [ ])
-                )
+            edgeErrors "${p}.wireguard.address" wgIp wg.address tunnelCidr "networks.tunnel.cidr ${tunnel.cidr}"
+        )
+      ) hostNames
+      ++ map (a: "hosts.${firstOwner (n: ((hosts.${n}.wireguard or { }).address or null) == a) hostNames 1}.wireguard.address: ${a} is used twice in networks.tunnel") (
+        u.duplicates (concatMap (n: optional (hosts.${n} ? wireguard) hosts.${n}.wireguard.address) hostNames)
+      )
+      ++ map (k: "hosts.${firstOwner (n: (hosts.${n}.wireguard or { }).public_key or null == k) hostNames 1}.wireguard.public_key: also the key of hosts.${firstOwner (n: (hosts.${n}.wireguard or { }).public_key or null == k) hostNames 0}; each end needs its own key pair") (
+        u.duplicates (concatMap (n: optional (hosts.${n} ? wireguard) hosts.${n}.wireguard.public_key) hostNames)
+      );
+
+      # The n-th (0-based) name whose value satisfies pred: for naming the second owner.
+      firstOwner = pred: names: n: showKey (builtins.elemAt (filter pred names) n);
+
+      relay = if relays == [ ] then null else head relays;
+      relayWg = if relay == null then null else hosts.${relay}.wireguard or null;
+
+      guestErrors = concatMap (
+        name:
+        let
+          g = guests.${name};
+          p = "guests.${name}";
+          ip = u.parseIPv4 g.address;
+          tap = g.tap or "vm-${name}";
+          hostName = g.host;
+          hostOk = hostSet ? ${hostName};
+        in
+        optional (elem name planWords) "${p}: ${name} is a word the plan gives a meaning to (an allow source or a lab name); choose another guest name"
+        ++ optional (!hostOk) "${p}.host: ${show hostName} is not a host in the inventory (hosts: ${u.showList hostNames})"
+        ++ optional (hostOk && hosts.${hostName}.role != "hypervisor") "${p}.host: ${hostName} is not a hypervisor (role = ${toJSON hosts.${hostName}.role})"
+        ++ (
+          if !(u.inCIDR cidr ip) then
+            [ "${p}.address: ${g.address} is outside networks.guests.cidr ${guestNet.cidr}" ]
+          else
+            edgeErrors "${p}.address" ip g.address cidr guestNet.cidr
+            ++ optional (ip == gatewayIp) "${p}.address: ${g.address} is the gateway's address"
+        )
+        ++ optional (
+          g ? mac && match "[0-9a-f][26ae]:.*" g.mac == null
+        ) "${p}.mac: ${g.mac} is not a locally administered unicast address (second hex digit 2, 6, a or e)"
+        ++ optional (stringLength tap > 15) "${p}.tap: ${toJSON tap} is longer than 15 characters (shorten the guest name or set guests.${name}.tap)"
+        ++ optional (tap == bridge) "${p}.tap: ${tap} is also the guest bridge's name"
+        ++ optional (elem tap lanInterfaces) "${p}.tap: ${tap} is also a host's lan_interface"
+        ++ optional (elem tap ifReserved) "${p}.tap: ${tap} is a name the kernel uses"
+        ++ map (s: "${p}.services: ${s} is listed twice") (u.duplicates g.services)
+        ++ concatLists (
+          u.imap0 (
+            i: r:
+            let
+              q = "${p}.routes[${toString i}]";
+            in
+            optional (notServed name r.port "tcp") "${q}.port: ${toString r.port}/tcp is not a port of this guest's services (${servedList name})"
+            ++ optional (guestSet ? ${r.name} && r.name != name) "${q}.name: ${r.name} clashes with guest ${r.name} (its DNS name)"
+            ++ optional (hostSet ? ${r.name}) "${q}.name: ${r.name} clashes with host ${r.name}"
+            ++ optional (stringLength r.name + 1 + stringLength domain > 253) "${q}.name: ${r.name}.${domain} is longer than 253 characters"
+            ++ optional (proxies == [ ]) "${q}: no guest runs caddy, so nothing serves this route"
+          ) (g.routes or [ ])
+        )
+        ++ concatLists (
+          u.imap0 (
+            i: a:
+            let
+              q = "${p}.allow[${toString i}]";
+              proto = a.proto or "tcp";
+            in
+            concatLists (
+              u.imap0 (
+                j: s:
+                optional (!(elem s [ "lan" "guests" ] || guestSet ? ${s} || hostSet ? ${s})) "${q}.from[${toString j}]: ${show s} is not a guest, a host, \"guests\" or \"lan\""
+              ) a.from
             )
-            ++ optional (
-              portsKnown && isPort (a.port or null) && isString (a.proto or "tcp") && !(elem "${toString a.port}/${a.proto or "tcp"}" ports)
-            ) "${q}.port: ${toString a.port}/${a.proto or "tcp"} is not a port of this guest's services (${u.showList ports})"
+            ++ optional (notServed name a.port proto) "${q}.port: ${toString a.port}/${proto} is not a port of this guest's services (${servedList name})"
+          ) (g.allow or [ ])
         )
-      )
-      ++ optionals' (g ? databases) (
-        listOf "${p}.databases" g.databases (
-          q: d:
-          if !(isAttrs d) then
-            [ "${q}: must be a table like { name = \"app\", server = \"db\" }" ]
-          else
-            unknownKeys "${q}." dbKeys d
-            ++ required "${q}." d [ "name" "server" ]
-            ++ optional (d ? name && !(isIdent d.name)) "${q}.name: ${builtins.toJSON d.name} is not a PostgreSQL identifier (lowercase letters, digits, _)"
-            ++ optional (
-              d ? server && !(elem d.server pgOrUnknown)
-            ) "${q}.server: ${builtins.toJSON d.server} is not a guest running postgresql (${u.showList pgServers})"
-            ++ optional ((d.server or null) == name) "${q}.server: a guest cannot own a database on itself through the network"
+        ++ concatLists (
+          u.imap0 (
+            i: d:
+            let
+              q = "${p}.databases[${toString i}]";
+            in
+            optional (elem d.name pgReserved || isPrefixOf "pg_" d.name) "${q}.name: ${d.name} is a name PostgreSQL reserves or gives a meaning to; choose another"
+            ++ optional (!(guestSet ? ${d.server} && elem "postgresql" guests.${d.server}.services)) "${q}.server: ${show d.server} is not a guest running postgresql (${u.showList pgServers})"
+            ++ optional (d.server == name) "${q}.server: a guest cannot own a database on itself through the network"
+          ) (g.databases or [ ])
         )
-      )
-  ) guestNames;
+        ++ concatLists (
+          u.imap0 (
+            i: e:
+            let
+              q = "${p}.public[${toString i}]";
+            in
+            optional (notServed name e.port e.proto) "${q}.port: ${toString e.port}/${e.proto} is not a port of this guest's services (${servedList name})"
+            ++ optional (relay == null) "${q}: no host has role = \"relay\", so nothing forwards this port from the internet"
+            ++ optional (relay != null && e.proto == "tcp" && e.port == 22) "${q}.port: 22/tcp is the relay's own SSH port"
+            ++ optional (
+              relayWg != null && e.proto == "udp" && e.port == (relayWg.port or null)
+            ) "${q}.port: ${toString e.port}/udp is the relay's WireGuard port"
+            ++ optional (
+              relay != null && hostOk && (hosts.${hostName}.wireguard or { }).relay or null != relay
+            ) "${q}: guests.${name}.host ${hostName} does not dial the relay ${relay} (set hosts.${hostName}.wireguard.relay), so nothing reaches this port"
+          ) (g.public or [ ])
+        )
+      ) guestNames;
 
-  # Cross-guest checks.
-  validGuests = filter (n: isAttrs guests.${n}) guestNames;
-  addrOwners = filter (n: isString (guests.${n}.address or null)) validGuests;
-  macs = map (n: { name = n; mac = guests.${n}.mac or (u.macFor n); }) validGuests;
-  taps = map (n: { name = n; tap = guests.${n}.tap or "vm-${n}"; }) validGuests;
-  allRoutes = concatMap (
-    n: map (r: { guest = n; name = r.name or ""; path = r.path or "/"; }) (filter isAttrs (routesOf n))
-  ) validGuests;
-  routeOwners = builtins.groupBy (r: r.name) allRoutes;
-  allDbs = concatMap (n: map (d: { guest = n; name = d.name or ""; }) (filter isAttrs (if isList (guests.${n}.databases or null) then guests.${n}.databases else [ ]))) validGuests;
-  firstWith = attr: v: list: builtins.head (filter (x: x.${attr} == v) list);
-
-  crossErrors =
-    map (a: "guests.${(builtins.elemAt (filter (n: guests.${n}.address == a) addrOwners) 1)}.address: ${a} is also the address of guests.${builtins.head (filter (n: guests.${n}.address == a) addrOwners)}") (
-      u.duplicates (map (n: guests.${n}.address) addrOwners)
-    )
-    ++ map (m: "guests.${(builtins.elemAt (filter (x: x.mac == m) macs) 1).name}.mac: ${m} is also the MAC of guests.${(firstWith "mac" m macs).name}") (u.duplicates (map (x: x.mac) macs))
-    ++ map (t: "guests.${(builtins.elemAt (filter (x: x.tap == t) taps) 1).name}.tap: ${t} is also the tap of guests.${(firstWith "tap" t taps).name}") (u.duplicates (map (x: x.tap) taps))
-    ++ concatMap (
-      rn:
-      let
-        owners = u.uniqueOrdered (map (r: r.guest) routeOwners.${rn});
-        paths = map (r: r.path) routeOwners.${rn};
-      in
-      optional (length owners > 1) "guests.${builtins.elemAt owners 1}.routes: route name ${rn} is already served by guests.${builtins.head owners}"
-      ++ u.optionals (length owners == 1) (map (pa: "guests.${builtins.head owners}.routes: route ${rn} path ${pa} is listed twice") (u.duplicates paths))
-    ) (attrNames routeOwners)
-    ++ map (d: "guests.${(builtins.elemAt (filter (x: x.name == d) allDbs) 1).guest}.databases: database ${d} is also owned by guests.${(firstWith "name" d allDbs).guest}") (u.duplicates (map (x: x.name) allDbs));
+      # Everything that must be unique across guests.
+      validGuests = guestNames;
+      ownerOf = list: v: (filter (x: x.value == v) list);
+      dupErrors =
+        what: list: msg:
+        map (v: let o = ownerOf list v; in msg (builtins.elemAt o 1) (head o)) (u.duplicates (map (x: x.value) list));
+      addrs = map (n: { owner = n; value = guests.${n}.address; }) validGuests;
+      macs = map (n: { owner = n; value = guests.${n}.mac or (u.macFor n); }) validGuests;
+      taps = map (n: { owner = n; value = guests.${n}.tap or "vm-${n}"; }) validGuests;
+      allRoutes = concatMap (n: map (r: { guest = n; name = r.name; path = r.path or "/"; }) (guests.${n}.routes or [ ])) validGuests;
+      routeOwners = builtins.groupBy (r: r.name) allRoutes;
+      dbs = concatMap (n: map (d: { owner = n; value = d.name; }) (guests.${n}.databases or [ ])) validGuests;
+      publics = concatMap (
+        n: map (e: { owner = n; value = "${toString e.port}/${e.proto}"; }) (guests.${n}.public or [ ])
+      ) validGuests;
+      crossErrors =
+        dupErrors "address" addrs (a: b: "guests.${showKey a.owner}.address: ${a.value} is also the address of guests.${showKey b.owner}")
+        ++ dupErrors "mac" macs (a: b: "guests.${showKey a.owner}.mac: ${a.value} is also the MAC of guests.${showKey b.owner}")
+        ++ dupErrors "tap" taps (a: b: "guests.${showKey a.owner}.tap: ${a.value} is also the tap of guests.${showKey b.owner}")
+        ++ concatMap (
+          rn:
+          let
+            owners = u.uniqueOrdered (map (r: r.guest) routeOwners.${rn});
+            paths = map (r: r.path) routeOwners.${rn};
+          in
+          optional (length owners > 1) "guests.${builtins.elemAt owners 1}.routes: route name ${rn} is already served by guests.${head owners}"
+          ++ optionals (length owners == 1) (map (pa: "guests.${head owners}.routes: route ${rn} path ${pa} is listed twice") (u.duplicates paths))
+        ) (attrNames routeOwners)
+        ++ dupErrors "database" dbs (a: b: "guests.${showKey a.owner}.databases: database ${a.value} is also owned by guests.${showKey b.owner}")
+        ++ dupErrors "public" publics (a: b: "guests.${showKey a.owner}.public: port ${a.value} is also forwarded to guests.${showKey b.owner}");
+    in
+    topology ++ userErrors ++ certErrors ++ netErrors ++ hostErrors ++ guestErrors ++ crossErrors;
 in
-top
-++ certs
-++ userErrors
-++ netErrors
-++ hostErrors
-++ guestErrors
-++ (if guestErrors == [ ] && hostErrors == [ ] then crossErrors else [ ])
+if shape != [ ] then shape else rules

@@ -17,13 +17,6 @@ EXAMPLE = REPO / "inventory.toml"
 BAD = sorted((REPO / "tests" / "inventories" / "bad").glob("*.toml"))
 
 
-def expected_key(path: Path) -> str:
-    """The key a bad inventory's first line says every check must name."""
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# expect: "), path
-    return first.removeprefix("# expect: ").strip()
-
-
 @pytest.fixture
 def example(tmp_path: Path) -> Path:
     """A private copy of the example inventory."""

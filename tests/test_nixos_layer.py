@@ -105,7 +105,7 @@ def plan() -> dict[str, Any]:
     result = RUNNER.run(["nix-instantiate", "--eval", "--strict", "--json",
                          str(REPO / "lib" / "eval.nix"), "--argstr", "inventory",
                          str(REPO / "inventory.toml")], check=True, timeout=120)
-    data: dict[str, Any] = json.loads(result.stdout)
+    data: dict[str, Any] = json.loads(result.stdout)["plan"]
     return data
 
 

@@ -281,7 +281,7 @@ def test_bootstrap_records_a_key_whose_inventory_update_was_lost(
         text.replace(
             line,
             'host_key = "ssh-ed25519 '
-            'AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKeyOtherKey0 x"',
+            'AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKeyOtherKey012 x"',
         )
     )
     code, out, err = tools(capsys, "secrets", "bootstrap", "proxy")

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from homestack.cliopts import inventory_option
-from homestack.inventory import find_inventory, load_inventory
+from homestack.inventory import find_inventory
 from homestack.plan import load_plan
 
 
@@ -280,7 +280,6 @@ def explain(fmt: str, as_json: bool, inventory_path: Path | None) -> None:
     if as_json:
         fmt = "json"
     path = find_inventory(inventory_path)
-    load_inventory(path)
     d = describe(load_plan(path))
     if fmt == "json":
         click.echo(json.dumps(d, indent=2))

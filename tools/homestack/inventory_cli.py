@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from homestack.cliopts import inventory_option
-from homestack.errors import CheckFailed, UserError
-from homestack.inventory import check_inventory, find_inventory, load_inventory
-from homestack.plan import load_plan
+from homestack.errors import UserError
+from homestack.inventory import find_inventory
+from homestack.plan import inspect, load_plan
 
 
 @click.group()
@@ -31,18 +31,17 @@ def check(file: Path | None, inventory_path: Path | None, as_json: bool) -> None
     if file is not None and inventory_path is not None and file != inventory_path:
         raise UserError(f"give the inventory once: {file} or --inventory {inventory_path}")
     path = find_inventory(file or inventory_path)
-    problems = check_inventory(path)
+    found = inspect(path, plan=False)
     if as_json:
-        click.echo(json.dumps({"file": str(path), "problems": problems}, indent=2))
-        if problems:
+        click.echo(json.dumps({"file": str(path), "problems": found.problems}, indent=2))
+        if found.problems:
             raise SystemExit(2)
         return
-    if problems:
-        raise CheckFailed(f"{path}: {len(problems)} problem(s)", problems)
-    inv = load_inventory(path)
+    found.raise_problems()
+    counts = found.counts or {}
     click.echo(
-        f"{path}: ok ({len(inv['hosts'])} hosts, {len(inv['guests'])} guests, "
-        f"{len(inv['users'])} users)"
+        f"{path}: ok ({counts.get('hosts', 0)} hosts, {counts.get('guests', 0)} guests, "
+        f"{counts.get('users', 0)} users)"
     )
 
 
@@ -52,7 +51,6 @@ def check(file: Path | None, inventory_path: Path | None, as_json: bool) -> None
 def plan(inventory_path: Path | None, as_json: bool) -> None:
     """Evaluate the plan with Nix (lib/) and print it."""
     path = find_inventory(inventory_path)
-    load_inventory(path)
     result = load_plan(path)
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
@@ -92,23 +90,34 @@ def _print_plan_summary(p: dict[str, Any]) -> None:
 def show(inventory_path: Path | None, as_json: bool) -> None:
     """Show the machines and people the inventory describes."""
     path = find_inventory(inventory_path)
-    inv = load_inventory(path)
+    p = load_plan(path)
+    shown = {
+        "domain": p["domain"],
+        "users": p["users"],
+        "hosts": {
+            n: {k: h[k] for k in ("role", "system", "target")} for n, h in p["hosts"].items()
+        },
+        "guests": {
+            n: {k: g[k] for k in ("host", "address", "vcpu", "memory", "services")}
+            for n, g in p["guests"].items()
+        },
+    }
     if as_json:
-        click.echo(json.dumps(inv, indent=2, sort_keys=True))
+        click.echo(json.dumps(shown, indent=2, sort_keys=True))
         return
-    click.echo(f"{path}  domain {inv['domain']}")
+    click.echo(f"{path}  domain {p['domain']}")
     click.echo("users:")
-    for name, user in sorted(inv["users"].items()):
-        role = "admin" if user.get("admin") else "user"
+    for name, user in sorted(p["users"].items()):
+        role = "admin" if user["admin"] else "user"
         click.echo(
-            f"  {name:<12} {role:<6} {len(user.get('ssh_keys', []))} ssh key(s)"
-            f"{', age key' if 'age_key' in user else ''}"
+            f"  {name:<12} {role:<6} {len(user['sshKeys'])} ssh key(s)"
+            f"{', age key' if user['ageKey'] else ''}"
         )
     click.echo("hosts:")
-    for name, host in sorted(inv["hosts"].items()):
+    for name, host in sorted(shown["hosts"].items()):
         click.echo(f"  {name:<12} {host['role']:<11} {host['system']:<14} {host['target']}")
     click.echo("guests:")
-    for name, guest in sorted(inv["guests"].items()):
+    for name, guest in sorted(shown["guests"].items()):
         click.echo(
             f"  {name:<12} on {guest['host']:<10} {guest['address']:<16} "
             f"{guest['vcpu']} vcpu {guest['memory']:>5} MiB  {', '.join(guest['services'])}"

@@ -15,22 +15,22 @@ from homestack.deploy import engine
 from homestack.deploy.remote import DEFAULT_OPTIONS, Ssh
 from homestack.deploy.status import status as machine_status
 from homestack.deploy.steps import DeployOptions
-from homestack.errors import CheckFailed, UserError
+from homestack.errors import UserError
 from homestack.process import Runner, default_runner
 
 
 def load(inventory: Path | None) -> tuple[Path, dict[str, Any]]:
     """The inventory's path and its plan (computed by lib/)."""
     try:
-        from homestack.inventory import check_inventory, find_inventory  # noqa: PLC0415
-        from homestack.plan import load_plan  # noqa: PLC0415
+        from homestack.inventory import find_inventory  # noqa: PLC0415
+        from homestack.plan import inspect  # noqa: PLC0415
     except ModuleNotFoundError as exc:
         raise UserError(f"tools deploy: {exc.name} is missing from this build") from exc
     path = find_inventory(inventory)
-    problems = check_inventory(path)
-    if problems:
-        raise CheckFailed(f"{path}: {len(problems)} problem(s); nothing was deployed", problems)
-    return path, load_plan(path)
+    found = inspect(path, plan=True)
+    found.raise_problems("; nothing was deployed")
+    assert found.plan is not None
+    return path, found.plan
 
 
 def runner() -> Runner:
