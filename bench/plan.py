@@ -1,11 +1,13 @@
-"""Benchmark: plan evaluation time for 10, 100 and 1,000 guests, and CLI start-up.
+"""Benchmark: plan evaluation for 10 to 10,000 guests, the inventory check, CLI start-up.
 
     python bench/plan.py [--runs N]
 
 Prints the median evaluation time (nix-instantiate of lib/eval.nix, the same call
-`tools inventory plan` makes) per size and the ratio t(1000)/t(100); targets: 1,000 guests
-under 2 s and the ratio at most 12. Then `tools --help` against `python -c pass` on the
-same interpreter; target at most 4x.
+`tools inventory plan` makes) per size, and the ratios t(1000)/t(100) and t(10k)/t(1k);
+targets: 1,000 guests under 2 s, 10,000 under 5 s, ratios at most 12 and 11. Then the
+whole `tools inventory check` command on 4,000 guests against the Nix plan of the same file
+(target at most 1.2x: Python asks lib and judges nothing itself). Then `tools --help`
+against `python -c pass` on the same interpreter; target at most 4x.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import tomli_w
 
 REPO = Path(__file__).resolve().parent.parent
+WG_HV = "gfPAXRomvAvxosogdhwjV1T1vHRvuiVYGtD2MCvcwzg="
+WG_RELAY = "bXf8BWhoPhtkyXpn8BnuiPzmRTb9Fpo5yeEq+pUSvjw="
 
 
 def inventory(n: int) -> dict[str, object]:
@@ -42,13 +46,21 @@ def inventory(n: int) -> dict[str, object]:
             "routes": [{"name": f"app{i}", "port": 3000}],
             "databases": [{"name": f"app{i}", "server": "db"}],
         }  # fmt: skip
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN2yUVpUvg2k0jgI1KbBGzSo+Di7dxRZhOgxblmzCL8b admin"
     return {
         "domain": "bench.home.arpa",
-        "users": {"admin": {"admin": True, "ssh_keys": []}},
-        "networks": {"guests": {"cidr": "10.10.0.0/20", "gateway": "10.10.0.1"}},
+        "users": {"admin": {"admin": True, "ssh_keys": [key]}},
+        "networks": {"guests": {"cidr": "10.10.0.0/16", "gateway": "10.10.0.1"},
+                     "tunnel": {"cidr": "10.99.0.0/24"}},
         "hosts": {"hv": {"role": "hypervisor", "system": "x86_64-linux", "target": "root@hv",
                          "lan_interface": "eth0",
-                         "zfs": {"pool": "tank", "host_id": "0a0b0c0d"}}},
+                         "zfs": {"pool": "tank", "host_id": "0a0b0c0d"},
+                         "wireguard": {"relay": "vps", "address": "10.99.0.2",
+                                       "public_key": WG_HV}},
+                  "vps": {"role": "relay", "system": "x86_64-linux",
+                            "target": "root@203.0.113.10", "public_address": "203.0.113.10",
+                            "wireguard": {"address": "10.99.0.1", "port": 51820,
+                                          "public_key": WG_RELAY}}},
         "guests": guests,
     }  # fmt: skip
 
@@ -80,16 +92,24 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     results: dict[int, float] = {}
+    tools = str(Path(sys.executable).parent / "tools")
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (10, 100, 1000):
+        for n in (10, 100, 1000, 4000, 10000):
             path = Path(tmp) / f"inventory-{n}.toml"
             path.write_text(tomli_w.dumps(inventory(n)))
             results[n] = time_plan(path, args.runs)
             print(f"plan, {n:>5} guests: {results[n]:.3f} s (median of {args.runs})", flush=True)
+        check = time_command([tools, "inventory", "check", str(Path(tmp) / "inventory-4000.toml")],
+                             args.runs)  # fmt: skip
     ratio = results[1000] / results[100]
     print(f"ratio t(1000)/t(100): {ratio:.2f}  (target <= 12; 1,000 guests target < 2 s: "
           f"{'met' if results[1000] < 2 and ratio <= 12 else 'MISSED'})")  # fmt: skip
-    tools = str(Path(sys.executable).parent / "tools")
+    big = results[10000] / results[1000]
+    print(f"ratio t(10000)/t(1000): {big:.2f}  (target <= 11; 10,000 guests target <= 5 s: "
+          f"{'met' if results[10000] <= 5 and big <= 11 else 'MISSED'})")  # fmt: skip
+    vs = check / results[4000]
+    print(f"tools inventory check, 4000 guests: {check:.3f} s; {vs:.2f}x the plan of the same "
+          f"file  (target <= 1.2: {'met' if vs <= 1.2 else 'MISSED'})")  # fmt: skip
     base = time_command([sys.executable, "-c", "pass"], args.runs * 2)
     cli = time_command([tools, "--help"], args.runs * 2)
     print(
