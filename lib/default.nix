@@ -91,6 +91,10 @@ in
 {
   inherit services errorsOf inspect;
   schema = import ./schema.nix;
+  # The inventory's JSON Schema, derived from schema.nix (inventory.schema.json).
+  jsonSchema = import ./jsonschema.nix;
+  # The problems of the shape alone, for comparing with what the JSON Schema rejects.
+  shapeErrorsOf = validate.shape;
   inherit (secrets) secretKeys;
 
   # mkPlan ./inventory.toml -> the plan; throws every problem, one "FILE: KEY: message" a line.

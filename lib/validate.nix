@@ -146,9 +146,15 @@ let
   blockOfIp = ip: filter (b: u.inCIDR b.net ip) blocks;
   isPrefixOf = pre: s: substring 0 (stringLength pre) s == pre;
 in
-inv:
-let
-  shape = checkTable "" schema.inventory inv;
+{
+  # Problems of the shape alone (what the JSON Schema can also say).
+  shape = inv: checkTable "" schema.inventory inv;
+
+  # validate inv: every problem; the rules between keys only on a well-shaped inventory.
+  __functor =
+    _: inv:
+    let
+      shape = checkTable "" schema.inventory inv;
 
   # --- Rules between keys (only on a well-shaped inventory) -----------------------------
   rules =
@@ -431,4 +437,5 @@ let
     in
     topology ++ userErrors ++ certErrors ++ netErrors ++ hostErrors ++ guestErrors ++ crossErrors;
 in
-if shape != [ ] then shape else rules
+    if shape != [ ] then shape else rules;
+}

@@ -11,7 +11,7 @@ import click
 from homestack.cliopts import inventory_option
 from homestack.errors import UserError
 from homestack.inventory import find_inventory
-from homestack.plan import inspect, load_plan
+from homestack.plan import inspect, json_schema, load_plan
 
 
 @click.group()
@@ -82,6 +82,14 @@ def _print_plan_summary(p: dict[str, Any]) -> None:
         click.echo(f"  {f['from']:>8} -> {f['to']:<6} {f['port']}/{f['proto']:<4} {f['reason']}")
     click.echo("deploy order: " + " | ".join(", ".join(w) for w in p["deployOrder"]))
     click.echo(f"artifacts: {', '.join(sorted(k for k, v in p['artifacts'].items() if v))}")
+
+
+@inventory.command("schema")
+@inventory_option
+def schema(inventory_path: Path | None) -> None:
+    """Print the inventory's JSON Schema, as lib/ derives it from its declarations."""
+    path = find_inventory(inventory_path)
+    click.echo(json.dumps(json_schema(path), indent=2, sort_keys=True))
 
 
 @inventory.command("show")

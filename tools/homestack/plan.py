@@ -119,3 +119,18 @@ def load_plan(inventory: Path, runner: Runner = default_runner) -> dict[str, Any
     found.raise_problems()
     assert found.plan is not None
     return found.plan
+
+
+def json_schema(inventory: Path | None = None, runner: Runner = default_runner) -> dict[str, Any]:
+    """The inventory's JSON Schema (draft 2020-12), from the lib/ that judges ``inventory``."""
+    where = lib_dir(Path(inventory).resolve() if inventory is not None else None)
+    result = runner.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "--readonly-mode",
+         str(where / "jsonschema.nix")],
+        check=False,
+        env={"NIX_PATH": "", "NIX_REMOTE": os.environ.get("NIX_REMOTE", "")},
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise UserError(f"{where / 'jsonschema.nix'}: {error_line(result.stderr, 'failed')}")
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
