@@ -19,7 +19,11 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, requires_nix
 
+from homestack.lab import browser, lifecycle
+from homestack.lab.state import LabPaths
+from homestack.lab.topology import Topology
 from homestack.plan import load_plan
+from homestack.process import Runner
 
 TOOLS = str(Path(sys.executable).with_name("tools"))
 PREFIX = f"hsb{os.getpid()}-"
@@ -115,3 +119,27 @@ def test_every_route_loads_in_chromium_and_the_control_fails(
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     down = lab(env, "down")
     assert down.returncode == 0, down.stderr
+
+
+def test_the_old_wildcard_only_leaf_is_refused_by_chromium(env: dict[str, str]) -> None:
+    """Why the leaf names every route: Chromium refuses *.home.arpa (home.arpa is a public
+    suffix) even with the root trusted, while trusting the root is what it lacks without."""
+    plan = load_plan(EXAMPLE)
+    plan["certificates"]["names"] = ["*.home.arpa", "home.arpa"]  # the leaf committed before
+    paths = LabPaths(
+        root=Path(env["HOMESTACK_LAB_DIR"]),
+        prefix=env["HOMESTACK_LAB_PREFIX"],
+        cache=Path(env["HOMESTACK_LAB_CACHE"]),
+    )
+    state = lifecycle.up(plan, paths, Runner(), inventory="wildcard-only", log=lambda _: None)
+    try:
+        client = Topology.from_plan(plan, paths.prefix).client.netns
+        root = Path(str(state.info["root"]))
+        result = browser.run(plan, client, root, paths.root / "browser", Runner())
+    finally:
+        lifecycle.down(paths, Runner(), log=lambda _: None)
+    assert [(p.url, p.error) for p in result.trusted] == [
+        ("https://id.home.arpa/", "net::ERR_CERT_COMMON_NAME_INVALID"),
+        ("https://vpn.home.arpa/", "net::ERR_CERT_COMMON_NAME_INVALID"),
+    ]
+    assert {p.error for p in result.control} == {AUTHORITY}

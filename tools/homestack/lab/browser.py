@@ -129,6 +129,15 @@ class DevTools:
             except TimeoutError:
                 return None
 
+    def drain(self, seconds: float) -> None:
+        """Keep the events that arrive within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                self.events += [e for e in self._read(deadline, "events") if "method" in e]
+        except TimeoutError:
+            return
+
     def _read(self, deadline: float, what: str) -> list[dict[str, Any]]:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -263,6 +272,9 @@ def load(tools: DevTools, url: str, *, screenshot: bool = False) -> Page:
     page = Page(url, loaded=False, error=error)
     if not error:
         tools.wait_for("Page.loadEventFired", session, LOAD_TIMEOUT)
+        # The tab's security state comes in its own event, at times after the load.
+        tools.wait_for("Security.visibleSecurityStateChanged", session, 1.0)
+        tools.drain(0.1)
         page = _loaded(tools, session, url, nav.get("loaderId"))
         if screenshot and page.loaded:
             shot = tools.send("Page.captureScreenshot", {"format": "png"}, session=session)
@@ -284,7 +296,9 @@ def _loaded(tools: DevTools, session: str, url: str, loader: object) -> Page:
             response = params["response"]
         elif event["method"] == "Network.loadingFailed":
             failed = params.get("errorText", "")
-    state = ""
+    # The document response's own verdict; the tab's visible state, when it has come, wins
+    # (it is what the address bar would show).
+    state = str(response.get("securityState", ""))
     for event in tools.events:
         if (
             event.get("method") == "Security.visibleSecurityStateChanged"
