@@ -73,7 +73,7 @@ def test_the_whole_cycle(repo: Path) -> None:
     ok = tools(repo, "certs", "check", "--keys")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.splitlines()[-3:] == [
-        "  covers id.home.arpa, vpn.home.arpa",
+        "  covers id.home.arpa, vpn.home.arpa for browsers",
         "secrets/proxy.yaml [tls/key]: matches certs/wildcard.crt",
         "ok: chain and key valid, nothing expires within 30 days",
     ]

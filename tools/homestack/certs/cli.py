@@ -130,7 +130,7 @@ def certs() -> None:
 @shared_inventory_option
 @click.pass_context
 def certs_issue(ctx: click.Context) -> None:
-    """Issue the wildcard leaf; its key goes into the proxy's sops file."""
+    """Issue the proxy's leaf for the plan's names; its key goes into the proxy's sops file."""
     settings = load_settings(ctx)
     now = datetime.now(UTC)
     issued = issue(settings, default_runner, now=now)
@@ -184,7 +184,7 @@ def certs_check(ctx: click.Context, days: int, keys: bool, as_json: bool) -> Non
     click.echo(f"{settings.ca_certificate}: {common_name(root)}, {_validity(root, now)}")
     click.echo(f"{settings.leaf_certificate}: {', '.join(dns_names(leaf))}, {_validity(leaf, now)}")
     if settings.route_names:
-        click.echo(f"  covers {', '.join(settings.route_names)}")
+        click.echo(f"  covers {', '.join(settings.route_names)} for browsers")
     if unreadable is None:
         click.echo(f"{settings.leaf_key}: matches {settings.leaf_certificate}")
     else:
