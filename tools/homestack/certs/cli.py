@@ -130,7 +130,7 @@ def certs() -> None:
 @shared_inventory_option
 @click.pass_context
 def certs_issue(ctx: click.Context) -> None:
-    """Issue the proxy's leaf for the plan's names; its key goes into the proxy's sops file."""
+    """Issue the leaf for every name of the plan; its key goes into sops."""
     settings = load_settings(ctx)
     now = datetime.now(UTC)
     issued = issue(settings, default_runner, now=now)
