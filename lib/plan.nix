@@ -286,23 +286,39 @@ let
       tunnel
       proxy
       ;
-    certificates = {
-      mode = certCfg.mode or "private-ca";
-      includeNetwork = certCfg.include_network or false;
-      acmeEmail = certCfg.acme_email or null;
-      names = [
-        "*.${domain}"
-        domain
-      ];
-      routeNames = u.uniqueOrdered (map (r: r.fqdn) routes);
-      # Where NixOS puts them on the proxy; the lab maps these paths to its own directory.
-      certFile = "/etc/homestack/tls/wildcard.crt";
-      keyFile = "/run/secrets/tls/key";
-      caFile = "/etc/homestack/tls/ca.crt";
-      # Where `tools ca init` / `tools certs issue` keep them in the repository.
-      caSource = "certs/ca.crt";
-      certSource = "certs/wildcard.crt";
-    };
+    certificates =
+      let
+        certNames = import ./certnames.nix;
+        mode = certCfg.mode or "private-ca";
+        routeNames = u.uniqueOrdered (map (r: r.fqdn) routes);
+        guestFqdns = map (g: "${g}.${domain}") guestNames;
+        names =
+          if mode == "private-ca" then
+            certNames.leafNames {
+              inherit domain routeNames;
+              guestNames = guestFqdns;
+            }
+          else
+            [
+              "*.${domain}"
+              domain
+            ];
+      in
+      {
+        inherit mode names routeNames;
+        includeNetwork = certCfg.include_network or false;
+        acmeEmail = certCfg.acme_email or null;
+        guestNames = guestFqdns;
+        # Browsers ignore a wildcard directly under these (see lib/certnames.nix).
+        publicSuffixes = certNames.publicSuffixParents (routeNames ++ guestFqdns);
+        # Where NixOS puts them on the proxy; the lab maps these paths to its own directory.
+        certFile = "/etc/homestack/tls/wildcard.crt";
+        keyFile = "/run/secrets/tls/key";
+        caFile = "/etc/homestack/tls/ca.crt";
+        # Where `tools ca init` / `tools certs issue` keep them in the repository.
+        caSource = "certs/ca.crt";
+        certSource = "certs/wildcard.crt";
+      };
     network = {
       inherit (net) cidr;
       inherit prefix gateway;

@@ -113,7 +113,11 @@ def forge(authority: Authority, san: x509.GeneralName) -> x509.Certificate:
 
 def test_settings_follow_the_plan(settings: CertSettings) -> None:
     assert settings.domain == "home.arpa"
-    assert settings.names == ("*.home.arpa", "home.arpa")
+    # home.arpa is a public suffix: every name explicitly, no wildcard (lib/certnames.nix)
+    assert settings.names == (
+        "id.home.arpa", "vpn.home.arpa", "auth.home.arpa", "db.home.arpa", "proxy.home.arpa"
+    )  # fmt: skip
+    assert settings.public_suffixes == frozenset({"home.arpa"})
     assert settings.route_names == ("id.home.arpa", "vpn.home.arpa")
     assert settings.ca_certificate == "certs/ca.crt"
     assert settings.leaf_certificate == "certs/wildcard.crt"

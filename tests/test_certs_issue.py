@@ -65,7 +65,8 @@ def test_issue_writes_leaf_and_chain_and_keeps_the_key_in_sops(
     assert isinstance(public, ec.EllipticCurvePublicKey)
     assert public.curve.name == "secp256r1"
     assert leaf.not_valid_after_utc - NOW == timedelta(days=90)
-    assert dns_names(leaf) == ["*.home.arpa", "home.arpa"]
+    assert dns_names(leaf) == list(settings.names)
+    assert "*.home.arpa" not in dns_names(leaf)
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -77,7 +78,7 @@ def test_issue_writes_leaf_and_chain_and_keeps_the_key_in_sops(
         "tls",
     )
     assert same_public_key(key, leaf)
-    for name in ("id.home.arpa", "vpn.home.arpa", "home.arpa"):
+    for name in ("id.home.arpa", "vpn.home.arpa", "db.home.arpa"):
         proc = subprocess.run(
             [
                 "openssl", "verify", "-CAfile", settings.path("certs/ca.crt"),
@@ -167,12 +168,12 @@ def test_check_finds_uncovered_routes_and_missing_names(settings: CertSettings) 
     issue(settings, Runner(), now=NOW)
     more = dataclasses.replace(
         settings,
-        names=("*.home.arpa", "home.arpa", "*.lab.home.arpa"),
+        names=(*settings.names, "*.lab.home.arpa"),
         route_names=("id.home.arpa", "git.lab.home.arpa"),
     )
     assert [str(f) for f in check(more, now=NOW)] == [
-        "certs/wildcard.crt: does not name *.lab.home.arpa",
-        "certs/wildcard.crt: does not cover route git.lab.home.arpa",
+        "certs/wildcard.crt: does not cover route git.lab.home.arpa: run `tools certs issue`",
+        "certs/wildcard.crt: does not cover name *.lab.home.arpa: run `tools certs issue`",
     ]
     assert issue(more, Runner(), now=NOW) is not None
     assert check(more, now=NOW, runner=Runner()) == []

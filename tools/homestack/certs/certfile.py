@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -13,21 +16,48 @@ from cryptography.x509.oid import NameOID
 
 from homestack.errors import UserError
 
+# One PEM block: its label, its body and the END line (RFC 7468, section 2).
+PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)-----(.*?)-----END ([A-Z0-9 ]*)-----", re.S)
+
 
 def load_chain(path: Path, label: str) -> list[x509.Certificate]:
-    """Every certificate in a PEM file, first one first; UserError names the file."""
+    """Every certificate in a PEM file, first one first; UserError names the file.
+
+    The file is published (the NixOS module copies it into the world-readable Nix store),
+    so any block but a certificate, a private key above all, is refused.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{label}: not found") from None
     except OSError as exc:
         raise UserError(f"{label}: cannot read: {exc.strerror}") from exc
-    if b"-----BEGIN CERTIFICATE-----" not in data:
+    blocks = PEM_BLOCK.findall(data)
+    if not blocks:
         raise UserError(f"{label}: not a PEM certificate")
-    try:
-        chain = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise UserError(f"{label}: corrupt certificate: {exc}") from exc
+    if data.count(b"-----BEGIN ") != len(blocks):
+        raise UserError(f"{label}: a PEM block has no END line (damaged or truncated)")
+    chain: list[x509.Certificate] = []
+    for number, (begin, body, end) in enumerate(blocks, 1):
+        kind = begin.decode()
+        if begin != end:
+            raise UserError(f"{label}: PEM block {number} ({kind}) is not closed")
+        if kind != "CERTIFICATE":
+            secret = "PRIVATE KEY" in kind
+            why = (
+                "a certificate file is published (it lands in the world-readable Nix store): "
+                "remove the block, and replace that key if it was ever committed"
+                if secret
+                else "a certificate file holds certificates only"
+            )
+            raise UserError(f"{label}: PEM block {number} is a {kind}, not a CERTIFICATE: {why}")
+        try:
+            der = base64.b64decode(b"".join(body.split()), validate=True)
+            chain.append(x509.load_der_x509_certificate(der))
+        except (binascii.Error, ValueError):
+            raise UserError(
+                f"{label}: PEM block {number} is not a valid certificate (damaged or truncated)"
+            ) from None
     return chain
 
 
@@ -85,6 +115,13 @@ def covers(patterns: Iterable[str], name: str) -> bool:
         if pattern == name or (pattern.startswith("*.") and head and rest == pattern[2:]):
             return True
     return False
+
+
+def browser_names(patterns: Iterable[str], public_suffixes: Iterable[str]) -> list[str]:
+    """The SAN patterns a browser honours: a wildcard directly under a public suffix
+    (`*.home.arpa`) is dropped; which names are public suffixes the plan says."""
+    refused = {s.lower().rstrip(".") for s in public_suffixes}
+    return [p for p in patterns if not (p.startswith("*.") and p[2:].lower() in refused)]
 
 
 def common_name(cert: x509.Certificate) -> str:

@@ -7,6 +7,7 @@ problem) or an admin must act (a root problem, or a missing ACME setting).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,6 +17,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from homestack.certs import _sops
 from homestack.certs.certfile import (
+    browser_names,
     covers,
     days_left,
     dns_names,
@@ -27,6 +29,10 @@ from homestack.certs.certfile import (
 from homestack.certs.settings import CertSettings, Mode
 from homestack.errors import UserError
 from homestack.process import Runner
+from homestack.secrets.sopsfile import read_sops_file
+from homestack.secrets.verify import local_identities
+
+REISSUE = "run `tools certs issue`"
 
 # Names no public CA will issue for (RFC 8375, RFC 6761, RFC 6762, ICANN's .internal).
 PRIVATE_SUFFIXES = ("arpa", "local", "internal", "lan", "home", "localhost", "test", "invalid")
@@ -77,21 +83,36 @@ def check_private_ca(settings: CertSettings, *, days: int, now: datetime) -> lis
     root_due = root is not None and days_left(root, now) < days
     if root_due and root is not None and leaf.not_valid_after_utc >= root.not_valid_after_utc:
         leaf_findings = []  # a leaf never outlives its root: the root's finding says it all
-    names = dns_names(leaf)
-    leaf_findings += [
-        Finding(leaf_label, f"does not name {name}", renewable=True)
-        for name in settings.names
-        if name not in names
-    ]
-    leaf_findings += [
-        Finding(leaf_label, f"does not cover route {route}", renewable=True)
-        for route in settings.route_names
-        if not covers(names, route)
-    ]
+    leaf_findings += coverage(settings, dns_names(leaf))
     if root is not None:
         full = not findings and not leaf_findings
         leaf_findings += _chain_problems(settings, root, chain, now, full=full)
     return findings + leaf_findings
+
+
+def coverage(settings: CertSettings, names: list[str]) -> list[Finding]:
+    """Every route, guest name and plan name the leaf's `names` leave to a browser warning."""
+    label = settings.leaf_certificate
+    accepted = browser_names(names, settings.public_suffixes)
+    wanted = {r: "route" for r in settings.route_names}
+    for name in (*settings.guest_names, *settings.names):
+        wanted.setdefault(name, "guest name" if name in settings.guest_names else "name")
+    findings: list[Finding] = []
+    for name, kind in wanted.items():
+        if name.startswith("*.") and name in names:
+            continue
+        if not name.startswith("*.") and covers(accepted, name):
+            continue
+        problem = f"does not cover {kind} {name}"
+        refused = [p for p in names if covers([p], name) and p not in accepted]
+        if refused and not name.startswith("*."):
+            suffix = refused[0][2:]
+            problem += (
+                f" for browsers: they refuse {refused[0]}, a wildcard directly under the "
+                f"public suffix {suffix}"
+            )
+        findings.append(Finding(label, problem, renewable=True, hint=REISSUE))
+    return findings
 
 
 def _check_root(
@@ -149,6 +170,24 @@ def check_keys(settings: CertSettings, runner: Runner) -> list[Finding]:
     if not same_public_key(key, leaf):
         return [Finding(str(ref), f"does not match {settings.leaf_certificate}", renewable=True)]
     return []
+
+
+def key_unreadable(settings: CertSettings, env: Mapping[str, str] | None = None) -> str | None:
+    """Why this machine cannot match the leaf's key (None when one of its age identities is
+    a recipient of the proxy's sops file, so `check_keys` can decrypt it).
+
+    A missing file or key is not a reason: `check_keys` reports those as problems.
+    """
+    ref = settings.leaf_key
+    path = settings.path(ref.file)
+    if not _sops.has_value(settings.root, ref.file, ref.key):
+        return None
+    mine = {i.recipient for i in local_identities(env or {})}
+    if mine & set(read_sops_file(path).recipients):
+        return None
+    if not mine:
+        return "no age identity here (set SOPS_AGE_KEY_FILE to an admin key to verify it)"
+    return f"none of the age identities here is a recipient of {ref.file}"
 
 
 def check_acme(settings: CertSettings) -> list[Finding]:

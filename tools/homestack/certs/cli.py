@@ -19,7 +19,7 @@ from homestack.certs.certfile import (
     load_chain,
     permitted_subtrees,
 )
-from homestack.certs.check import Finding, check
+from homestack.certs.check import Finding, check, key_unreadable
 from homestack.certs.issue import issue, renew
 from homestack.certs.settings import CertSettings, Mode, SecretRef
 from homestack.cliopts import inventory_path, shared_inventory_option
@@ -130,7 +130,7 @@ def certs() -> None:
 @shared_inventory_option
 @click.pass_context
 def certs_issue(ctx: click.Context) -> None:
-    """Issue the wildcard leaf; its key goes into the proxy's sops file."""
+    """Issue the leaf for every name of the plan; its key goes into sops."""
     settings = load_settings(ctx)
     now = datetime.now(UTC)
     issued = issue(settings, default_runner, now=now)
@@ -152,7 +152,8 @@ def _print_issued(settings: CertSettings, cert: x509.Certificate, now: datetime)
 @click.option(
     "--keys",
     is_flag=True,
-    help="Also decrypt the proxy's key (needs an admin age key) and match it.",
+    help="Fail unless the proxy's key can be decrypted and matched (by default it is "
+    "matched when an age key here can decrypt it, else reported as not verified).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.pass_context
@@ -160,9 +161,15 @@ def certs_check(ctx: click.Context, days: int, keys: bool, as_json: bool) -> Non
     """Check every certificate the plan needs; one line per problem, exit 2 if any."""
     settings = load_settings(ctx)
     now = datetime.now(UTC)
-    findings = check(settings, days=days, now=now, runner=default_runner if keys else None)
+    unreadable = None if keys or settings.mode is not Mode.PRIVATE_CA else key_unreadable(settings)
+    runner = default_runner if unreadable is None else None
+    findings = check(settings, days=days, now=now, runner=runner)
     if as_json:
-        click.echo(json.dumps(_check_json(settings, findings, now), indent=2))
+        report = _check_json(settings, findings, now)
+        if settings.mode is Mode.PRIVATE_CA:
+            report["keyVerified"] = unreadable is None and not findings
+            report["keyNotVerified"] = unreadable
+        click.echo(json.dumps(report, indent=2))
         if findings:
             sys.exit(2)
         return
@@ -177,8 +184,12 @@ def certs_check(ctx: click.Context, days: int, keys: bool, as_json: bool) -> Non
     click.echo(f"{settings.ca_certificate}: {common_name(root)}, {_validity(root, now)}")
     click.echo(f"{settings.leaf_certificate}: {', '.join(dns_names(leaf))}, {_validity(leaf, now)}")
     if settings.route_names:
-        click.echo(f"  covers {', '.join(settings.route_names)}")
-    checked = " and key" if keys else ""
+        click.echo(f"  covers {', '.join(settings.route_names)} for browsers")
+    if unreadable is None:
+        click.echo(f"{settings.leaf_key}: matches {settings.leaf_certificate}")
+    else:
+        click.echo(f"{settings.leaf_key}: not verified: {unreadable}")
+    checked = " and key" if unreadable is None else ""
     click.echo(f"ok: chain{checked} valid, nothing expires within {days} days")
 
 

@@ -1,4 +1,5 @@
-"""The proxy's wildcard leaf: issue it, and re-issue it when `check` says it is due."""
+"""The proxy's leaf (every route and guest name, `*.<domain>` where browsers accept it):
+issue it, and re-issue it when `check` says it is due."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def issue(
     now: datetime | None = None,
     lifetime: timedelta = LEAF_LIFETIME,
 ) -> Issued | None:
-    """Issue the wildcard leaf; None in acme-dns01 mode, where Caddy does it."""
+    """Issue the leaf for the plan's names; None in acme-dns01 mode, where Caddy does it."""
     if settings.mode is not Mode.PRIVATE_CA:
         return None
     now = now or datetime.now(UTC)

@@ -62,6 +62,9 @@ class CertSettings:
     acme_token: SecretRef
     secrets: SecretsPlan
     acme_email: str | None = None
+    guest_names: tuple[str, ...] = ()
+    # Browsers ignore a wildcard directly under these (lib/certnames.nix decides).
+    public_suffixes: frozenset[str] = frozenset()
 
     def path(self, relative: str) -> Path:
         """An absolute path for a repository-relative one."""
@@ -76,6 +79,8 @@ class CertSettings:
             mode = Mode(certs["mode"])
             names = tuple(str(n) for n in certs["names"])
             route_names = tuple(str(n) for n in certs.get("routeNames", []))
+            guest_names = tuple(str(n) for n in certs.get("guestNames", []))
+            public_suffixes = frozenset(str(n) for n in certs.get("publicSuffixes", []))
             include_network = bool(certs.get("includeNetwork", False))
             network = (
                 ipaddress.ip_network(plan["network"]["cidr"], strict=False)
@@ -102,6 +107,8 @@ class CertSettings:
             acme_token=SecretRef(proxy_file, CLOUDFLARE_TOKEN),
             secrets=secrets,
             acme_email=certs.get("acmeEmail"),
+            guest_names=guest_names,
+            public_suffixes=public_suffixes,
         )
 
 

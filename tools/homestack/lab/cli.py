@@ -13,7 +13,7 @@ import click
 
 from homestack.errors import UserError
 from homestack.inventory import find_inventory
-from homestack.lab import checks, lifecycle
+from homestack.lab import browser, checks, lifecycle
 from homestack.lab.state import LabPaths, load_state
 from homestack.lab.topology import Topology
 from homestack.plan import load_plan
@@ -88,7 +88,13 @@ def up(inventory_path: Path | None, cold: bool) -> None:
 @click.option("--strict", is_flag=True,
               help="Also fail flows from the hypervisor or LAN that the bridge filter "
                    "cannot see when it is the only filter.")
-def test(inventory_path: Path | None, as_json: bool, strict: bool) -> None:
+@click.option("--browser", "use_browser", is_flag=True,
+              help="Also load every route in headless Chromium from the LAN, trusting only "
+                   "the lab's root, and once without it (must fail).")
+@click.option("--screenshot", type=click.Path(path_type=Path), default=None,
+              help="With --browser: write a PNG of the first route and its security details.")
+def test(inventory_path: Path | None, as_json: bool, strict: bool, use_browser: bool,
+         screenshot: Path | None) -> None:
     """Check DNS, HTTPS, the whole allow matrix (three filter layers) and database logins.
 
     Exits 2 when any check fails.
@@ -97,6 +103,8 @@ def test(inventory_path: Path | None, as_json: bool, strict: bool) -> None:
     paths = LabPaths.from_env()
     plan = _plan_for(paths, inventory_path)
     report = checks.run(plan, paths, default_runner, strict=strict)
+    if use_browser or screenshot is not None:
+        report.checks += browser.lab_checks(plan, paths, default_runner, screenshot=screenshot)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:

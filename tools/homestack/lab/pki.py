@@ -1,5 +1,5 @@
 """A throw-away CA for one lab run: an ECDSA P-384 root name-constrained to the domain and
-a P-256 wildcard leaf for the plan's certificate names.
+a P-256 leaf for the plan's certificate names.
 
 The root and leaf are built by the project's own certificate code (`homestack.certs`) when
 it is installed, so the lab serves the same shape of chain as production; otherwise by the
