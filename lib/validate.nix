@@ -10,6 +10,7 @@ let
   u = import ./util.nix;
   schema = import ./schema.nix;
   services = import ./services.nix;
+  certnames = import ./certnames.nix;
   inherit (builtins)
     attrNames
     concatLists
@@ -233,7 +234,8 @@ in
 
       certErrors =
         optional (certMode == "acme-dns01" && !((inv.certificates or { }) ? acme_email)) "certificates.acme_email: missing required key (acme-dns01 mode needs an e-mail for the ACME account)"
-        ++ optional (stringLength domain > 253) "domain: longer than 253 characters";
+        ++ optional (stringLength domain > 253) "domain: longer than 253 characters"
+        ++ certnames.errors inv;
 
       netErrors =
         networkErrors "networks.guests.cidr" guestNet.cidr cidr

@@ -302,6 +302,10 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
         "certificates.acme_email",
         lambda i: i["certificates"].update(mode="acme-dns01", acme_email="a@b.example\nx"),
     ),
+    "acme-under-public-suffix": (
+        "certificates.mode",
+        lambda i: i["certificates"].update(mode="acme-dns01", acme_email="admin@example.com"),
+    ),
     "acme-email-not-email": (
         "certificates.acme_email",
         lambda i: i["certificates"].update(mode="acme-dns01", acme_email="admin"),
