@@ -44,15 +44,18 @@ rec {
   # One Caddyfile token. Caddy's lexer (caddyconfig/caddyfile/lexer.go, the same rules in
   # 2.6 and later) reads "…" with only \" as an escape (any other backslash stays, and one
   # before the closing quote would escape it), and `…` with no escapes at all; a newline,
-  # `#`, space or `{` inside either is part of the token. So: "…" when the value has no
+  # `#` or space inside either is part of the token. So: "…" when the value has no
   # backslash, `…` when it has no backtick, else refused. Braces are refused whatever the
   # quoting: Caddy replaces {$VAR} with the environment before it lexes (parse.go,
   # replaceEnvVars, over the whole file) and {placeholders} at run time in matchers and
-  # upstreams, so a brace could read a secret or change a route.
+  # upstreams, so a brace could read a secret or change a route. A line break is refused
+  # too: Caddy 2.6 miscounts the lines after a quoted one and then rejects the file.
   caddy =
     what: s:
     if has "[{}]" s then
       refuse what s "a Caddyfile cannot hold { or } literally (Caddy expands {$VAR} and {placeholders} even inside quotes)"
+    else if has "\n" s then
+      refuse what s "a Caddyfile token cannot hold a line break"
     else if !(has "\\\\" s) then
       "\"${replaceStrings [ "\"" ] [ "\\\"" ] s}\""
     else if !(has "`" s) then
