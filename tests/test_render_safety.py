@@ -32,15 +32,13 @@ from typing import Any
 
 import pytest
 from conftest import REPO, requires_nix
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 pytestmark = requires_nix
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-QUIET = settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+QUIET = settings(max_examples=12, deadline=None)
 
 # Pieces that mean something to one of the formats, joined with arbitrary text.
 FRAGMENTS = [
@@ -192,6 +190,7 @@ requires_caddy = pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy
 @requires_caddy
 @QUIET
 @given(st.lists(HOSTILE.map(lambda s: "/" + s), min_size=1, max_size=8, unique=True))
+@example(["/a b", '/q"x', "/b\\s", "/t`ick", "/#c", "/\tt", "/\rr", "/x\n", "/{$HOME}"])
 def test_caddy_paths_stay_literal_matchers(
     base: dict[str, Any], work: Path, paths: list[str]
 ) -> None:
@@ -299,8 +298,8 @@ class Postgres:
         before = self.sql("SELECT pg_conf_load_time()")
         os.kill(self.pid, signal.SIGHUP)
         for _ in range(200):
-            # Set in the postmaster's SIGHUP handler, which reloads the hba before it forks
-            # the next backend: a new time means the new rules are in force.
+            # The postmaster rereads the configuration and the hba in one SIGHUP handler and
+            # forks sessions only outside it: a session that sees a new time has the new rules.
             if self.sql("SELECT pg_conf_load_time()") != before:
                 break
             time.sleep(0.01)
@@ -313,26 +312,10 @@ class Postgres:
         env = {**os.environ, "PGUSER": user, "PGDATABASE": database, "PGCONNECT_TIMEOUT": "5"}
         env.pop("PGPASSWORD", None)
         out = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.ns,
-                str(PG_BIN / "psql"),
-                "-X",
-                "-w",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                "5432",
-                "-c",
-                "SELECT 1",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=env,
-        )
+            ["ip", "netns", "exec", self.ns, str(PG_BIN / "psql"), "-X", "-w",
+             "-h", "127.0.0.1", "-p", "5432", "-c", "SELECT 1"],
+            capture_output=True, text=True, check=False, env=env,
+        )  # fmt: skip
         if "no password supplied" in out.stderr:
             return "password"
         if "pg_hba.conf rejects connection" in out.stderr:
@@ -350,26 +333,10 @@ def postgres() -> Iterator[Postgres]:
     proc = None
     try:
         subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(root / "data"),
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-A",
-                "peer",
-            ],
-            check=True,
-            capture_output=True,
-        )
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(root / "data"),
+             "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync", "-A", "peer"],
+            check=True, capture_output=True,
+        )  # fmt: skip
         (root / "hba.conf").write_text("local all postgres peer\n")
         shutil.chown(root / "hba.conf", "postgres", "postgres")
         subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -388,49 +355,27 @@ def postgres() -> Iterator[Postgres]:
         args = [a for k, v in options.items() for a in ("-c", f"{k}={v}")]
         with (root / "log").open("wb") as log:
             proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "runuser",
-                    "-u",
-                    "postgres",
-                    "--",
-                    str(PG_BIN / "postgres"),
-                    "-D",
-                    str(root / "data"),
-                    *args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+                ["ip", "netns", "exec", ns, "runuser", "-u", "postgres", "--",
+                 str(PG_BIN / "postgres"), "-D", str(root / "data"), *args],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         for _ in range(200):
             ready = subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", str(root)], check=False)
             if ready.returncode == 0:
                 break
             assert proc.poll() is None, (root / "log").read_text()
             time.sleep(0.05)
+        else:
+            raise AssertionError(f"PostgreSQL did not start: {(root / 'log').read_text()}")
         pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
         yield Postgres(root, ns, pid)
     finally:
         if proc is not None:
             subprocess.run(
-                [
-                    "runuser",
-                    "-u",
-                    "postgres",
-                    "--",
-                    str(PG_BIN / "pg_ctl"),
-                    "-D",
-                    str(root / "data"),
-                    "-m",
-                    "immediate",
-                    "stop",
-                ],
-                check=False,
-                capture_output=True,
-            )
+                ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
+                 str(root / "data"), "-m", "immediate", "stop"],
+                check=False, capture_output=True,
+            )  # fmt: skip
             proc.wait(timeout=10)
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
@@ -502,8 +447,9 @@ def test_pg_hba_database_all_is_not_every_database(
 NAMES = HOSTILE.filter(lambda s: pg_can_hold(s) and len(s.encode()) <= 63)
 
 
-@QUIET
+@settings(QUIET, max_examples=8)  # seven logins per pair
 @given(st.lists(st.tuples(NAMES, NAMES), min_size=1, max_size=3))
+@example([("all", "postgres"), ("replication", "all"), ("sameuser", "+postgres")])
 def test_pg_hba_hostile_names(
     postgres: Postgres, base: dict[str, Any], work: Path, pairs: list[tuple[str, str]]
 ) -> None:
@@ -751,6 +697,7 @@ def conninfo(text: str) -> dict[str, str]:
         if options[i].val is not None:
             found[options[i].keyword.decode()] = options[i].val.decode()
         i += 1
+    libpq.PQconninfoFree(options)
     return found
 
 
@@ -759,6 +706,7 @@ LIBPQ_NAMES = HOSTILE.filter(lambda s: all(ord(c) < 128 for c in s))
 
 @QUIET
 @given(st.lists(LIBPQ_NAMES, min_size=2, max_size=6))
+@example(["a b", "x' host=evil", "\\", "q?x=1&y", "@:/#%"])
 def test_dsn_and_url_read_back_as_the_literal_names(work: Path, names: list[str]) -> None:
     """The quoting the modules use for NetBird's DSN and PocketID's URL, read by libpq."""
     pairs = list(zip(names[::2], names[1::2], strict=False))
