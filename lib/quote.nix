@@ -43,8 +43,8 @@ rec {
 
   # One Caddyfile token. Caddy's lexer (caddyconfig/caddyfile/lexer.go, the same rules in
   # 2.6 and later) reads "…" with only \" as an escape (any other backslash stays, and one
-  # before the closing quote would escape it), and `…` with no escapes at all; a newline,
-  # `#` or space inside either is part of the token. So: "…" when the value has no
+  # before the closing quote would escape it), and `…` with no escapes at all; `#` and
+  # spaces inside either are part of the token. So: "…" when the value has no
   # backslash, `…` when it has no backtick, else refused. Braces are refused whatever the
   # quoting: Caddy replaces {$VAR} with the environment before it lexes (parse.go,
   # replaceEnvVars, over the whole file) and {placeholders} at run time in matchers and

@@ -43,7 +43,7 @@ let
     in
     q.caddy what (if r.h2c then "h2c://${checked}" else checked);
   # A matcher token that does not start with "/" is read as a named matcher (@…), "*" or
-  # the directive's argument (caddyhttp/httpcaddyfile, matcherSetFromMatcherToken).
+  # the directive's argument (caddyconfig/httpcaddyfile/httptype.go, matcherSetFromMatcherToken).
   path =
     r:
     let
