@@ -100,10 +100,10 @@ def test_relay(plan: dict[str, Any]) -> None:
 
 def test_caddyfile(plan: dict[str, Any], tmp_path: Path) -> None:
     text = plan["artifacts"]["caddyfile"]
-    assert "id.home.arpa {" in text
-    assert "reverse_proxy 192.168.100.10:1411" in text
-    assert "reverse_proxy h2c://192.168.100.11:10000" in text
-    assert "bind 192.168.100.2" in text
+    assert '"id.home.arpa" {' in text
+    assert 'reverse_proxy "192.168.100.10:1411"' in text
+    assert 'reverse_proxy "h2c://192.168.100.11:10000"' in text
+    assert 'bind "192.168.100.2"' in text
     if shutil.which("caddy") is None:
         pytest.skip("caddy not installed")
     path = tmp_path / "Caddyfile"
@@ -147,8 +147,9 @@ def test_pg_hba(plan: dict[str, Any]) -> None:
         for line in plan["artifacts"]["pgHba"].splitlines()
         if line and not line.startswith("#")
     ]
-    assert ["host", "pocketid", "pocketid", "192.168.100.10/32", "scram-sha-256"] in lines
-    assert ["host", "netbird", "netbird", "192.168.100.11/32", "scram-sha-256"] in lines
+    # Names are quoted: a quoted name is never a keyword (all, sameuser, …) in pg_hba.conf.
+    assert ["host", '"pocketid"', '"pocketid"', "192.168.100.10/32", "scram-sha-256"] in lines
+    assert ["host", '"netbird"', '"netbird"', "192.168.100.11/32", "scram-sha-256"] in lines
     assert lines[-1] == ["host", "all", "all", "0.0.0.0/0", "reject"]
     assert not any("192.168.100.2/32" in line for line in lines), "proxy must have no pg_hba line"
 
@@ -200,9 +201,9 @@ def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
     path = tmp_path / "inventory.toml"
     path.write_text(text)
     p = load_plan(path)
-    assert "reverse_proxy 192.168.100.30:3000" in p["artifacts"]["caddyfile"]
+    assert 'reverse_proxy "192.168.100.30:3000"' in p["artifacts"]["caddyfile"]
     assert "host-record=wiki.home.arpa,192.168.100.2" in p["artifacts"]["dnsmasq"]
-    assert "host    wiki wiki 192.168.100.30/32 scram-sha-256" in p["artifacts"]["pgHba"]
+    assert 'host    "wiki" "wiki" 192.168.100.30/32 scram-sha-256' in p["artifacts"]["pgHba"]
     assert (
         "ip saddr 192.168.100.2 ip daddr 192.168.100.30 tcp dport 3000 accept"
         in p["artifacts"]["bridgeNftables"]

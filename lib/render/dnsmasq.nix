@@ -1,12 +1,18 @@
 # dnsmasq configuration for the proxy guest: authoritative answers for the internal
 # domain (route names point at the proxy, guest names at the guests), nothing else.
 # Upstream servers, if any, are added by the NixOS module, never here.
+# dnsmasq's files have no quoting: every value is checked (lib/quote.nix) and anything
+# but a plain DNS name or IPv4 address is refused rather than rendered.
 let
   u = import ../util.nix;
+  q = import ../quote.nix;
 in
 plan:
 let
-  listen = plan.guests.${builtins.head plan.dnsGuestNames}.address;
+  first = builtins.head plan.dnsGuestNames;
+  listen = q.ipv4 "guests.${first}.address" plan.guests.${first}.address;
+  domain = q.dnsName "domain" plan.domain;
+  record = r: "host-record=${q.dnsName "dns name" r.name},${q.ipv4 "dns record ${q.show r.name} address" r.address}";
 in
 u.lines (
   [
@@ -16,8 +22,8 @@ u.lines (
     "domain-needed"
     "bogus-priv"
     "no-hosts"
-    "local=/${plan.domain}/"
-    "domain=${plan.domain}"
+    "local=/${domain}/"
+    "domain=${domain}"
   ]
-  ++ map (r: "host-record=${r.name},${r.address}") plan.dns
+  ++ map record plan.dns
 )

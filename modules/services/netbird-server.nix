@@ -36,9 +36,18 @@ let
     "store"
     "dsnFile"
   ] options;
-  dsn = "host=${db.serverAddress} port=${toString db.port} user=${db.role} password=${
-    config.sops.placeholder."postgresql/${db.role}-password"
-  } dbname=${db.name} sslmode=disable";
+  q = import ../../lib/quote.nix;
+  # A libpq key=value DSN (NetBird reads it with pgx): each value single-quoted with \ and '
+  # escaped (lib/quote.nix), so a name cannot add a keyword. In an environment file the
+  # DSN is escaped once more for systemd's reading.
+  dsn =
+    let
+      what = "databases.${q.show db.name}";
+    in
+    "host=${q.libpq (q.ipv4 "${what} server address" db.serverAddress)} port=${toString (q.port "${what} port" db.port)} user=${q.libpq db.role} password=${
+      q.libpq config.sops.placeholder."postgresql/${db.role}-password"
+    } dbname=${q.libpq db.name} sslmode=disable";
+  dsnEnv = q.systemdEnv "databases.${q.show db.name} DSN" dsn;
 in
 {
   imports = [ ./db-client.nix ];
@@ -177,8 +186,8 @@ in
           # NETBIRD_STORE_ENGINE_POSTGRES_DSN (later ones still accept it): set both.
           "netbird-management.env" = {
             content = ''
-              NB_STORE_ENGINE_POSTGRES_DSN=${dsn}
-              NETBIRD_STORE_ENGINE_POSTGRES_DSN=${dsn}
+              NB_STORE_ENGINE_POSTGRES_DSN=${dsnEnv}
+              NETBIRD_STORE_ENGINE_POSTGRES_DSN=${dsnEnv}
             '';
             # Read by systemd (EnvironmentFile=) as root before the service starts.
             owner = "root";

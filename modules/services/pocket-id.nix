@@ -8,6 +8,14 @@ let
   route = lib.findFirst (r: r.port == port) (throw "guests.${guest.name}: pocket-id needs a route to port ${toString port} in inventory.toml") guest.routes;
   db = lib.findFirst (d: d.owner == guest.name) null guest.databases;
   ph = config.sops.placeholder;
+  q = import ../../lib/quote.nix;
+  # A postgres:// URL: names percent-encoded (lib/quote.nix), so none can add a host, an
+  # option or a line to the environment file.
+  dbUrl =
+    let
+      what = "databases.${q.show db.name}";
+    in
+    "postgres://${q.url "${what} role" db.role}:${ph."postgresql/${db.role}-password"}@${q.ipv4 "${what} server address" db.serverAddress}:${toString (q.port "${what} port" db.port)}/${q.url "${what} name" db.name}?sslmode=disable";
 in
 {
   imports = [ ./db-client.nix ];
@@ -33,7 +41,7 @@ in
         ENCRYPTION_KEY=${ph."pocket-id/encryption-key"}
       ''
       + lib.optionalString (db != null) ''
-        DB_CONNECTION_STRING=postgres://${db.role}:${ph."postgresql/${db.role}-password"}@${db.serverAddress}:${toString db.port}/${db.name}?sslmode=disable
+        DB_CONNECTION_STRING=${dbUrl}
       '';
     # Read by systemd (EnvironmentFile=) as root before the service starts.
     owner = "root";

@@ -14,6 +14,16 @@ let
   secretName = d: "postgresql/${d.role}-password";
   cfg = config.services.postgresql;
   psql = "${cfg.finalPackage}/bin/psql";
+  q = import ../../lib/quote.nix;
+  # One database's SQL, identifiers quoted with " doubled (lib/quote.nix). A file rather
+  # than a heredoc: no name can end the shell's input early. psql's :'pw' quoting keeps the
+  # secret out of the SQL text.
+  passwordSql =
+    d:
+    pkgs.writeText "homestack-postgresql-password.sql" ''
+      ALTER ROLE ${q.sqlIdent d.role} WITH LOGIN PASSWORD :'pw';
+      REVOKE ALL ON DATABASE ${q.sqlIdent d.name} FROM PUBLIC;
+    '';
 in
 {
   assertions = map (d: {
@@ -58,7 +68,7 @@ in
   );
 
   # PostgreSQL has no password option: set each role's password (and close its database to
-  # other roles) after the roles exist. psql's :'var' quoting keeps the secret out of SQL.
+  # other roles) after the roles exist.
   systemd.services.homestack-postgresql-passwords = lib.mkIf (databases != [ ]) {
     description = "Set PostgreSQL role passwords from sops secrets";
     after = [
@@ -73,10 +83,7 @@ in
       User = "postgres";
     };
     script = lib.concatMapStrings (d: ''
-      ${psql} -X -v ON_ERROR_STOP=1 -v pw="$(cat ${config.sops.secrets.${secretName d}.path})" <<'SQL'
-      ALTER ROLE "${d.role}" WITH LOGIN PASSWORD :'pw';
-      REVOKE ALL ON DATABASE "${d.name}" FROM PUBLIC;
-      SQL
+      ${psql} -X -v ON_ERROR_STOP=1 -v pw="$(cat ${lib.escapeShellArg config.sops.secrets.${secretName d}.path})" -f ${passwordSql d}
     '') databases;
   };
 }
