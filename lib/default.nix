@@ -7,6 +7,7 @@ let
   mkBasePlan = import ./plan.nix;
   services = import ./services.nix;
   secrets = import ./secrets.nix;
+  contracts = import ./contracts.nix;
   render = {
     caddy = import ./render/caddy.nix;
     dnsmasq = import ./render/dnsmasq.nix;
@@ -47,13 +48,19 @@ let
       };
     };
 
-  # The inventory's errors, each "<key>: <problem>"; [] when it is valid.
-  errorsOf = inv: validate inv;
+  # The inventory's errors, each "<key>: <problem>"; [] when it is valid. The services'
+  # run-time contract (lib/contracts.nix) is checked once the inventory itself is valid.
+  errorsOf =
+    inv:
+    let
+      errors = validate inv;
+    in
+    if errors != [ ] then errors else contracts.errors (mkBasePlan inv);
 
   mkPlanFrom =
     file: inv:
     let
-      errors = validate inv;
+      errors = errorsOf inv;
     in
     if errors != [ ] then throw "${file}: ${head errors}" else withArtifacts (mkBasePlan inv);
 
