@@ -17,7 +17,7 @@ let
   inherit (builtins) attrNames elem filter listToAttrs mapAttrs;
 
   # Secret names each service's module reads from its machine's own file.
-  secretKeys = mapAttrs (_: s: attrNames s.secrets) services;
+  secretKeys = mapAttrs (_: s: map (r: s.secrets.${r}.name) (attrNames s.secrets)) services;
 
   # Secrets that belong to no service of the catalogue.
   other = {
@@ -30,12 +30,15 @@ let
     # PostgreSQL role passwords (secrets/shared/pg-<db>.yaml).
     "password" = { format = "password:32"; generator = "random"; };
   };
+  fromServices = builtins.concatMap (
+    s: map (r: { inherit (services.${s}.secrets.${r}) name format generator; }) (attrNames services.${s}.secrets)
+  ) (attrNames services);
   formatOf =
     key:
     let
-      owners = filter (s: services.${s}.secrets ? ${key}) (attrNames services);
+      found = filter (e: e.name == key) fromServices;
     in
-    if owners != [ ] then services.${builtins.head owners}.secrets.${key} else other.${key};
+    if found != [ ] then { inherit (builtins.head found) format generator; } else other.${key};
 in
 {
   inherit secretKeys formatOf;

@@ -2,7 +2,7 @@
 # `services` name them. Each entry holds what the rest is derived from (see
 # docs/services.md): the NixOS module under modules/services/, the systemd units that run
 # it, every port it binds (built-in defaults included; `scope = "loopback"` for those bound
-# to 127.0.0.1 only), its health probes, its secrets with their format and generator, its
+# to 127.0.0.1 only), its health probes, its secrets (by role: the sops key `name`, its format and generator), its
 # persistent directories, and the services it needs at run time.
 # Adding a service is one file here plus its module; nothing else lists services.
 let

@@ -43,11 +43,11 @@
   ];
   secrets = {
     # management/server/activity/store/crypt.go: base64.StdEncoding of a 32-byte AES key.
-    "netbird/datastore-key" = { format = "base64:32"; generator = "random"; };
+    datastore-key = { name = "netbird/datastore-key"; format = "base64:32"; generator = "random"; };
     # TURNConfig.Secret and the relay's auth secret: opaque strings (the relay hashes it
     # with SHA-256, relay/cmd/root.go).
-    "netbird/turn-password" = { format = "password:32"; generator = "random"; };
-    "netbird/relay-secret" = { format = "password:32"; generator = "random"; };
+    turn-password = { name = "netbird/turn-password"; format = "password:32"; generator = "random"; };
+    relay-secret = { name = "netbird/relay-secret"; format = "password:32"; generator = "random"; };
   };
   persist = [ "/var/lib/netbird-mgmt" ];
   # management fetches the issuer's discovery document at start and exits without it: it

@@ -17,7 +17,7 @@
   ];
   secrets = {
     # 32 characters of a 62-letter alphabet: ~190 bits, twice PocketID's minimum length.
-    "pocket-id/encryption-key" = { format = "password:32"; generator = "random"; };
+    encryption-key = { name = "pocket-id/encryption-key"; format = "password:32"; generator = "random"; };
   };
   persist = [ "/var/lib/pocket-id" ];
   # PocketID exits at start when its PostgreSQL is not reachable.
