@@ -9,11 +9,19 @@ let
 in
 lib.mkIf (plan.relay != null && (plan.relay.host == machine || wg.home.host == machine)) {
   sops.secrets.${side.privateKeySecret} = {
-    # With networking.wireguard.useNetworkd (off by default, even where networkd manages the
-    # other interfaces) systemd-networkd reads the key itself, as systemd-network; otherwise
-    # the wireguard-<interface> unit reads it as root.
+    # With networking.wireguard.useNetworkd (default false, nixpkgs
+    # nixos/modules/services/networking/wireguard-networkd.nix, even where networkd manages
+    # the other interfaces) systemd-networkd reads the key itself, as systemd-network;
+    # otherwise the wireguard-<interface> unit reads it as root.
     mode = "0440";
     group = if config.networking.wireguard.useNetworkd then "systemd-network" else "root";
+    # A rotated key is read only when the interface is set up again: restart whichever of
+    # the two reads it (the hypervisor and the relay use the wireguard-<interface> unit).
+    restartUnits =
+      if config.networking.wireguard.useNetworkd then
+        [ "systemd-networkd.service" ]
+      else
+        [ "wireguard-${side.interface}.service" ];
   };
 
   # Where networkd manages the other links (the hypervisor) but the tunnel is made by the
