@@ -196,9 +196,13 @@ let
       ) services.${s}.needs
     ) gs.services;
 
+  # A guest owning databases needs their servers whatever it runs.
   deps =
     g:
-    u.unique (concatMap (n: (if n.through == null then n.providers else n.via ++ n.providers)) (needsOf g));
+    u.unique (
+      map (d: d.server) (inv.guests.${g}.databases or [ ])
+      ++ concatMap (n: (if n.through == null then n.providers else n.via ++ n.providers)) (needsOf g)
+    );
   dependsOn = listToAttrs (map (g: { name = g; value = filter (d: d != g) (deps g); }) guestNames);
 
   # Guests in waves: each wave depends only on earlier ones.
