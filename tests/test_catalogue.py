@@ -356,3 +356,21 @@ def test_the_relay_unit_binds_the_catalogue_ports() -> None:
     assert env["NB_METRICS_PORT"] == "9092"
     assert env["NB_HEALTH_LISTEN_ADDRESS"] == ":9000"
     assert env["NB_LISTEN_ADDRESS"] == ":33080"
+
+
+def test_mesh_udp_replies_leave_through_the_tunnel() -> None:
+    """STUN forwarded by the relay: the home side routes the guest's replies (by source
+    address and port) through the tunnel, so the relay need not rewrite the peer's address."""
+    home = module_value(
+        "homelab", "wireguard.nix", 'content.networking.wireguard.interfaces."wg-homestack"'
+    )
+    assert home["table"] == "51820"
+    rule = "from 192.168.100.11 ipproto udp sport 3478 lookup 51820 priority 1000"
+    assert any(f"rule add {rule}" in line for line in home["postSetup"])
+    assert any(f"rule del {rule}" in line for line in home["postShutdown"])
+    assert home["peers"][0]["allowedIPs"] == ["10.99.0.1/32", "0.0.0.0/0"]
+    relay = module_value(
+        "cloud-relay", "wireguard.nix", 'content.networking.wireguard.interfaces."wg-homestack"'
+    )
+    assert "table" not in relay
+    assert relay["peers"][0]["allowedIPs"] == ["10.99.0.2/32", "192.168.100.0/24"]
