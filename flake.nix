@@ -51,6 +51,15 @@
         configurations = self.nixosConfigurations;
       };
 
+      vmTests = import ./tests/nixos {
+        inherit pkgs plan;
+        homestackModules = modules;
+        inherit sops-nix microvm;
+        configurations = self.nixosConfigurations;
+        self = ./.;
+      };
+      nestedVmTests = import ./tests/nixos/nested.nix;
+
       # The `tools` command with the programs it drives on its PATH.
       tools = pkgs.python3Packages.buildPythonApplication {
         pname = "homestack-tools";
@@ -104,11 +113,16 @@
         default = tools;
       };
 
-      # What `tools provision` hands to nixos-anywhere (--store-paths): each host with a
-      # disko layout, its partitioning script and its system. disko's module is added only
-      # here, with enableConfig off: the system keeps the file systems its hardware file
-      # declares, exactly as `nixos-rebuild --flake .#<host>` builds it.
-      legacyPackages.${system}.install = lib.mapAttrs (
+      legacyPackages.${system} = {
+        # VM tests that boot MicroVMs inside the test VM and so need nested virtualisation:
+        # not in `checks` (`nix flake check` on an ordinary builder); `tools test NAME`.
+        nestedChecks = lib.getAttrs nestedVmTests vmTests;
+
+        # What `tools provision` hands to nixos-anywhere (--store-paths): each host with a
+        # disko layout, its partitioning script and its system. disko's module is added
+        # only here, with enableConfig off: the system keeps the file systems its hardware
+        # file declares, exactly as `nixos-rebuild --flake .#<host>` builds it.
+        install = lib.mapAttrs (
         name: layout:
         let
           installer = self.nixosConfigurations.${name}.extendModules {
@@ -124,6 +138,7 @@
           inherit (self.nixosConfigurations.${name}.config.system.build) toplevel;
         }
       ) machines.diskoConfigurations;
+      };
 
       apps.${system}.deploy = {
         type = "app";
@@ -156,15 +171,9 @@
 
       formatter.${system} = pkgs.nixfmt;
 
-      checks.${system} = import ./tests/nixos {
-        inherit pkgs plan;
-        homestackModules = modules;
-        inherit sops-nix microvm;
-        configurations = self.nixosConfigurations;
-        self = ./.;
-      }
-      // {
-        # The plan of the example inventory, validated and with every artifact rendered.
+      # The NixOS VM tests (tests/nixos) that an ordinary KVM builder runs, and the plan of
+      # the example inventory, validated and with every artifact rendered.
+      checks.${system} = removeAttrs vmTests nestedVmTests // {
         plan = pkgs.writeText "homestack-plan.json" (builtins.toJSON plan);
       };
     };

@@ -7,6 +7,7 @@ let
   mkBasePlan = import ./plan.nix;
   services = import ./services.nix;
   secrets = import ./secrets.nix;
+  contracts = import ./contracts.nix;
   render = {
     caddy = import ./render/caddy.nix;
     dnsmasq = import ./render/dnsmasq.nix;
@@ -47,10 +48,22 @@ let
       };
     };
 
-  # The inventory's problems, each "<key>: <problem>"; [] when it is valid. Also given the
-  # result of read.nix, so problems in the text itself come first.
-  errorsOf = inv: validate inv;
-  problemsOf = read: if read.errors != [ ] then read.errors else validate read.inventory;
+  # A read inventory (read.nix) judged once: problems of the text, then of the inventory
+  # (validate.nix), then, on a valid inventory, of the services' run-time contract
+  # (contracts.nix); and the base plan, computed once for the contract and the plan.
+  judge =
+    read:
+    let
+      early = if read.errors != [ ] then read.errors else validate read.inventory;
+      base = mkBasePlan read.inventory;
+    in
+    {
+      errors = if early != [ ] then early else contracts.errors base;
+      inherit base;
+    };
+
+  # The inventory's problems, each "<key>: <problem>"; [] when it is valid.
+  errorsOf = inv: (judge { errors = [ ]; inventory = inv; }).errors;
 
   # Every problem on its own line, each "FILE: KEY: message", as `tools inventory check`
   # prints them.
@@ -59,9 +72,9 @@ let
   mkPlanFrom =
     file: read:
     let
-      errors = problemsOf read;
+      judged = judge read;
     in
-    if errors != [ ] then throw (report file errors) else withArtifacts (mkBasePlan read.inventory);
+    if judged.errors != [ ] then throw (report file judged.errors) else withArtifacts judged.base;
 
   readInventory = import ./read.nix;
 
@@ -70,7 +83,8 @@ let
     path: withPlan:
     let
       read = readInventory path;
-      errors = problemsOf read;
+      judged = judge read;
+      inherit (judged) errors;
       inv = read.inventory;
     in
     {
@@ -85,7 +99,7 @@ let
           }
         else
           null;
-      plan = if errors == [ ] && withPlan then withArtifacts (mkBasePlan inv) else null;
+      plan = if errors == [ ] && withPlan then withArtifacts judged.base else null;
     };
 in
 {

@@ -156,14 +156,52 @@ let
     in
     map (k: head byKey.${k}) keys;
 
-  deps =
+  # What each guest's services need at run time (the catalogue's `needs`), resolved to the
+  # guests that provide it. A need `through` a service (the proxy) is reached at that
+  # service's guest, which routes on to the provider.
+  needsOf =
     g:
     let
       gs = inv.guests.${g};
+      own = gs.databases or [ ];
     in
+    concatMap (
+      s:
+      concatMap (
+        n:
+        let
+          providers =
+            if n.ifDatabases then
+              u.unique (map (d: d.server) own)
+            else
+              filter (o: elem n.service inv.guests.${o}.services) guestNames;
+          portEntry = builtins.head (
+            filter (p: p.name == n.port) (services.${n.service}.ports or [ ])
+            ++ [ { port = 0; proto = "tcp"; } ]
+          );
+          via = if n.through == null then [ ] else filter (o: elem n.through inv.guests.${o}.services) guestNames;
+        in
+        if n.ifDatabases && own == [ ] then
+          [ ]
+        else
+          [
+            {
+              service = s;
+              need = n.service;
+              inherit (n) through why;
+              inherit (portEntry) port proto;
+              inherit providers via;
+            }
+          ]
+      ) services.${s}.needs
+    ) gs.services;
+
+  # A guest owning databases needs their servers whatever it runs.
+  deps =
+    g:
     u.unique (
-      map (d: d.server) (gs.databases or [ ])
-      ++ (if g == proxy then filter (o: o != g && (inv.guests.${o}.routes or [ ]) != [ ]) guestNames else [ ])
+      map (d: d.server) (inv.guests.${g}.databases or [ ])
+      ++ concatMap (n: (if n.through == null then n.providers else n.via ++ n.providers)) (needsOf g)
     );
   dependsOn = listToAttrs (map (g: { name = g; value = filter (d: d != g) (deps g); }) guestNames);
 
@@ -181,11 +219,20 @@ let
             rest = filter (g: !(isReady g)) left;
           in
           if ready == [ ] then
-            throw "guests.${head left}: dependency cycle among ${u.showList left} (databases and proxy routes)"
+            throw "guests.${head left}: dependency cycle among ${u.showList left} (the needs of their services, lib/services/)"
           else
             [ ready ] ++ step (done // listToAttrs (map (g: { name = g; value = true; }) ready)) rest;
     in
     step { } guestNames;
+
+  # The command the hypervisor (deploy, GitOps rollback) and the lab run to probe one
+  # health endpoint of a guest; exit status 0 means healthy.
+  probeArgv =
+    address: h:
+    if h.kind == "http" then
+      [ "curl" "--fail" "--silent" "--show-error" "--max-time" "5" "--output" "/dev/null" "http://${address}:${toString h.port}${h.path or "/"}" ]
+    else
+      [ "timeout" "5" "bash" "-c" "exec 3<>/dev/tcp/${address}/${toString h.port}" ];
 
   guests = builtins.mapAttrs (
     name: g:
@@ -219,7 +266,15 @@ let
       portOf = builtins.mapAttrs (
         _: ps: builtins.listToAttrs (map (p: { inherit (p) name; value = p.port; }) ps)
       ) (builtins.groupBy (p: p.service) (servicePorts name));
-      health = concatMap (s: map (h: h // { service = s; }) services.${s}.health) g.services;
+      health = concatMap (s: map (h: h // { service = s; argv = probeArgv address h; }) services.${s}.health) g.services;
+      # Every port a process of this guest binds, with its owner ("extra" for guests.<g>.ports).
+      listening = map (p: { inherit (p) port proto service name; scope = p.scope or "any"; }) (
+        servicePorts name ++ extraPorts name
+      );
+      needs = needsOf name;
+      # The catalogue's entries of this guest's services, for the NixOS modules.
+      units = concatMap (s: services.${s}.units) g.services;
+      persist = concatMap (s: services.${s}.persist) g.services;
       routes = routesOfGuest name;
       databases = databasesOfGuest name;
       public = map (p: { inherit (p) port; proto = p.proto or "tcp"; }) (g.public or [ ]);
@@ -340,6 +395,9 @@ let
       }) (filter (g: !(routeNameSet ? ${g})) guestNames);
     dnsServers = map (g: inv.guests.${g}.address) dnsGuests;
     deployOrder = [ (relayNames ++ hypervisorNames) ] ++ waves;
+    # Guests in the order they start: each wave needs only earlier ones (the hypervisor
+    # orders microvm@<guest> after the guests of earlier waves it needs).
+    bootOrder = waves;
     secrets = secretsLib.files {
       inherit inv admins users hosts guests databases;
       mode = certCfg.mode or "private-ca";

@@ -1,25 +1,47 @@
-# Which sops files exist, who may decrypt each, and which secret names the NixOS
-# modules read from them. `tools secrets rules` turns this into .sops.yaml and
-# `tools secrets check` audits the files against it.
+# Which sops files exist, who may decrypt each, which secret names the NixOS modules read
+# from them, and the format and generator of each value. `tools secrets rules` turns this
+# into .sops.yaml, `tools secrets check` audits the files against it, `tools secrets
+# generate` fills missing values and `check --values` verifies them.
+#
+# Formats: password:N (N characters of [A-Za-z0-9]), base64:N (standard base64 of N
+# bytes), hex:N (N bytes as lowercase hex), uuid (NetBird's setup keys: an upper-case
+# UUID), wireguard-key (base64 of 32 bytes), pem-key (a PEM private key),
+# openssh-ed25519 (an OpenSSH private key), token (any non-empty single line).
+# Generators: random (from the format), wireguard (a pair; the public half goes to the
+# inventory), ssh-host-key (`tools secrets bootstrap`), ca (`tools ca init`), certs
+# (`tools certs issue`), manual (only a person can get it: a DNS API token, a setup key
+# issued by the NetBird dashboard).
 let
   u = import ./util.nix;
-  inherit (builtins) attrNames elem filter listToAttrs;
+  services = import ./services.nix;
+  inherit (builtins) attrNames elem filter listToAttrs mapAttrs;
 
   # Secret names each service's module reads from its machine's own file.
-  secretKeys = {
-    pocket-id = [ "pocket-id/encryption-key" ];
-    netbird-server = [
-      "netbird/turn-password"
-      "netbird/relay-secret"
-      "netbird/datastore-key"
-    ];
-    caddy = [ ];
-    dnsmasq = [ ];
-    postgresql = [ ];
+  secretKeys = mapAttrs (_: s: map (r: s.secrets.${r}.name) (attrNames s.secrets)) services;
+
+  # Secrets that belong to no service of the catalogue.
+  other = {
+    "wireguard/private-key" = { format = "wireguard-key"; generator = "wireguard"; };
+    "netbird/setup-key" = { format = "uuid"; generator = "manual"; };
+    "tls/key" = { format = "pem-key"; generator = "certs"; };
+    "cloudflare/api-token" = { format = "token"; generator = "manual"; };
+    "ssh_host_ed25519_key" = { format = "openssh-ed25519"; generator = "ssh-host-key"; };
+    "ca/key" = { format = "pem-key"; generator = "ca"; };
+    # PostgreSQL role passwords (secrets/shared/pg-<db>.yaml).
+    "password" = { format = "password:32"; generator = "random"; };
   };
+  fromServices = builtins.concatMap (
+    s: map (r: { inherit (services.${s}.secrets.${r}) name format generator; }) (attrNames services.${s}.secrets)
+  ) (attrNames services);
+  formatOf =
+    key:
+    let
+      found = filter (e: e.name == key) fromServices;
+    in
+    if found != [ ] then { inherit (builtins.head found) format generator; } else other.${key};
 in
 {
-  inherit secretKeys;
+  inherit secretKeys formatOf;
 
   files =
     {
@@ -46,6 +68,7 @@ in
         value = {
           inherit path machines keys purpose;
           admins = admins;
+          formats = listToAttrs (map (k: { name = k; value = formatOf k; }) keys);
           recipients = u.uniqueOrdered (adminKeys ++ filter (k: k != null) (map ageOf machines));
         };
       };

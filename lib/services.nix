@@ -1,42 +1,37 @@
-# The services a guest can run: the ports each listens on (named, so modules can find
-# theirs) and how to tell it is healthy.
-# Adding a service here (and a module under modules/services/) is all it takes.
-{
-  pocket-id = {
-    description = "PocketID, the OIDC identity provider";
-    ports = [ { name = "http"; port = 1411; proto = "tcp"; } ];
-    health = [ { kind = "http"; port = 1411; path = "/.well-known/openid-configuration"; } ];
-  };
-  netbird-server = {
-    description = "NetBird management, signal, relay and dashboard";
-    ports = [
-      { name = "dashboard"; port = 8080; proto = "tcp"; }
-      { name = "management"; port = 33073; proto = "tcp"; }
-      { name = "signal"; port = 10000; proto = "tcp"; }
-      { name = "relay"; port = 33080; proto = "tcp"; }
-      { name = "stun"; port = 3478; proto = "udp"; }
-    ];
-    health = [ { kind = "tcp"; port = 33073; } ];
-  };
-  caddy = {
-    description = "Caddy, the TLS reverse proxy";
-    ports = [
-      { name = "http"; port = 80; proto = "tcp"; }
-      { name = "https"; port = 443; proto = "tcp"; }
-    ];
-    health = [ { kind = "tcp"; port = 443; } ];
-  };
-  dnsmasq = {
-    description = "dnsmasq, internal DNS for the domain";
-    ports = [
-      { name = "dns"; port = 53; proto = "udp"; }
-      { name = "dns-tcp"; port = 53; proto = "tcp"; }
-    ];
-    health = [ { kind = "tcp"; port = 53; } ];
-  };
-  postgresql = {
-    description = "PostgreSQL";
-    ports = [ { name = "postgresql"; port = 5432; proto = "tcp"; } ];
-    health = [ { kind = "tcp"; port = 5432; } ];
-  };
-}
+# The service catalogue: one file per service under ./services/, named as the inventory's
+# `services` name them. Each entry holds what the rest is derived from (see
+# docs/services.md): the NixOS module under modules/services/, the systemd units that run
+# it, every port it binds (built-in defaults included; `scope = "loopback"` for those bound
+# to 127.0.0.1 only), its health probes, its secrets (by role: the sops key `name`, its format and generator), its
+# persistent directories, and the services it needs at run time.
+# Adding a service is one file here plus its module; nothing else lists services.
+let
+  dir = ./services;
+  files = builtins.filter (f: builtins.match "[a-z][a-z0-9-]*\\.nix" f != null) (
+    builtins.attrNames (builtins.readDir dir)
+  );
+  normalise =
+    name: s:
+    {
+      description = s.description or name;
+      module = s.module or "${name}.nix";
+      units = s.units or [ "${name}.service" ];
+      ports = map (p: { proto = "tcp"; scope = "any"; } // p) (s.ports or [ ]);
+      health = s.health or [ ];
+      secrets = s.secrets or { };
+      persist = s.persist or [ ];
+      needs = map (n: { ifDatabases = false; through = null; why = ""; } // n) (s.needs or [ ]);
+    };
+in
+builtins.listToAttrs (
+  map (
+    f:
+    let
+      name = builtins.substring 0 (builtins.stringLength f - 4) f;
+    in
+    {
+      inherit name;
+      value = normalise name (import (dir + "/${f}"));
+    }
+  ) files
+)

@@ -186,11 +186,14 @@ in
       pgServers = running "postgresql";
       dnsServers = running "dnsmasq";
 
-      # Ports a guest serves: its services' (from the catalogue) and its own `ports`.
+      # Ports a guest serves to others: its services' (from the catalogue; not those bound to
+      # loopback only, such as Caddy's admin API) and its own `ports`.
       servedOf =
         g:
         u.toSet (
-          concatMap (s: map (p: "${toString p.port}/${p.proto}") services.${s}.ports) guests.${g}.services
+          concatMap (
+            s: map (p: "${toString p.port}/${p.proto}") (filter (p: (p.scope or "any") != "loopback") services.${s}.ports)
+          ) guests.${g}.services
           ++ map (p: "${toString p.port}/${p.proto}") (guests.${g}.ports or [ ])
         );
       served = builtins.mapAttrs (g: _: servedOf g) guests;

@@ -1,5 +1,9 @@
 # The NixOS modules of Homestack, by name. `machines.nix` picks them for each machine of
-# the plan; a guest's `services` from the inventory name its service modules.
+# the plan; a guest's `services` from the inventory name its service modules, which the
+# catalogue (lib/services/<name>.nix, `module`) places under ./services/.
+let
+  catalogue = import ../lib/services.nix;
+in
 {
   plan = ./plan.nix; # homestack.* options: the plan and which machine this is
   common = ./common.nix; # every machine: admins, SSH keys only, firewall, nix.gc
@@ -12,10 +16,6 @@
   guest-firewall = ./guest-firewall.nix; # the guest's nftables rule set from the plan
   nftables = ./nftables.nix; # loads the plan's rendered tables without flushing others'
   netbird-client = ./services/netbird-client.nix;
-  # service modules, named as in the inventory's `services`
-  pocket-id = ./services/pocket-id.nix;
-  netbird-server = ./services/netbird-server.nix;
-  caddy = ./services/caddy.nix;
-  dnsmasq = ./services/dnsmasq.nix;
-  postgresql = ./services/postgresql.nix;
 }
+# service modules, named as in the inventory's `services`
+// builtins.mapAttrs (_: s: ./services + "/${s.module}") catalogue

@@ -15,6 +15,11 @@ let
   # root-only share the hypervisor prepares (see the assertion).
   shareProto = "virtiofs";
   sshKey = "${state.guestPath}/etc/ssh/ssh_host_ed25519_key";
+  catalogue = import ../lib/services.nix;
+  # The units of services that need another guest at run time (the plan's `needs`): on a
+  # cold boot they start before their providers answer and exit, so they retry forever
+  # with a growing pause instead of hitting systemd's start limit and staying dead.
+  waiting = lib.unique (lib.concatMap (n: catalogue.${n.service}.units) guest.needs);
 in
 {
   imports = [ ./guest-firewall.nix ];
@@ -78,7 +83,26 @@ in
   );
   # User and group ids are allocated at activation and remembered here; without it a
   # service user could get another uid after a reboot and lose access to its own state.
-  homestack.persist = [ "/var/lib/nixos" ];
+  # The services' own state directories come from the catalogue, through the plan.
+  homestack.persist = [ "/var/lib/nixos" ] ++ guest.persist;
+
+  # RestartSteps/RestartMaxDelaySec need systemd >= 254 (systemd.service(5)): the pause
+  # grows from RestartSec to RestartMaxDelaySec over RestartSteps restarts.
+  # startLimitIntervalSec = 0 lifts the start limit (systemd.unit(5), StartLimitIntervalSec=).
+  systemd.services = lib.listToAttrs (
+    map (unit: {
+      name = lib.removeSuffix ".service" unit;
+      value = {
+        startLimitIntervalSec = 0;
+        serviceConfig = {
+          Restart = lib.mkDefault "on-failure";
+          RestartSec = lib.mkDefault "2s";
+          RestartSteps = lib.mkDefault 8;
+          RestartMaxDelaySec = lib.mkDefault "1min";
+        };
+      };
+    }) waiting
+  );
 
   # The hypervisor installs this key (from secrets/host-keys/<guest>.yaml) before the first
   # boot, so the guest's age identity is known in advance and stable across reboots.

@@ -18,6 +18,20 @@ let
   sopsFile = import ./sops-file.nix config.homestack.root;
   hostKeySecret = g: "guest-host-keys/${g.name}";
   zfs = "${config.boot.zfs.package}/bin/zfs";
+  mine = config.homestack.hypervisor.guests;
+  # Each guest starts after the guests its services need (the plan's bootOrder, from the
+  # catalogue's `needs`): on a cold boot db comes before auth, auth and proxy before vpn.
+  # Only ordering: a guest whose provider is down still starts, and its services retry.
+  # asDropin: microvm@ is a template; an instance gets a drop-in, not a unit of its own.
+  bootOrder = lib.listToAttrs (
+    map (g: {
+      name = "microvm@${g.name}";
+      value = {
+        overrideStrategy = "asDropin";
+        after = map (d: "microvm@${d}.service") (lib.filter (d: lib.elem d mine) g.dependsOn);
+      };
+    }) (lib.filter (g: lib.any (d: lib.elem d mine) g.dependsOn) guests)
+  );
 in
 {
   imports = [
@@ -53,6 +67,10 @@ in
       message = "guests.${g.name}: no NixOS system for it in homestack.guestConfigurations";
     }) guests;
 
+    # Each guest starts after the guests its services need (the plan's bootOrder, from the
+    # catalogue's `needs`): on a cold boot db comes before auth, auth and proxy before vpn.
+    # Only ordering: a guest whose provider is down still starts and its services retry.
+    # asDropin: microvm@ is a template; an instance needs a drop-in, not a unit of its own.
     # Every guest, fully declarative: a host switch rebuilds and restarts changed guests.
     microvm.vms = lib.listToAttrs (
       map (g: {
@@ -133,7 +151,9 @@ in
       }) stateful
     );
 
-    systemd.services = lib.listToAttrs (
+    systemd.services = lib.mkMerge [
+      bootOrder
+      (lib.listToAttrs (
       lib.concatMap (
         g:
         let
@@ -168,11 +188,15 @@ in
                   # default posixAcl): give the dataset both.
                   ${zfs} create -p \
                     -o mountpoint=${g.state.hostPath} \
-                    -o quota=${toString g.state.size}M \
                     -o acltype=posixacl -o xattr=sa \
                     -o com.sun:auto-snapshot=true \
                     ${g.state.dataset}
                 fi
+                # refquota caps the live data only; quota would count the auto-snapshots
+                # too and fill up over time (zfsprops(7)). Set on every start, so a changed
+                # state_size takes effect, and clear a quota an older version set.
+                ${zfs} set refquota=${toString g.state.size}M ${g.state.dataset}
+                ${zfs} set quota=none ${g.state.dataset}
                 ${zfs} mount ${g.state.dataset} 2>/dev/null || true
                 # microvm.nix would create a missing share source as microvm:kvm 0775; this
                 # one holds the guest's host key and data: only root may look inside (virtiofsd
@@ -201,6 +225,7 @@ in
           }
         ]
       ) stateful
-    );
+    ))
+    ];
   };
 }

@@ -1,6 +1,6 @@
 # One NixOS system per machine of the plan. Hosts get the module of their role (and
-# hosts/<name>/ for their hardware); guests get the guest module and either guests/<name>/
-# or, for a guest without its own directory, the service modules its `services` name.
+# hosts/<name>/ for their hardware); guests get the guest module, the service modules
+# their `services` name, and guests/<name>/ when it exists, which adds settings to them.
 {
   lib,
   plan,
@@ -57,12 +57,8 @@ let
           inputs.microvm.nixosModules.microvm
           homestackModules.guest
         ]
-        ++ (
-          if builtins.pathExists (root + "/guests/${name}") then
-            [ (root + "/guests/${name}") ]
-          else
-            map (s: homestackModules.${s}) g.services
-        );
+        ++ map (s: homestackModules.${s}) g.services
+        ++ own (root + "/guests/${name}");
     };
 
   # Hypervisors with an example disk layout, for `disko --flake .#<host>`.

@@ -39,13 +39,15 @@ def test_dry_run_of_the_example_is_ordered_and_runs_nothing(tmp_path: Path) -> N
     assert commands[:2] == ["tools secrets check", "tools certs check"]
     builds = [c for c in commands if " build " in c]
     assert [b.split("nixosConfigurations.")[1].split(".")[0] for b in builds] == [
-        "cloud-relay", "homelab", "db", "auth", "vpn", "proxy"]
+        "cloud-relay", "homelab", "db", "proxy", "auth", "vpn"]
 
     def first(needle: str) -> int:
         return next(i for i, line in enumerate(lines) if needle in line)
 
-    waves = [first("wave 1 of 4: cloud-relay, homelab (in parallel)"), first("wave 2 of 4: db"),
-             first("wave 3 of 4: auth, vpn (in parallel)"), first("wave 4 of 4: proxy")]
+    # The order of the catalogue's needs: vpn needs auth (through proxy) and db.
+    waves = [first("wave 1 of 4: cloud-relay, homelab (in parallel)"),
+             first("wave 2 of 4: db, proxy (in parallel)"), first("wave 3 of 4: auth"),
+             first("wave 4 of 4: vpn")]
     assert waves == sorted(waves)
     assert first("zfs snapshot -r tank/microvms/auth@") < first(
         "root@homelab.lan -- 'nix-env -p /nix/var/nix/profiles/system --set @homelab-toplevel@'")

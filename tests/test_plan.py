@@ -74,7 +74,11 @@ def test_allow_matrix(plan: dict[str, Any]) -> None:
 
 
 def test_deploy_order(plan: dict[str, Any]) -> None:
-    assert plan["deployOrder"] == [["cloud-relay", "homelab"], ["db"], ["auth", "vpn"], ["proxy"]]
+    """From the catalogue's needs: vpn needs PocketID through the proxy, DNS and its
+    database; auth needs its database; Caddy and PostgreSQL need nothing."""
+    assert plan["deployOrder"] == [["cloud-relay", "homelab"], ["db", "proxy"], ["auth"], ["vpn"]]
+    assert plan["bootOrder"] == [["db", "proxy"], ["auth"], ["vpn"]]
+    assert plan["guests"]["vpn"]["dependsOn"] == ["auth", "db", "proxy"]
 
 
 def test_secret_files(plan: dict[str, Any]) -> None:
@@ -208,7 +212,7 @@ def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
         "ip saddr 192.168.100.2 ip daddr 192.168.100.30 tcp dport 3000 accept"
         in p["artifacts"]["bridgeNftables"]
     )
-    assert p["deployOrder"][-1] == ["proxy"] and "wiki" in p["deployOrder"][2]
+    assert "wiki" in p["deployOrder"][2] and p["guests"]["wiki"]["dependsOn"] == ["db"]
 
 
 def test_every_nix_file_parses() -> None:

@@ -32,13 +32,19 @@ from typing import Any
 
 import pytest
 from conftest import REPO, requires_nix
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytestmark = requires_nix
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-QUIET = settings(max_examples=12, deadline=None)
+# Filtered strategies are slow to draw on a busy machine; the health check would call that
+# a problem of the test.
+QUIET = settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 # Pieces that mean something to one of the formats, joined with arbitrary text.
 FRAGMENTS = [

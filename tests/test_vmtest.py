@@ -14,12 +14,15 @@ from homestack.errors import UserError
 from homestack.process import RecordingRunner, Result
 
 CHECKS = {"lib-eval": False, "rollback": True, "stack": True}
+NESTED = ["hypervisor"]
 
 
 def fake_nix(failing: tuple[str, ...] = ()) -> RecordingRunner:
     def script(call: tuple[str, ...]) -> Result | None:
         if "--expr" in call:
             return Result(call, 0, "x86_64-linux", "")
+        if "eval" in call and any(a.endswith(".nestedChecks") for a in call):
+            return Result(call, 0, json.dumps(NESTED), "")
         if "eval" in call and "--apply" in call:
             return Result(call, 0, json.dumps(CHECKS), "")
         if "build" in call and any(call[4].endswith(f".{name}") for name in failing):
@@ -47,6 +50,7 @@ def test_list_names_each_check_and_its_kind(nix: RecordingRunner) -> None:
         "lib-eval                 build check",
         "rollback                 NixOS VM test",
         "stack                    NixOS VM test",
+        "hypervisor               NixOS VM test (nested virtualisation; run only when named)",
     ]
     assert nix.calls[1][3:] == ("eval", "--json", ".#checks.x86_64-linux", "--apply",
                                 vmtest.IS_VM_TEST)
@@ -56,12 +60,21 @@ def test_runs_every_vm_test_and_summarises(nix: RecordingRunner) -> None:
     result = CliRunner().invoke(vmtest.test, [])
     assert result.exit_code == 1  # stack failed
     builds = [c[3:] for c in nix.calls if "build" in c]
+    # The nested-virtualisation test is not run unless named.
     assert builds == [("build", ".#checks.x86_64-linux.rollback", "-L", "--no-link"),
                       ("build", ".#checks.x86_64-linux.stack", "-L", "--no-link")]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("rollback  passed")
     assert lines[1].startswith("stack     FAILED")
     assert lines[2] == "1 of 2 passed"
+
+
+def test_a_nested_test_runs_when_named(nix: RecordingRunner) -> None:
+    result = CliRunner().invoke(vmtest.test, ["hypervisor"])
+    assert result.exit_code == 0, result.output
+    builds = [c[3:] for c in nix.calls if "build" in c]
+    assert builds == [("build", ".#legacyPackages.x86_64-linux.nestedChecks.hypervisor",
+                       "-L", "--no-link")]
 
 
 def test_runs_named_tests_only(nix: RecordingRunner) -> None:
@@ -146,5 +159,6 @@ def test_vm_test_names_are_read_without_nixpkgs() -> None:
 
     if _shutil.which("nix-instantiate") is None:
         pytest.skip("nix-instantiate is not installed")
-    names = [c.name for c in vm_test_names(Runner(), REPO)]
-    assert {"guests", "relay", "hypervisor", "rollback"} <= set(names)
+    checks = {c.name: c for c in vm_test_names(Runner(), REPO)}
+    assert {"guests", "relay", "hypervisor", "rollback"} <= set(checks)
+    assert checks["hypervisor"].nested and not checks["guests"].nested

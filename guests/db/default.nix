@@ -1,4 +1,3 @@
-# `db`: PostgreSQL for the guests that own databases; never reachable from `proxy`.
-{
-  imports = [ ../../modules/services/postgresql.nix ];
-}
+# `db`: PostgreSQL for the guests that own databases; never reachable from `proxy`. Its
+# service module comes from the inventory's `services`; settings of this guest go here.
+{ }

@@ -1,4 +1,4 @@
 # `vpn`: the NetBird server (management, signal, relay, dashboard), logging in via PocketID.
-{
-  imports = [ ../../modules/services/netbird-server.nix ];
-}
+# Its service module comes from the inventory's `services`; settings of this guest go here
+# (homestack.netbird.clientId, the OIDC client made in PocketID).
+{ }

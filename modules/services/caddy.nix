@@ -84,7 +84,5 @@ in
 
     # The Caddyfile binds the guest's address; do not depend on networkd having set it yet.
     boot.kernel.sysctl."net.ipv4.ip_nonlocal_bind" = 1;
-
-    homestack.persist = [ "/var/lib/caddy" ];
   };
 }

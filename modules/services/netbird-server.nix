@@ -18,7 +18,10 @@
 let
   inherit (lib) mkOption types;
   inherit (config.homestack) plan guest;
-  ports = guest.portOf.netbird-server; # dashboard, management, signal, relay, stun
+  # Names, ports and secrets come from the catalogue entry (lib/services/netbird-server.nix).
+  entry = (import ../../lib/services.nix).netbird-server;
+  key = role: entry.secrets.${role}.name;
+  ports = guest.portOf.netbird-server; # dashboard, management(-metrics), signal(-metrics), relay(-metrics, -health), stun
   domain = (lib.findFirst (r: r.port == ports.dashboard) (throw "guests.${guest.name}: netbird-server needs a route to port ${toString ports.dashboard} (the dashboard) in inventory.toml") guest.routes).fqdn;
   idRoute = lib.findFirst (
     r: builtins.elem "pocket-id" plan.guests.${r.guest}.services
@@ -26,7 +29,7 @@ let
   issuer = "https://${idRoute.fqdn}";
   clientId = config.homestack.netbird.clientId;
   db = lib.findFirst (d: d.owner == guest.name) null guest.databases;
-  secret = name: config.sops.secrets.${name}.path;
+  secret = role: config.sops.secrets.${key role}.path;
   scopes = "openid profile email groups";
   newLayout = lib.hasAttrByPath [
     "services"
@@ -72,12 +75,13 @@ in
         enable = true;
         inherit domain;
         port = ports.management;
+        metricsPort = ports.management-metrics;
         turnDomain = domain;
         turnPort = ports.stun;
         oidcConfigEndpoint = "${issuer}/.well-known/openid-configuration";
         # Merged over the module's defaults; { _secret = path; } is read at start.
         settings = {
-          DataStoreEncryptionKey._secret = secret "netbird/datastore-key";
+          DataStoreEncryptionKey._secret = secret "datastore-key";
           # STUN is served by the relay below (public UDP port forwarded by the relay host).
           Stuns = [
             {
@@ -91,12 +95,12 @@ in
             Turns = [ ];
             TimeBasedCredentials = false;
             CredentialsTTL = "12h";
-            Secret._secret = secret "netbird/turn-password";
+            Secret._secret = secret "turn-password";
           };
           Relay = {
             Addresses = [ "rels://${domain}:443/relay" ];
             CredentialsTTL = "24h";
-            Secret._secret = secret "netbird/relay-secret";
+            Secret._secret = secret "relay-secret";
           };
           Signal = {
             Proto = "https";
@@ -139,6 +143,7 @@ in
         enable = true;
         inherit domain;
         port = ports.signal;
+        metricsPort = ports.signal-metrics;
       };
       dashboard = {
         enable = true;
@@ -204,6 +209,10 @@ in
       after = [ "network.target" ];
       environment = {
         NB_LISTEN_ADDRESS = ":${toString ports.relay}";
+        # The binary's defaults are metrics on 9090 (management's port) and health on
+        # :9000 (relay/cmd/root.go); both from the catalogue, as every other port.
+        NB_METRICS_PORT = toString ports.relay-metrics;
+        NB_HEALTH_LISTEN_ADDRESS = ":${toString ports.relay-health}";
         NB_EXPOSED_ADDRESS = "rels://${domain}:443/relay";
         NB_ENABLE_STUN = "true";
         NB_STUN_PORTS = toString ports.stun;
@@ -216,15 +225,15 @@ in
       '';
       serviceConfig = {
         DynamicUser = true;
-        LoadCredential = [ "auth-secret:${secret "netbird/relay-secret"}" ];
+        LoadCredential = [ "auth-secret:${secret "relay-secret"}" ];
         Restart = "on-failure";
       };
     };
 
     sops.secrets = {
-      "netbird/datastore-key".restartUnits = [ "netbird-management.service" ];
-      "netbird/turn-password".restartUnits = [ "netbird-management.service" ];
-      "netbird/relay-secret".restartUnits = [
+      ${key "datastore-key"}.restartUnits = [ "netbird-management.service" ];
+      ${key "turn-password"}.restartUnits = [ "netbird-management.service" ];
+      ${key "relay-secret"}.restartUnits = [
         "netbird-management.service"
         "netbird-relay.service"
       ];
@@ -239,7 +248,5 @@ in
         file_server
       '';
     };
-
-    homestack.persist = [ "/var/lib/netbird-mgmt" ];
   };
 }

@@ -4,6 +4,9 @@
 { config, lib, ... }:
 let
   inherit (config.homestack) plan guest;
+  # Names, ports and secrets come from the catalogue entry (lib/services/pocket-id.nix).
+  entry = (import ../../lib/services.nix).pocket-id;
+  encryptionKey = entry.secrets.encryption-key.name;
   port = guest.portOf.pocket-id.http;
   route = lib.findFirst (r: r.port == port) (throw "guests.${guest.name}: pocket-id needs a route to port ${toString port} in inventory.toml") guest.routes;
   db = lib.findFirst (d: d.owner == guest.name) null guest.databases;
@@ -34,19 +37,17 @@ in
     environmentFile = config.sops.templates."pocket-id.env".path;
   };
 
-  sops.secrets."pocket-id/encryption-key".restartUnits = [ "pocket-id.service" ];
+  sops.secrets.${encryptionKey}.restartUnits = entry.units;
   sops.templates."pocket-id.env" = {
     content =
       ''
-        ENCRYPTION_KEY=${ph."pocket-id/encryption-key"}
+        ENCRYPTION_KEY=${ph.${encryptionKey}}
       ''
       + lib.optionalString (db != null) ''
         DB_CONNECTION_STRING=${dbUrl}
       '';
     # Read by systemd (EnvironmentFile=) as root before the service starts.
     owner = "root";
-    restartUnits = [ "pocket-id.service" ];
+    restartUnits = entry.units;
   };
-
-  homestack.persist = [ "/var/lib/pocket-id" ];
 }

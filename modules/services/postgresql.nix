@@ -52,8 +52,6 @@ in
   # Binding the guest address must not depend on the order networkd and postgres start in.
   boot.kernel.sysctl."net.ipv4.ip_nonlocal_bind" = 1;
 
-  homestack.persist = [ "/var/lib/postgresql" ];
-
   sops.secrets = lib.listToAttrs (
     map (d: {
       name = secretName d;

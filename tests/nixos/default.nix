@@ -2,11 +2,14 @@
 # flake.nix. They need a Linux machine with Nix and KVM (`hypervisor` needs nested KVM);
 # they are kept evaluable everywhere else (nixos-shape evaluates every node and checks each
 # test script). Test material lives in ./fixtures (make-fixtures.sh) and ../keys.
-#   guests      auth, db and proxy as plain VMs on one VLAN with the plan's addresses and
-#               firewalls; a client resolves and reaches PocketID through Caddy.
+#   guests      every guest (auth, db, proxy, vpn) as a plain VM on one VLAN with the plan's
+#               addresses and firewalls, started in the plan's boot order, each waited for
+#               with its catalogue health probes; a client resolves and reaches PocketID
+#               through Caddy.
 #   relay       cloud-relay + homelab + proxy: a client on the public side reaches the proxy
 #               through the WireGuard tunnel the home side dials.
-#   hypervisor  homelab boots the real `db` MicroVM from the flake.
+#   hypervisor  homelab boots the real `db` MicroVM from the flake. Needs nested KVM, so
+#               flake.nix keeps it out of `checks` (./nested.nix); `tools test hypervisor`.
 #   rollback    a broken switch goes back to the previous generation (./rollback.nix).
 {
   pkgs,
@@ -24,6 +27,11 @@ let
   net = plan.network;
   proxyAddress = plan.guests.proxy.address;
   tunnelNet = builtins.head (lib.splitString "/" plan.tunnel.cidr);
+  guestNames = builtins.attrNames plan.guests;
+  # What the guests test waits for on each guest: the units of its services and its health
+  # probes, both from the catalogue through the plan.
+  unitsOf = lib.genAttrs guestNames (g: plan.guests.${g}.units);
+  probesOf = lib.genAttrs guestNames (g: map lib.escapeShellArgs (map (h: h.argv) plan.guests.${g}.health));
 
   # A test VM that is machine `name` of the plan: the plan, the common hardening and the
   # sops wiring, with the fixtures as its secrets and its test host key as its identity
@@ -47,13 +55,17 @@ let
     };
 
   # A guest's services and firewall on a plain VM, with the guest's address from the plan
-  # added to the test VLAN interface.
+  # added to the test VLAN interface: the service modules its `services` name, then
+  # guests/<name>/, as modules/machines.nix composes them.
   guest = name: {
     imports = [
       (machine name)
       homestackModules.guest-firewall
-      (self + "/guests/${name}")
-    ];
+    ]
+    ++ map (s: homestackModules.${s}) plan.guests.${name}.services
+    ++ lib.optional (builtins.pathExists (self + "/guests/${name}")) (self + "/guests/${name}");
+    # A guest resolves the domain through the plan's DNS guests (modules/guest.nix).
+    networking.nameservers = plan.dnsServers;
     networking.interfaces.eth1.ipv4.addresses = [
       {
         inherit (plan.guests.${name}) address;
@@ -67,10 +79,7 @@ in
 
   guests = pkgs.testers.runNixOSTest {
     name = "homestack-guests";
-    nodes = {
-      auth = guest "auth";
-      db = guest "db";
-      proxy = guest "proxy";
+    nodes = lib.genAttrs guestNames guest // {
       # A LAN client: outside the guest network, it reaches the guests' addresses on-link.
       client = {
         security.pki.certificateFiles = [ "${fixtures}/certs/ca.crt" ];
@@ -87,17 +96,27 @@ in
         ];
       };
     };
+    # The guests in the plan's boot order, wave by wave: each machine's units (from the
+    # catalogue) active, then each of its health probes (the argv deploy runs) passing.
     testScript = ''
       import json
 
-      start_all()
-      db.wait_for_unit("postgresql.service")
-      db.wait_for_unit("homestack-postgresql-passwords.service")
-      auth.wait_for_unit("pocket-id.service")
-      auth.wait_for_open_port(1411)
-      proxy.wait_for_unit("dnsmasq.service")
-      proxy.wait_for_unit("caddy.service")
-      proxy.wait_for_open_port(443, "${proxyAddress}")
+      boot_order = json.loads(${builtins.toJSON (builtins.toJSON plan.bootOrder)})
+      units = json.loads(${builtins.toJSON (builtins.toJSON unitsOf)})
+      probes = json.loads(${builtins.toJSON (builtins.toJSON probesOf)})
+      machines_by_name = {m.name: m for m in machines}
+
+      client.start()
+      for wave in boot_order:
+          for name in wave:
+              machines_by_name[name].start()
+          for name in wave:
+              machine = machines_by_name[name]
+              with subtest(f"{name} is up: its units run and its health probes pass"):
+                  for unit in units[name]:
+                      machine.wait_for_unit(unit, timeout=300)
+                  for probe in probes[name]:
+                      machine.wait_until_succeeds(probe, timeout=300)
 
       with subtest("the client resolves id.${plan.domain} through dnsmasq"):
           answer = client.succeed("dig +short @${proxyAddress} id.${plan.domain}").strip()
@@ -109,6 +128,9 @@ in
               timeout=120,
           )
           assert json.loads(doc)["issuer"] == "https://id.${plan.domain}", doc
+
+      with subtest("the NetBird dashboard and management API answer through Caddy"):
+          client.wait_until_succeeds("curl --fail --silent https://vpn.${plan.domain}/", timeout=120)
 
       with subtest("auth reaches db; proxy cannot"):
           probe = "timeout 5 bash -c 'echo > /dev/tcp/${plan.guests.db.address}/5432'"

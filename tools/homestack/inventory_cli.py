@@ -87,7 +87,9 @@ def _print_plan_summary(p: dict[str, Any]) -> None:
 @inventory.command("schema")
 @inventory_option
 def schema(inventory_path: Path | None) -> None:
-    """Print the inventory's JSON Schema, as lib/ derives it from its declarations."""
+    """Print the inventory's JSON Schema, derived by lib/.
+
+    lib/jsonschema.nix derives it from the declarations the validator checks."""
     path = find_inventory(inventory_path)
     click.echo(json.dumps(json_schema(path), indent=2, sort_keys=True))
 

@@ -1,4 +1,5 @@
-"""`tools test`: list and run the flake's NixOS VM tests (`checks.<system>.<name>`).
+"""`tools test`: list and run the flake's NixOS VM tests (`checks.<system>.<name>`), and,
+when named, the ones that need nested virtualisation (`legacyPackages.<system>.nestedChecks`).
 
 The tests boot QEMU virtual machines, so they need Nix with flakes and KVM; where either
 is missing this says so in one line instead of failing deep inside a build.
@@ -30,6 +31,16 @@ IS_VM_TEST = "checks: builtins.mapAttrs (name: check: check ? driverInteractive)
 class Check:
     name: str
     vm: bool  # a NixOS VM test (needs KVM), as opposed to a plain build check
+    nested: bool = False  # boots VMs inside the test VM: run only when named
+
+    def attribute(self, system: str) -> str:
+        """The flake attribute that builds (runs) this check."""
+        if self.nested:
+            return f".#legacyPackages.{system}.{NESTED}.{self.name}"
+        return f".#checks.{system}.{self.name}"
+
+
+NESTED = "nestedChecks"
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,19 @@ def list_checks(runner: Runner, flake: Path, system: str) -> list[Check]:
         raise UserError(f"{flake}: cannot evaluate checks.{system}: "
                         f"{error_line(result.stderr, 'nix eval failed')}")
     found = json.loads(result.stdout or "{}")
-    return [Check(name, bool(vm)) for name, vm in sorted(found.items())]
+    return [Check(name, bool(vm)) for name, vm in sorted(found.items())] + list_nested(
+        runner, flake, system)
+
+
+def list_nested(runner: Runner, flake: Path, system: str) -> list[Check]:
+    """The VM tests that need nested virtualisation; none when the flake has no such set."""
+    import json  # noqa: PLC0415 - only this command needs it
+
+    result = runner.run([*NIX, "eval", "--json", f".#legacyPackages.{system}.{NESTED}",
+                         "--apply", "builtins.attrNames"], check=False, cwd=flake)
+    if result.returncode != 0:
+        return []
+    return [Check(name, True, nested=True) for name in sorted(json.loads(result.stdout or "[]"))]
 
 
 # The VM tests' names, read from tests/nixos without nixpkgs: the attribute set it returns
@@ -91,19 +114,26 @@ def vm_test_names(runner: Runner, flake: Path) -> list[Check]:
     if result.returncode != 0:
         reason = error_line(result.stderr, "cannot list the tests")
         raise UserError(f"{flake}/tests/nixos: {reason}")
-    return [Check(name, True) for name in sorted(json.loads(result.stdout))]
+    names = json.loads(result.stdout)
+    nested_file = flake / "tests" / "nixos" / "nested.nix"
+    nested = set()
+    if nested_file.is_file():
+        listed = runner.run(["nix-instantiate", "--eval", "--strict", "--json", str(nested_file)],
+                            check=False, cwd=flake)
+        nested = set(json.loads(listed.stdout)) if listed.returncode == 0 else set()
+    return [Check(name, True, nested=name in nested) for name in sorted(names)]
 
 
-def run_checks(runner: Runner, flake: Path, system: str, names: Sequence[str], *,
+def run_checks(runner: Runner, flake: Path, system: str, checks: Sequence[Check], *,
                say: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
                ) -> list[Outcome]:
     outcomes = []
-    for name in names:
-        say(f"== {name}")
+    for check in checks:
+        say(f"== {check.name}")
         start = clock()
-        result = runner.run([*NIX, "build", f".#checks.{system}.{name}", "-L", "--no-link"],
+        result = runner.run([*NIX, "build", check.attribute(system), "-L", "--no-link"],
                             check=False, cwd=flake, capture=False)
-        outcomes.append(Outcome(name, result.returncode == 0, clock() - start))
+        outcomes.append(Outcome(check.name, result.returncode == 0, clock() - start))
     return outcomes
 
 
@@ -124,7 +154,7 @@ def select(checks: Sequence[Check], names: Sequence[str]) -> list[Check]:
                         f"(known: {', '.join(by_name) or 'none'})")
     if names:
         return [by_name[n] for n in names]
-    return [c for c in checks if c.vm]
+    return [c for c in checks if c.vm and not c.nested]
 
 
 @click.command(name="test", context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,7 +166,8 @@ def select(checks: Sequence[Check], names: Sequence[str]) -> list[Check]:
               help="The Homestack flake (default: the directory of the inventory, found as "
                    "-i/--inventory is elsewhere).")
 def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path | None) -> None:
-    """Run the NixOS VM tests NAMEs (default: all of them) and summarise the results."""
+    """Run the NixOS VM tests NAMEs (default: all but those needing nested virtualisation)
+    and summarise the results."""
     runner = default_runner
     if flake is None:
         flake = find_inventory().resolve().parent
@@ -153,7 +184,10 @@ def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path
         checks = vm_test_names(runner, flake)
     if list_only:
         for check in checks:
-            click.echo(f"{check.name:<24} {'NixOS VM test' if check.vm else 'build check'}")
+            kind = "NixOS VM test" if check.vm else "build check"
+            if check.nested:
+                kind += " (nested virtualisation; run only when named)"
+            click.echo(f"{check.name:<24} {kind}")
         return
     chosen = select(checks, names)
     if not chosen:
@@ -163,10 +197,10 @@ def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path
     if interactive:
         if len(chosen) != 1:
             raise UserError("--interactive starts one test's driver: name exactly one test")
-        result = runner.run([*NIX, "run", f".#checks.{system}.{chosen[0].name}.driverInteractive"],
+        result = runner.run([*NIX, "run", f"{chosen[0].attribute(system)}.driverInteractive"],
                             check=False, cwd=flake, capture=False)
         sys.exit(result.returncode)
-    outcomes = run_checks(runner, flake, system, [c.name for c in chosen],
+    outcomes = run_checks(runner, flake, system, chosen,
                           say=lambda line: click.echo(line, err=True))
     click.echo(summary(outcomes))
     sys.exit(0 if all(o.passed for o in outcomes) else 1)

@@ -127,6 +127,14 @@ rec {
       n = stringLength prefix;
     in
     if substring 0 n s == prefix then substring n (stringLength s - n) s else s;
+  removeSuffix =
+    suffix: s:
+    let
+      n = stringLength suffix;
+      m = stringLength s;
+    in
+    if m >= n && substring (m - n) n s == suffix then substring 0 (m - n) s else s;
+  any = builtins.any;
   unique = foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
   range = first: last: genList (i: first + i) (last - first + 1);
   inherit length;

@@ -29,6 +29,7 @@ in
     "jq"
     "bash"
     "coreutils"
+    "iproute2"
   ] stub // {
     writeText = name: _: stub name;
     writeShellScript = name: _: stub name;

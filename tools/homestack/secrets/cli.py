@@ -17,6 +17,7 @@ from homestack.errors import CheckFailed, UserError
 from homestack.inventory import set_inventory_value
 from homestack.plan import load_plan
 from homestack.secrets import audit as audit_mod
+from homestack.secrets import generate as generate_mod
 from homestack.secrets import keys as keys_mod
 from homestack.secrets import sync as sync_mod
 from homestack.secrets.edit import Outcome, edit_secret
@@ -309,14 +310,19 @@ def sync(repo: Repo, jobs: int, as_json: bool) -> None:
 
 @secrets.command(short_help="Audit every secret file against the inventory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("--values", "values", is_flag=True,
+              help="Also decrypt (in memory; needs an admin key) and check every value's format.")
 @pass_repo
-def check(repo: Repo, as_json: bool) -> None:
+def check(repo: Repo, as_json: bool, values: bool) -> None:
     """Audit every secret file against the inventory, reading metadata only.
 
     Reports machines that can decrypt a file they should not, machines or admins that
     cannot decrypt a file they should, declared secrets no file contains, and files whose
     MAC or format is broken. Exit code 2 on any finding, one line each.
     """
+    if values:
+        check_values(repo, as_json)
+        return
     plan = repo.plan()
     findings = audit_mod.audit(repo.root, plan)
     if as_json:
@@ -327,6 +333,55 @@ def check(repo: Repo, as_json: bool) -> None:
     if findings:
         raise CheckFailed(f"secrets: {len(findings)} finding(s)", [str(f) for f in findings])
     click.echo(f"secrets: {len(plan.specs)} files match the inventory")
+
+
+def check_values(repo: Repo, as_json: bool) -> None:
+    """`check --values`: every declared secret missing or not of its format (lib/secrets.nix)."""
+    slots = generate_mod.Slot.all_from_plan(load_plan(repo.inventory))
+    findings = generate_mod.check_values(repo.root, slots, Sops())
+    if as_json:
+        click.echo(json.dumps([{"path": f.file, "key": f.key, "message": f.message}
+                               for f in findings], indent=2))
+        if findings:
+            sys.exit(2)
+        return
+    if findings:
+        raise CheckFailed(f"secrets: {len(findings)} value(s) missing or malformed",
+                          [str(f) for f in findings])
+    click.echo(f"secrets: {len(slots)} values match their formats")
+
+
+@secrets.command(short_help="Fill every missing secret with a fresh value of its format.")
+@click.option("--replace-invalid", is_flag=True,
+              help="Also replace values not of their format (decrypts: needs an admin key).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was made as JSON.")
+@pass_repo
+def generate(repo: Repo, replace_invalid: bool, as_json: bool) -> None:
+    """Fill every secret the plan declares and no file holds yet with a fresh value of its
+    format; existing values are kept (unless --replace-invalid and not of their format).
+    A new WireGuard key's public half is written to the inventory. Secrets only a person or
+    another command can make are listed with what to do."""
+    plan = load_plan(repo.inventory)
+
+    def progress(slot: generate_mod.Slot) -> None:
+        if not as_json:
+            click.echo(f"{slot.file}: {slot.key}: new {slot.format} value", err=True)
+
+    result = generate_mod.generate(repo.root, plan, Sops(), set_inventory=repo.set_value,
+                                   replace_invalid=replace_invalid, progress=progress)
+    if as_json:
+        click.echo(json.dumps({
+            "made": [{"path": s.file, "key": s.key} for s in result.made],
+            "left": [{"path": s.file, "key": s.key, "generator": s.generator.value, "why": why}
+                     for s, why in result.left],
+            "inventory": [{"key": ".".join(k), "value": v} for k, v in result.inventory],
+        }, indent=2))
+        return
+    for keys, _ in result.inventory:
+        click.echo(f"{repo.shown}: {'.'.join(keys)}: set to the new key's public half")
+    for slot, why in result.left:
+        click.echo(f"{slot.file}: {slot.key}: {why}; {generate_mod.HOW[slot.generator]}")
+    click.echo(f"secrets: {len(result.made)} generated, {len(result.left)} left to do")
 
 
 @secrets.command(short_help="List who can decrypt FILE.")
