@@ -29,11 +29,13 @@ let
   hostKeys = [ "role" "system" "target" "host_key" "age_key" "lan_interface" "zfs" "wireguard" "public_address" ];
   zfsKeys = [ "pool" "host_id" ];
   wgKeys = [ "relay" "address" "public_key" "port" ];
-  guestKeys = [ "host" "address" "vcpu" "memory" "services" "state_size" "host_key" "age_key" "routes" "allow" "databases" "public" "ports" "mac" "tap" "hypervisor" ];
+  guestKeys = [ "host" "address" "vcpu" "memory" "services" "state_size" "host_key" "age_key" "routes" "allow" "databases" "public" "ports" "mac" "tap" "hypervisor" "egress" ];
   routeKeys = [ "name" "port" "path" "h2c" ];
   allowKeys = [ "from" "port" "proto" ];
   dbKeys = [ "name" "server" ];
   portKeys = [ "port" "proto" ];
+  egressKeys = [ "to" "port" "proto" ];
+  egressTargets = [ "internet" "lan" ];
   roles = [ "hypervisor" "relay" ];
   systems = [ "x86_64-linux" "aarch64-linux" ];
   # Hypervisors with virtiofs, which the guests' state share needs.
@@ -343,6 +345,17 @@ let
             ++ optional (
               portsKnown && isPort (a.port or null) && isString (a.proto or "tcp") && !(elem "${toString a.port}/${a.proto or "tcp"}" ports)
             ) "${q}.port: ${toString a.port}/${a.proto or "tcp"} is not a port of this guest's services (${u.showList ports})"
+        )
+      )
+      ++ optionals' (g ? egress) (
+        listOf "${p}.egress" g.egress (
+          q: e:
+          portErrors q e false
+          ++ optionals' (isAttrs e) (
+            unknownKeys "${q}." egressKeys e
+            ++ required "${q}." e [ "to" ]
+            ++ optional (e ? to && !(elem e.to egressTargets)) "${q}.to: ${builtins.toJSON e.to} is not one of ${u.showList egressTargets}"
+          )
         )
       )
       ++ optionals' (g ? databases) (
