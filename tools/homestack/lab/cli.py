@@ -86,8 +86,8 @@ def up(inventory_path: Path | None, cold: bool) -> None:
 @inventory_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--strict", is_flag=True,
-              help="Also fail flows from the hypervisor or LAN that the bridge filter "
-                   "cannot see when it is the only filter.")
+              help="Also fail flows no guest takes part in (LAN or tunnel to the "
+                   "hypervisor and beyond) when only the guests' firewalls filter.")
 def test(inventory_path: Path | None, as_json: bool, strict: bool) -> None:
     """Check DNS, HTTPS, the whole allow matrix (three filter layers) and database logins.
 
