@@ -304,7 +304,8 @@ def _listener_config(plan: dict[str, Any], machine: Machine) -> dict[str, Any]:
     hypervisor, the LAN client, the internet, the relay), on all its addresses."""
     ports = all_ports(plan)
     return {
-        "guest": machine.name, "label": "port listener", "address": "0.0.0.0",
+        # All addresses: the hypervisor is reached at the gateway, on the LAN and in the tunnel.
+        "guest": machine.name, "label": "port listener", "address": "0.0.0.0",  # noqa: S104
         "tcp": sorted(p["port"] for p in ports if p["proto"] == "tcp"),
         "udp": sorted(p["port"] for p in ports if p["proto"] == "udp"),
         "issuer": "",

@@ -38,9 +38,11 @@ def listed(prefix: str) -> list[str]:
         return []
 
 
-# Routed probes (guest -> gateway -> guest) carry this mark; a guest routes marked packets
-# for the guest network through the gateway instead of straight across the bridge.
-ROUTED_MARK = 0x4853
+# Routed probes (guest -> gateway -> guest) use source ports from this range, outside the
+# kernel's ephemeral ports. Guests route packets from and to these ports through the
+# gateway instead of straight across the bridge, both ways, so the bridge filter sees
+# neither the request nor the reply: only what the hypervisor routes can stop them.
+ROUTED_PORTS = (61000, 61999)
 ROUTED_TABLE = 100
 WAN = "wan0"  # the LAN client's link towards the internet stand-in
 
@@ -117,7 +119,9 @@ def create(runner: Runner, topo: Topology) -> None:
             *routes,
         ])
 
-    routed = [f"rule add fwmark {ROUTED_MARK} table {ROUTED_TABLE}",
+    ports = f"{ROUTED_PORTS[0]}-{ROUTED_PORTS[1]}"
+    routed = [f"rule add sport {ports} table {ROUTED_TABLE}",
+              f"rule add dport {ports} table {ROUTED_TABLE}",
               f"route add {topo.network} via {topo.gateway} table {ROUTED_TABLE}"]
     jobs = [(g.netns, g.address, topo.prefixlen, g.interface,
              [f"route add default via {topo.gateway}", *routed]) for g in topo.guests]

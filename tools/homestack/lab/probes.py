@@ -19,9 +19,20 @@ OPEN, REFUSED, DROPPED = "open", "refused", "dropped"
 
 
 def _mark(sock: socket.socket, routed: bool) -> None:
-    """A routed probe carries the mark the lab's guests route through the gateway."""
-    if routed:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, netns.ROUTED_MARK)
+    """A routed probe takes a source port the lab's guests route through the gateway."""
+    if not routed:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    low, high = netns.ROUTED_PORTS
+    for _ in range(64):  # probes run concurrently: another may hold the port just drawn
+        try:
+            sock.bind(("", low + secrets.randbelow(high - low + 1)))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return
+    raise OSError(errno.EADDRINUSE, "no free source port for a routed probe")
 
 
 def tcp(src_netns: str, address: str, port: int, timeout: float, *,

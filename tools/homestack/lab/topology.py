@@ -188,7 +188,8 @@ class Topology:
 
 
 def _first_free(candidates: tuple[str, ...],
-                taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> ipaddress.IPv4Network:
+                taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                ) -> ipaddress.IPv4Network:
     return next(
         ipaddress.IPv4Network(c) for c in candidates
         if not any(ipaddress.ip_network(c).overlaps(t) for t in taken)
