@@ -349,7 +349,7 @@ in
         "\t\tct state invalid drop"
         "\t\tiifname \"lo\" accept"
         "\t\tiifname != \"${wg}\" meta l4proto . th dport @services accept"
-        "\t\tiifname != \"${wg}\" icmp type echo-request accept"
+        "\t\ticmp type echo-request accept comment \"ping, from the tunnel too\""
         "\t\tiifname != \"${wg}\" meta nfproto ipv6 jump public_ipv6"
         "\t}"
         "\tchain public_ipv6 {"
