@@ -147,10 +147,11 @@ def _print_status(rows: list[dict[str, Any]], topo: Topology | None) -> None:
                    key=lambda r: (r["netns"], r["role"]))
     spaces = [r for r in rows if r["kind"] == "netns"]
     addresses = {m.netns: (m.name, m.address) for m in topo.machines} if topo else {}
-    click.echo(f"{'namespace':<18} {'machine':<10} {'address':<16} state")
+    width = max([10, *(len(name) + 1 for name, _ in addresses.values())])
+    click.echo(f"{'namespace':<18} {'machine':<{width}} {'address':<16} state")
     for r in spaces:
         name, addr = addresses.get(r["name"], ("?", "?"))
-        click.echo(f"{r['name']:<18} {name:<10} {addr:<16} "
+        click.echo(f"{r['name']:<18} {name:<{width}} {addr:<16} "
                    f"{'present' if r['running'] else 'MISSING'}")
     click.echo(f"\n{'process':<20} {'what':<34} {'pid':>7}  {'namespace':<18} state")
     for r in procs:
