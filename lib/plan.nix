@@ -104,10 +104,16 @@ let
     }) (inv.guests.${g}.databases or [ ]);
   databases = concatMap databasesOfGuest guestNames;
 
+  # A flow's source as the destination's firewall sees it: a guest by its address, the
+  # relay by its tunnel address (it masquerades what it forwards), a hypervisor by the
+  # gateway, and "lan" as anything outside the guest network and the tunnel.
+  isRelay = h: inv.hosts ? ${h} && inv.hosts.${h}.role == "relay";
   addressOf =
     src:
     if inv.guests ? ${src} then
       inv.guests.${src}.address
+    else if isRelay src then
+      inv.hosts.${src}.wireguard.address or null
     else if inv.hosts ? ${src} then
       gateway
     else
@@ -116,6 +122,8 @@ let
     src:
     if inv.guests ? ${src} then
       "guest"
+    else if isRelay src then
+      "relay"
     else if inv.hosts ? ${src} then
       "host"
     else
@@ -139,12 +147,14 @@ let
           concatMap (src: if src == "guests" then map (o: flow o g a.port (a.proto or "tcp") "guests.${g}.allow") guestNames else [ (flow src g a.port (a.proto or "tcp") "guests.${g}.allow") ]) a.from
         ) (gs.allow or [ ]);
         routeFlows = if proxy == null then [ ] else map (r: flow proxy g r.port "tcp" "route ${r.name}") (gs.routes or [ ]);
+        # What the relay forwards from the internet arrives from its tunnel address.
+        publicFlows = if relay == null then [ ] else map (p: flow relay.host g p.port (p.proto or "tcp") "public through ${relay.host}") (gs.public or [ ]);
         sshFlow = [ (flow gs.host g 22 "tcp" "ssh from the hypervisor") ];
         healthFlows = concatMap (
           s: map (h: flow gs.host g h.port "tcp" "health check from the hypervisor") services.${s}.health
         ) gs.services;
       in
-      sshFlow ++ healthFlows ++ routeFlows ++ explicit
+      sshFlow ++ healthFlows ++ routeFlows ++ publicFlows ++ explicit
     ) guestNames
     ++ map (d: flow d.owner d.server 5432 "tcp" "database ${d.name}") databases;
   flowKey = f: "${f.from}>${f.to}:${toString f.port}/${f.proto}";
@@ -155,6 +165,83 @@ let
       keys = u.uniqueOrdered (map flowKey valid);
     in
     map (k: head byKey.${k}) keys;
+
+  # Outbound flows: what a guest may reach outside the guest network. `to` is "internet"
+  # (any public address, through the hypervisor's LAN interface), "lan" (RFC 1918 addresses
+  # there) or a host (a service of the hypervisor itself, at the gateway). Everything else
+  # a guest sends is dropped, by its own `output` chain and by the hypervisor.
+  egressFlow = from: to: port: proto: reason: {
+    inherit from to port proto reason;
+    toKind = if inv.hosts ? ${to} then "host" else to;
+    fromAddress = inv.guests.${from}.address;
+    toAddress = if inv.hosts ? ${to} then gateway else null;
+  };
+  rawEgress =
+    concatMap (
+      g:
+      let
+        gs = inv.guests.${g};
+        runs = s: elem s gs.services;
+        both53 = why: [ (egressFlow g "internet" 53 "udp" why) (egressFlow g "internet" 53 "tcp" why) ];
+      in
+      # Guests keep time from their hypervisor (chrony there serves the guest network).
+      [ (egressFlow g gs.host 123 "udp" "time from the hypervisor") ]
+      # dnsmasq answers the domain itself and forwards every other name upstream.
+      ++ u.optionals (runs "dnsmasq") (both53 "dnsmasq forwards other names upstream")
+      # acme-dns01: Let's Encrypt and the Cloudflare API over HTTPS, and the DNS-01
+      # propagation check, which asks the domain's authoritative servers directly.
+      ++ u.optionals (runs "caddy" && (certCfg.mode or "private-ca") == "acme-dns01") (
+        [ (egressFlow g "internet" 443 "tcp" "ACME and the Cloudflare API (acme-dns01)") ]
+        ++ both53 "DNS-01 propagation check (acme-dns01)"
+      )
+      ++ map (e: egressFlow g e.to e.port (e.proto or "tcp") "guests.${g}.egress") (gs.egress or [ ])
+    ) guestNames;
+  egressKey = f: "${f.from}>${f.to}:${toString f.port}/${f.proto}";
+  egress =
+    let
+      byKey = builtins.groupBy egressKey rawEgress;
+    in
+    map (k: head byKey.${k}) (u.uniqueOrdered (map egressKey rawEgress));
+
+  # The NetBird client on the hypervisors, when the inventory runs a NetBird server with a
+  # route: its interface and WireGuard port, which the hosts' input chains name.
+  mesh =
+    if builtins.any (r: elem "netbird-server" inv.guests.${r.guest}.services) routes then
+      {
+        interface = "nb-homestack";
+        port = 51821;
+      }
+    else
+      null;
+
+  # What each host's own services accept, and from where: "lan" (its LAN interface),
+  # "mesh" (the NetBird interface; NetBird's policies pick the peers), "internet" (any
+  # interface but the tunnel: the relay's public side) or a guest (from the bridge).
+  # Nothing else reaches a host; in particular no guest reaches a hypervisor's SSH.
+  input = concatMap (
+    h:
+    let
+      role = inv.hosts.${h}.role;
+      rule = from: port: proto: reason: {
+        host = h;
+        inherit from port proto reason;
+        fromKind = if inv.guests ? ${from} then "guest" else from;
+        fromAddress = addressOf from;
+      };
+    in
+    if role == "hypervisor" then
+      [ (rule "lan" 22 "tcp" "SSH from the LAN") ]
+      ++ u.optionals (mesh != null) [
+        (rule "mesh" 22 "tcp" "SSH from the mesh")
+        (rule "lan" mesh.port "udp" "the NetBird client's WireGuard")
+      ]
+      ++ map (e: rule e.from e.port e.proto e.reason) (filter (e: e.to == h) egress)
+    else
+      [ (rule "internet" 22 "tcp" "SSH on the public address") ]
+      ++ u.optional (inv.hosts.${h} ? wireguard && inv.hosts.${h}.wireguard ? port) (
+        rule "internet" inv.hosts.${h}.wireguard.port "udp" "WireGuard from the hypervisors"
+      )
+  ) hostNames;
 
   # What each guest's services need at run time (the catalogue's `needs`), resolved to the
   # guests that provide it. A need `through` a service (the proxy) is reached at that
@@ -336,6 +423,9 @@ let
       guests
       routes
       allow
+      egress
+      input
+      mesh
       databases
       relay
       tunnel

@@ -135,6 +135,11 @@ let
       server = required "The guest running postgresql." name;
     }));
     public = key "Ports the relay forwards from the internet to this guest." (list 64 portEntry);
+    egress = key "What this guest may reach outside the guest network, beyond what the plan implies." (list 64 (table {
+      to = required "internet, or lan (the home network)." (enum [ "internet" "lan" ]);
+      port = required "The destination port." port;
+      proto = key "tcp (default) or udp." proto;
+    }));
     ports = key "Ports of software the catalogue does not describe." (list 256 portEntry);
     mac = key "Override the derived MAC address." (str "a lowercase MAC address like 02:00:00:00:00:01" patterns.mac);
     tap = key "Override the tap interface name (default vm-<guest>)." (str "an interface name of at most 15 characters (letters, digits, _ . -)" patterns.ifname);

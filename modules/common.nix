@@ -1,5 +1,6 @@
-# What every Homestack machine shares: the inventory's admins, SSH with keys only, a
-# default-deny nftables firewall, automatic garbage collection, and trust in the private CA.
+# What every Homestack machine shares: the inventory's admins, SSH with keys only, the
+# plan's default-deny nftables rule sets as the whole firewall, automatic garbage
+# collection, and trust in the private CA.
 { config, lib, ... }:
 let
   inherit (config.homestack) plan root;
@@ -13,6 +14,9 @@ in
   config = {
     services.openssh = {
       enable = true;
+      # Who may reach sshd is the plan's `input` (the hypervisor: the LAN and the mesh, never
+      # a guest or the tunnel); NixOS's default would open port 22 on every interface.
+      openFirewall = false;
       # Only the ed25519 host key: its age recipient is what sops-nix decrypts with, and an
       # RSA key would make sops-nix import it as a GnuPG key as well.
       hostKeys = lib.mkDefault [
@@ -43,7 +47,15 @@ in
     # nftables everywhere: the plan's rule sets are nftables, and mixing iptables and
     # nftables rules on one machine makes the effective policy hard to read.
     networking.nftables.enable = true;
-    networking.firewall.enable = lib.mkDefault true;
+    # The plan's rule sets are each machine's whole firewall, input included (lib/render/
+    # nftables.nix, default drop). NixOS's own would add a second input chain that every
+    # packet must also pass, opened by each module's openFirewall rather than by the plan.
+    networking.firewall.enable = false;
+    # Its table, loaded by earlier versions, goes on the next switch rather than at reboot.
+    networking.nftables.extraDeletions = ''
+      table inet nixos-fw
+      delete table inet nixos-fw
+    '';
 
     nix.gc = {
       # Off on MicroVM guests (guest.nix): their store is the host's, shared read-only.

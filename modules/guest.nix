@@ -126,6 +126,8 @@ in
     address = [ guest.cidr ];
     gateway = [ guest.gateway ];
     dns = plan.dnsServers;
+    # Time from the hypervisor: the only NTP server the plan's egress lets a guest reach.
+    ntp = [ guest.gateway ];
     domains = [ plan.domain ];
     networkConfig.DHCP = "no";
   };

@@ -1,8 +1,9 @@
 # The hypervisor (`homelab`): runs every guest the plan places on it as a MicroVM and no
 # application service itself. It owns the guest bridge (gateway address, taps enslaved),
-# NATs the bridge to the LAN, filters guest-to-guest frames with the plan's bridge rule
-# set, keeps each guest's state on its own ZFS dataset, and installs each guest's SSH
-# host key before the guest first boots.
+# NATs the bridge to the LAN, filters everything guests send and everything it routes or
+# receives with the plan's rule sets, serves the guests their time, keeps each guest's
+# state on its own ZFS dataset, and installs each guest's SSH host key before the guest
+# first boots.
 {
   config,
   lib,
@@ -115,16 +116,31 @@ in
 
     # Routing for the guests; the plan's NAT table masquerades them to the LAN.
     boot.kernel.sysctl."net.ipv4.conf.all.forwarding" = true;
-    # The plan's tables: NAT to the LAN (`networking.nat` stays off: this table masquerades)
-    # and the `inet` filter on traffic into the bridge, both beside NixOS's own `nixos-fw`
-    # input table (which keeps its default deny), plus the `bridge`-family table, because
-    # guest-to-guest frames never reach the IP layer.
+    # The plan's tables are this host's whole firewall (NixOS's own is off, common.nix):
+    # NAT to the LAN (`networking.nat` stays off: this table masquerades); an `inet` table
+    # whose input, forward and output chains drop all but the plan's `input`, flows and
+    # egress (guest to guest through the gateway included); and the `bridge`-family table,
+    # because guest-to-guest frames never reach the IP layer.
     homestack.nftables.rulesets = [
       plan.artifacts.hostNftables.${machine}
     ]
     ++ lib.optional (
       plan.artifacts.bridgeNftablesByHost ? ${machine}
     ) plan.artifacts.bridgeNftablesByHost.${machine};
+    # Tables earlier versions loaded: removed on the next switch instead of lingering with
+    # their old rules until a reboot (the plan's rule sets do not flush the whole rule set).
+    networking.nftables.extraDeletions = ''
+      table inet homestack-guests
+      delete table inet homestack-guests
+    '';
+
+    # Guests keep time from their hypervisor (the plan's egress `time from the hypervisor`,
+    # UDP 123, accepted only from the bridge by the input chain): chrony serves the guest
+    # network and takes its own time from the default pool.
+    services.chrony = {
+      enable = true;
+      extraConfig = "allow ${net.cidr}";
+    };
 
     # ZFS: the pool from the inventory holds one dataset per stateful guest.
     boot.supportedFilesystems = [ "zfs" ];

@@ -22,12 +22,9 @@ in
 
   boot.kernel.sysctl."net.ipv4.conf.all.forwarding" = true;
 
-  # DNAT of the public ports, masquerade into the tunnel, and a forward chain that lets
-  # only those flows through (policy drop).
+  # DNAT of the public ports, masquerade into the tunnel, a forward chain that lets only
+  # those flows through, and an input chain that accepts only the plan's `input` for this
+  # host (SSH and the WireGuard port, not from the tunnel); all policy drop. It is the
+  # relay's whole firewall (NixOS's own is off, modules/common.nix).
   homestack.nftables.rulesets = [ plan.artifacts.hostNftables.${machine} ];
-
-  networking.firewall = {
-    allowedUDPPorts = [ plan.relay.port ];
-    # SSH is opened by services.openssh.openFirewall (true by default).
-  };
 }

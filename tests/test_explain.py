@@ -47,9 +47,20 @@ def test_markdown_names_what_a_reader_needs(described: dict[str, Any]) -> None:
         assert needle in text
 
 
+def test_markdown_says_what_leaves_the_guest_network(described: dict[str, Any]) -> None:
+    text = to_markdown(described)
+    assert "| proxy | internet | 53/udp, 53/tcp | dnsmasq forwards other names upstream |" in text
+    assert "| lan | homelab | 22/tcp | SSH from the LAN |" in text
+    assert "guest to guest through the gateway included" in text
+
+
 def test_dot_is_valid_graphviz(described: dict[str, Any]) -> None:
     dot = to_dot(described)
     assert '"auth" -> "db" [label="5432/tcp"]' in dot
+    assert '"proxy" -> "internet" [label="53/udp, 53/tcp"' in dot
+    assert '"mesh" -> "homelab" [label="22/tcp"' in dot
+    assert '"cloud-relay" -> "proxy" [label="80/tcp, 443/tcp", style=dashed' in dot
+    assert dot.count('"cloud-relay" -> "proxy"') == 1, "the relay's forwards are drawn once"
     if shutil.which("dot") is None:
         pytest.skip("graphviz not installed")
     out = subprocess.run(["dot", "-Tsvg"], input=dot, check=True, capture_output=True, text=True)

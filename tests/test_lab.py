@@ -15,11 +15,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import EXAMPLE, requires_nix
+
+from homestack.lab import firewall, probes
+from homestack.lab.topology import Topology
+from homestack.plan import load_plan
+from homestack.process import default_runner
 
 TOOLS = str(Path(sys.executable).with_name("tools"))
 PREFIX = f"hst{os.getpid()}-"  # two test runs at once never share a name
@@ -117,10 +123,13 @@ def test_example_inventory(env: dict[str, str]) -> None:
     groups = {c["group"] for c in report["checks"]}
     assert groups == {"dns", "https", "https-untrusted", "postgresql"}
     assert set(report["matrix"]) == {"guest", "bridge", "both"}
-    both = {(r["src"], r["dst"], r["port"], r["proto"]): r for r in report["matrix"]["both"]}
+    both = {(r["src"], r["dst"], r["port"], r["proto"]): r for r in report["matrix"]["both"]
+            if r["path"] == "direct"}
     assert both[("auth", "db", 5432, "tcp")]["outcome"] == "open"
     assert both[("proxy", "db", 5432, "tcp")]["outcome"] != "open"
     assert both[("lan", "proxy", 443, "tcp")]["outcome"] == "open"
+    for mode in ("guest", "bridge", "both"):
+        assert_layer_blocks_what_it_is_responsible_for(report["matrix"][mode], mode)
     logins = {c["name"]: c["ok"] for c in report["checks"] if c["group"] == "postgresql"}
     assert logins["proxy as pocketid@pocketid (firewalls and pg_hba)"]
     status = lab(env, "status")
@@ -137,16 +146,81 @@ def test_example_inventory(env: dict[str, str]) -> None:
     lab(env, "down")  # idempotent
 
 
+def assert_layer_blocks_what_it_is_responsible_for(rows: list[dict[str, Any]], mode: str) -> None:
+    """With only ``mode``'s rule sets loaded, every flow that layer is responsible for is
+    open exactly when the plan allows it; from inside a guest, the hypervisor's SSH, the LAN,
+    the internet and a guest the plan keeps apart (reached through the gateway) are blocked,
+    and the allowed outbound flows work."""
+    assert rows and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    for r in rows:
+        if not r["gap"]:
+            assert (r["outcome"] == "open") == r["allowed"], r
+    if mode != "guest":
+        assert not any(r["gap"] for r in rows), "the hypervisor filters every flow"
+    flows = {(r["src"], r["dst"], r["port"], r["proto"], r["path"]): r["outcome"] for r in rows}
+    for guest in ("auth", "db", "proxy", "vpn"):
+        assert flows[(guest, "homelab", 22, "tcp", "direct")] != "open"
+        assert flows[(guest, "homelab", 123, "udp", "direct")] == "open"
+        for outside in ("lan", "internet", "cloud-relay"):
+            assert flows[(guest, outside, 443, "tcp", "direct")] != "open"
+    assert flows[("proxy", "db", 5432, "tcp", "routed")] != "open"
+    assert flows[("auth", "vpn", 33073, "tcp", "routed")] != "open"
+    assert flows[("auth", "db", 5432, "tcp", "routed")] == "open"
+    assert flows[("proxy", "internet", 53, "udp", "direct")] == "open"
+    assert flows[("proxy", "internet", 53, "tcp", "direct")] == "open"
+    assert flows[("auth", "internet", 53, "udp", "direct")] != "open"
+    assert flows[("cloud-relay", "proxy", 443, "tcp", "direct")] == "open"
+    assert flows[("cloud-relay", "proxy", 53, "tcp", "direct")] != "open"
+    if mode != "guest":
+        assert flows[("cloud-relay", "homelab", 22, "tcp", "direct")] != "open"
+        assert flows[("cloud-relay", "lan", 443, "tcp", "direct")] != "open"
+        assert flows[("lan", "homelab", 22, "tcp", "direct")] == "open"
+        assert flows[("lan", "homelab", 5432, "tcp", "direct")] != "open"
+
+
+def test_routed_path_gets_past_the_bridge_filter(env: dict[str, str]) -> None:
+    """The routed probes really are routed: with the bridge filter alone (the hypervisor's
+    `inet` table and the guests' firewalls off) a flow the plan forbids is blocked across
+    the bridge but open through the gateway; the `inet` table closes it again."""
+    lab(env, "up", "-i", str(EXAMPLE))
+    plan = load_plan(EXAMPLE)
+    topo = Topology.from_plan(plan, PREFIX)
+    sets = firewall.rulesets(plan, topo)
+    bridge_only = [firewall.Ruleset(rs.netns, plan["artifacts"]["bridgeNftables"], True)
+                   for rs in sets if rs.is_bridge]
+    db = topo.machine("db").address
+
+    def tcp(src: str, timeout: float, *, routed: bool) -> str:
+        # A probe moves its thread into the source namespace: never this one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(probes.tcp, topo.machine(src).netns, db, 5432, timeout,
+                               routed=routed).result()
+
+    try:
+        firewall.apply_mode(default_runner, sets, firewall.Mode.NONE)
+        firewall.apply_mode(default_runner, bridge_only, firewall.Mode.BRIDGE)
+        assert tcp("proxy", 0.5, routed=False) == probes.DROPPED
+        assert tcp("proxy", 2.0, routed=True) == probes.OPEN
+        firewall.apply_mode(default_runner, sets, firewall.Mode.BRIDGE)
+        assert tcp("proxy", 0.5, routed=True) == probes.DROPPED
+        assert tcp("auth", 2.0, routed=True) == probes.OPEN
+    finally:
+        firewall.apply_mode(default_runner, sets, firewall.Mode.BOTH)
+    lab(env, "down")
+    assert_nothing_left(env)
+
+
 def test_one_more_guest_and_flow(env: dict[str, str], tmp_path: Path) -> None:
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(EXAMPLE.read_text() + EXTRA_GUEST)
     lab(env, "up", "-i", str(inventory))
     code, report = results(env)
     assert code == 0, json.dumps([c for c in report["checks"] if not c["ok"]], indent=1)
-    both = {(r["src"], r["dst"], r["port"], r["proto"]): r for r in report["matrix"]["both"]}
+    both = {(r["src"], r["dst"], r["port"], r["proto"]): r for r in report["matrix"]["both"]
+            if r["path"] == "direct"}
     assert both[("vpn", "id2", 1411, "tcp")] == {
-        "src": "vpn", "dst": "id2", "port": 1411, "proto": "tcp", "allowed": True,
-        "outcome": "open", "ok": True}
+        "src": "vpn", "dst": "id2", "port": 1411, "proto": "tcp", "path": "direct",
+        "allowed": True, "outcome": "open", "ok": True, "gap": False}
     assert both[("auth", "id2", 1411, "tcp")]["outcome"] != "open"
     assert both[("id2", "db", 5432, "tcp")]["outcome"] == "open"
     names = {c["name"] for c in report["checks"] if c["ok"]}

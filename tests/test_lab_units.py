@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -109,29 +110,57 @@ def test_topology_follows_the_plan(plan: dict[str, Any]) -> None:
     assert topo.hypervisor.netns == "p-homelab"
     assert topo.hypervisor.address == plan["network"]["gateway"]
     assert {g.tap for g in topo.guests} == {g["tap"] for g in plan["guests"].values()}
-    assert topo.client.address.startswith("192.0.2.")
+    assert topo.client.address.startswith("172.31.254."), "a private LAN, as at home"
+    assert topo.internet.address.startswith("198.51.100.")
+    assert topo.relay is not None and topo.relay.name == "cloud-relay"
+    assert topo.relay.address == "10.99.0.1" and topo.tunnel_gateway == "10.99.0.2"
+    assert topo.tunnel_interface == plan["relay"]["interface"]
     assert topo.proxy is not None and topo.proxy.name == plan["proxy"]
     assert topo.dns_server == plan["dnsServers"][0]
+    hv = topo.hypervisor
+    assert topo.address_for(topo.machine("auth"), hv) == "192.168.100.1"
+    assert topo.address_for(topo.client, hv) == topo.lan_gateway
+    assert topo.address_for(topo.relay, hv) == "10.99.0.2"
 
 
 @requires_nix
-def test_lan_subnet_avoids_the_guest_network(plan: dict[str, Any]) -> None:
+def test_lan_and_internet_subnets_avoid_the_plans_networks(plan: dict[str, Any]) -> None:
     moved = json.loads(json.dumps(plan))
-    moved["network"]["cidr"] = "192.0.2.0/24"
-    assert Topology.from_plan(moved, "p-").lan_network == "198.51.100.0/24"
+    moved["network"]["cidr"] = "172.31.0.0/16"
+    moved["tunnel"]["cidr"] = "198.51.100.0/24"
+    topo = Topology.from_plan(moved, "p-")
+    assert topo.lan_network == "10.254.254.0/24"
+    assert topo.internet_network == "203.0.113.0/24"
 
 
 @requires_nix
-def test_matrix_covers_every_pair_and_port(plan: dict[str, Any]) -> None:
+def test_matrix_covers_every_path_and_port(plan: dict[str, Any]) -> None:
     topo = Topology.from_plan(plan, "p-")
     ports = all_ports(plan)
+    assert {"port": 123, "proto": "udp"} in ports and {"port": 51820, "proto": "udp"} in ports
     flows = matrix.all_flows(topo, ports)
-    pairs = len(topo.machines) * len(topo.guests) - len(topo.guests)
-    assert len(flows) == pairs * len(ports)
-    allowed = matrix.allowed_flows(plan)
+    guests = len(topo.guests)
+    into = (guests + 3) * guests - guests  # guests, hypervisor, LAN client, relay
+    routed = guests * (guests - 1)
+    around = guests * 4 + 2 + 3  # guests -> hv/lan/internet/relay; lan -> hv/relay; relay ->
+    assert len(flows) == (into + routed + around) * len(ports)
+    assert len(set(flows)) == len(flows)
+    allowed = matrix.allowed_flows(plan, topo)
     assert allowed <= set(flows)
-    assert matrix.Flow("proxy", "db", 5432, "tcp") not in allowed
-    assert matrix.Flow("auth", "db", 5432, "tcp") in allowed
+    Flow = matrix.Flow
+    assert Flow("proxy", "db", 5432, "tcp") not in allowed
+    assert Flow("auth", "db", 5432, "tcp") in allowed
+    assert Flow("auth", "db", 5432, "tcp", matrix.ROUTED) in allowed
+    assert Flow("proxy", "internet", 53, "udp") in allowed
+    assert Flow("auth", "internet", 53, "udp") not in allowed
+    assert Flow("auth", "homelab", 123, "udp") in allowed
+    assert Flow("auth", "homelab", 22, "tcp") not in allowed
+    assert Flow("lan", "homelab", 22, "tcp") in allowed
+    assert Flow("cloud-relay", "proxy", 443, "tcp") in allowed
+    assert Flow("cloud-relay", "proxy", 53, "tcp") not in allowed, "the tunnel is not the LAN"
+    assert not any(f.dst in {"lan", "cloud-relay"} for f in allowed)
+    assert not any(f.src == "cloud-relay" and f.dst in {"lan", "internet", "homelab"}
+                   for f in allowed)
 
 
 @requires_nix
@@ -146,8 +175,41 @@ def test_standins_leave_real_daemon_ports_alone(plan: dict[str, Any]) -> None:
 
 
 def test_flow_result_gap_is_only_for_unguarded_blocked_flows() -> None:
-    flow = matrix.Flow("lan", "db", 5432, "tcp")
+    flow = matrix.Flow("lan", "homelab", 5432, "tcp")
     assert matrix.FlowResult(flow, False, "open", guarded=False).gap
     assert matrix.FlowResult(flow, False, "open", guarded=False).ok
     assert not matrix.FlowResult(flow, False, "open", guarded=True).ok
     assert not matrix.FlowResult(flow, True, "dropped", guarded=False).ok
+
+
+@requires_nix
+def test_guest_layer_is_responsible_only_for_flows_a_guest_takes_part_in(
+        plan: dict[str, Any]) -> None:
+    topo = Topology.from_plan(plan, "p-")
+
+    def guarded_in(mode: firewall.Mode, strict: bool = False) -> dict[matrix.Flow, bool]:
+        seen: dict[matrix.Flow, bool] = {}
+        original = matrix.probe
+
+        def fake(flow: matrix.Flow, src: Any, address: str, allowed: bool,
+                 guarded: bool) -> matrix.FlowResult:
+            seen[flow] = guarded
+            return matrix.FlowResult(flow, allowed, "dropped", guarded)
+
+        matrix.probe = fake  # type: ignore[assignment]
+        try:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                for fut in matrix.submit_all(pool, topo, plan, [{"port": 22, "proto": "tcp"}],
+                                             mode, strict=strict):
+                    fut.result()
+        finally:
+            matrix.probe = original  # type: ignore[assignment]
+        return seen
+
+    guest = guarded_in(firewall.Mode.GUEST)
+    assert guest[matrix.Flow("auth", "homelab", 22, "tcp")]
+    assert guest[matrix.Flow("auth", "db", 22, "tcp", matrix.ROUTED)]
+    assert not guest[matrix.Flow("lan", "homelab", 22, "tcp")]
+    assert not guest[matrix.Flow("cloud-relay", "lan", 22, "tcp")]
+    assert all(guarded_in(firewall.Mode.BRIDGE).values())
+    assert all(guarded_in(firewall.Mode.GUEST, strict=True).values())

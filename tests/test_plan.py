@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import EXAMPLE, REPO, requires_nix
 
-from homestack.errors import UserError
+from homestack.errors import CheckFailed, UserError
 from homestack.plan import load_plan
 
 pytestmark = requires_nix
@@ -170,13 +170,36 @@ def _nft_check(text: str, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def _elements(text: str, name: str) -> set[str]:
+    """The elements of set ``name`` in a rendered rule set, without their comments."""
+    block = text.split(f"\tset {name} {{\n", 1)[1].split("\n\t}", 1)[0]
+    return {re.sub(r' comment ".*"', "", line.strip().rstrip(","))
+            for line in block.split("elements = {", 1)[-1].splitlines()
+            if line.startswith("\t\t\t")}
+
+
 def test_guest_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
     rules = plan["artifacts"]["nftables"]
     db = rules["db"]
-    assert "policy drop;" in db
-    assert "ip saddr { 192.168.100.1, 192.168.100.10, 192.168.100.11 } tcp dport 5432 accept" in db
-    assert "192.168.100.2 " not in db.replace("192.168.100.2\n", "")
-    assert 'ip saddr != 192.168.100.0/24 udp dport 3478 accept comment "from lan"' in rules["vpn"]
+    assert db.count("policy drop;") == 3, "input, forward and output all drop by default"
+    assert _elements(db, "flows_in") == {
+        "192.168.100.1 . tcp . 22", "192.168.100.1 . tcp . 5432",
+        "192.168.100.10 . tcp . 5432", "192.168.100.11 . tcp . 5432",
+    }  # fmt: skip
+    assert _elements(db, "flows_out") == {
+        "192.168.100.1 . udp . 123", "192.168.100.2 . tcp . 443", "192.168.100.2 . tcp . 80",
+        "192.168.100.2 . udp . 53", "192.168.100.2 . tcp . 53",
+    }  # fmt: skip
+    assert _elements(db, "internet_out") == set() and _elements(db, "lan_out") == set()
+    assert "ip saddr . meta l4proto . th dport @flows_in accept" in db
+    vpn = rules["vpn"]
+    assert _elements(vpn, "lan_in") == {"udp . 3478"}
+    assert "ip saddr != { 192.168.100.0/24, 10.99.0.0/24 } meta l4proto . th dport @lan_in" in vpn
+    assert "10.99.0.1 . udp . 3478" in _elements(vpn, "flows_in"), "the relay's forward"
+    proxy = rules["proxy"]
+    assert _elements(proxy, "internet_out") == {"udp . 53", "tcp . 53"}
+    assert "192.168.100.10 . tcp . 1411" in _elements(proxy, "flows_out")
+    assert "ip daddr != @not_internet meta l4proto . th dport @internet_out accept" in proxy
     for text in rules.values():
         _nft_check(text, tmp_path)
 
@@ -184,14 +207,126 @@ def test_guest_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
 def test_bridge_and_host_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
     bridge = plan["artifacts"]["bridgeNftables"]
     assert "table bridge homestack" in bridge
-    assert 'iifname "vm-db" ether type ip ip saddr != 192.168.100.20 drop' in bridge
-    assert "ip saddr 192.168.100.10 ip daddr 192.168.100.20 tcp dport 5432 accept" in bridge
-    assert "ip saddr 192.168.100.2 ip daddr 192.168.100.20 tcp dport" not in bridge
+    db = plan["guests"]["db"]
+    assert f'"vm-db" . {db["mac"]} . 192.168.100.20' in _elements(bridge, "guest_addresses")
+    flows = _elements(bridge, "flows")
+    assert "192.168.100.10 . 192.168.100.20 . tcp . 5432" in flows
+    assert not any(f.startswith("192.168.100.2 . 192.168.100.20 ") for f in flows)
+    assert "type filter hook prerouting priority filter; policy drop;" in bridge
     _nft_check(bridge, tmp_path)
+    host = plan["artifacts"]["hostNftables"]["homelab"]
+    assert host.count("policy drop;") == 2, "input and forward drop by default"
+    assert _elements(host, "services") == {
+        '"enp1s0" . tcp . 22', '"nb-homestack" . tcp . 22', '"enp1s0" . udp . 51821',
+    }  # fmt: skip
+    assert not any(".22" in e.replace(" ", "") for e in _elements(host, "guest_services"))
+    assert _elements(host, "guest_flows") == flows, "the routed path allows what the bridge does"
+    assert _elements(host, "tunnel_flows") == {
+        "10.99.0.1 . 192.168.100.2 . tcp . 80", "10.99.0.1 . 192.168.100.2 . tcp . 443",
+        "10.99.0.1 . 192.168.100.11 . udp . 3478",
+    }  # fmt: skip
+    assert _elements(host, "internet_egress") == {
+        "192.168.100.2 . udp . 53", "192.168.100.2 . tcp . 53"}
+    assert 'iifname "br-guests" oifname "br-guests" ip saddr . ip daddr' in host
+    relay = plan["artifacts"]["hostNftables"]["cloud-relay"]
+    assert _elements(relay, "services") == {"tcp . 22", "udp . 51820"}
+    assert 'iifname != "wg-homestack" meta l4proto . th dport @services accept' in relay
     for text in plan["artifacts"]["hostNftables"].values():
         _nft_check(text, tmp_path)
 
 
+def test_egress_and_input(plan: dict[str, Any]) -> None:
+    egress = {(e["from"], e["to"], e["port"], e["proto"]) for e in plan["egress"]}
+    ntp = {(g, "homelab", 123, "udp") for g in plan["guests"]}
+    assert egress == ntp | {("proxy", "internet", 53, "udp"), ("proxy", "internet", 53, "tcp")}
+    inputs = {(i["host"], i["from"], i["port"], i["proto"]) for i in plan["input"]}
+    assert ("homelab", "lan", 22, "tcp") in inputs and ("homelab", "mesh", 22, "tcp") in inputs
+    assert not any(i[0] == "homelab" and i[2] == 22 and i[1] not in {"lan", "mesh"}
+                   for i in inputs), "no guest and not the tunnel reaches the hypervisor's SSH"
+    assert ("cloud-relay", "internet", 51820, "udp") in inputs
+    public = {(f["from"], f["to"], f["port"]) for f in plan["allow"] if f["fromKind"] == "relay"}
+    assert public == {("cloud-relay", "proxy", 80), ("cloud-relay", "proxy", 443),
+                      ("cloud-relay", "vpn", 3478)}
+
+
+def _with(tmp_path: Path, extra: str, base: str | None = None) -> dict[str, Any]:
+    path = tmp_path / "inventory.toml"
+    path.write_text((base or EXAMPLE.read_text()) + extra)
+    return load_plan(path)
+
+
+def test_egress_key_and_acme_mode(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace('mode = "private-ca"',
+                                       'mode = "acme-dns01"\nacme_email = "a@example.org"')
+    # acme-dns01 needs a domain a public CA can issue for (home.arpa is a public suffix).
+    text = text.replace('domain = "home.arpa"', 'domain = "home.example.org"')
+    text = text.replace('databases = [{ name = "pocketid", server = "db" }]',
+                        'databases = [{ name = "pocketid", server = "db" }]\n'
+                        'egress = [{ to = "internet", port = 587 }, '
+                        '{ to = "lan", port = 445, proto = "tcp" }]')
+    p = _with(tmp_path, "", text)
+    egress = {(e["from"], e["to"], e["port"], e["proto"]) for e in p["egress"]}
+    assert {("auth", "internet", 587, "tcp"), ("auth", "lan", 445, "tcp"),
+            ("proxy", "internet", 443, "tcp")} <= egress
+    auth = p["artifacts"]["nftables"]["auth"]
+    assert _elements(auth, "internet_out") == {"tcp . 587"}
+    assert _elements(auth, "lan_out") == {"tcp . 445"}
+    host = p["artifacts"]["hostNftables"]["homelab"]
+    assert "192.168.100.10 . tcp . 587" in _elements(host, "internet_egress")
+    assert _elements(host, "lan_egress") == {"192.168.100.10 . tcp . 445"}
+
+
+@pytest.mark.parametrize(("entry", "key"), [
+    ('{ to = "moon", port = 443 }', "guests.auth.egress[0].to"),
+    ('{ port = 443 }', "guests.auth.egress[0].to"),
+    ('{ to = "internet", port = 0 }', "guests.auth.egress[0].port"),
+    ('{ to = "internet", port = 443, via = "x" }', "guests.auth.egress[0].via"),
+])  # fmt: skip
+def test_bad_egress_is_rejected_by_nix(tmp_path: Path, entry: str, key: str) -> None:
+    text = EXAMPLE.read_text().replace(
+        'databases = [{ name = "pocketid", server = "db" }]',
+        f'databases = [{{ name = "pocketid", server = "db" }}]\negress = [{entry}]')
+    with pytest.raises(CheckFailed) as exc:
+        _with(tmp_path, "", text)
+    assert any(f.startswith(f"inventory.toml: {key}: ") for f in exc.value.findings), str(
+        exc.value.findings
+    )
+
+
+def _many_guests(n: int) -> str:
+    """n app guests with the longest names the inventory allows (63 characters), each with
+    a route, a database, a flow from every guest and egress: every comment at its longest."""
+    out = []
+    for i in range(n):
+        name = f"app{i:03d}-" + "x" * 56
+        out.append(
+            f'\n[guests.{name}]\nhost = "homelab"\naddress = "192.168.100.{100 + i}"\n'
+            f'vcpu = 1\nmemory = 256\nstate_size = 64\nservices = []\ntap = "vm-app{i}"\n'
+            f'ports = [{{ port = 3000, proto = "tcp" }}]\n'
+            f'routes = [{{ name = "{name}", port = 3000 }}]\n'
+            f'databases = [{{ name = "app{i}", server = "db" }}]\n'
+            f'allow = [{{ from = ["guests", "lan"], port = 3000, proto = "tcp" }}]\n'
+            f'egress = [{{ to = "internet", port = 443 }}]\n'
+        )
+    return "".join(out)
+
+
+def test_thirty_long_named_guests_render_valid_rule_sets(tmp_path: Path) -> None:
+    """nft rejects a comment over 128 characters; every rule set of 34 guests with 63-character
+    names passes `nft -c`, and no rule's length grows with the number of guests."""
+    p = _with(tmp_path, _many_guests(30))
+    art = p["artifacts"]
+    texts = [*art["nftables"].values(), art["bridgeNftables"], *art["hostNftables"].values()]
+    comments = [c for text in texts for c in re.findall(r'comment "([^"]*)"', text)]
+    assert max(len(c) for c in comments) == 128
+    assert any(c.endswith("...") for c in comments), "a name pair too long for one is cut"
+    for text in texts:
+        # Flows are set elements: no rule line names more than one address set inline.
+        rules = [line for line in text.splitlines() if line.startswith("\t\t") and
+                 not line.startswith("\t\t\t") and "elements" not in line]
+        assert max(len(line) for line in rules) < 400
+        _nft_check(text, tmp_path)
+    assert len(_elements(art["nftables"]["db"], "flows_in")) == 2 + 1 + 1 + 30
 def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
     """Nothing is wired to the four example guests: a fifth guest with a route and a database."""
     data = tomllib.loads(EXAMPLE.read_text())
@@ -208,10 +343,8 @@ def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
     assert 'reverse_proxy "192.168.100.30:3000"' in p["artifacts"]["caddyfile"]
     assert "host-record=wiki.home.arpa,192.168.100.2" in p["artifacts"]["dnsmasq"]
     assert 'host    "wiki" "wiki" 192.168.100.30/32 scram-sha-256' in p["artifacts"]["pgHba"]
-    assert (
-        "ip saddr 192.168.100.2 ip daddr 192.168.100.30 tcp dport 3000 accept"
-        in p["artifacts"]["bridgeNftables"]
-    )
+    assert "192.168.100.2 . 192.168.100.30 . tcp . 3000" in _elements(
+        p["artifacts"]["bridgeNftables"], "flows")
     assert "wiki" in p["deployOrder"][2] and p["guests"]["wiki"]["dependsOn"] == ["db"]
 
 

@@ -1,121 +1,226 @@
-# nftables rule sets: one `inet` table per guest (default drop, only the flows the
-# plan allows towards it), one `bridge` table for the hypervisor (guest-to-guest
-# frames: anti-spoofing, then only allowed flows), and the hosts' NAT tables.
+# nftables rule sets: one `inet` table per guest (default drop in and out, only the flows
+# the plan allows), and for each hypervisor a `bridge` table (anti-spoofing, then only the
+# allowed guest-to-guest frames) plus an `inet` table for everything the hypervisor routes
+# or receives itself, and the relay's NAT and input tables.
+#
+# Flows are set elements matched by concatenations (`ip saddr . meta l4proto . th dport
+# @set`), so a packet costs one hash lookup per rule however many guests and flows there
+# are. Comments stay within nft's limit: NFTNL_UDATA_COMMENT_MAXLEN is 128 (libnftnl,
+# include/libnftnl/udata.h), and nftables' parser rejects longer ones with "comment too
+# long, 128 characters maximum allowed" (src/parser_bison.y).
 let
   u = import ../util.nix;
-  inherit (builtins) concatStringsSep filter groupBy attrNames;
+  inherit (builtins)
+    attrNames
+    concatStringsSep
+    filter
+    stringLength
+    substring
+    ;
 
-  # The `inet` rule set of one guest, given the flows towards it.
-  guestWith =
-    plan: name: flows:
+  commentMax = 128;
+  # A quoted comment cut to nft's limit (names are validated: no quotes inside).
+  comment = s: "comment \"${if stringLength s <= commentMax then s else substring 0 (commentMax - 3) s + "..."}\"";
+
+  # Addresses that are not "the internet": this host, private, shared (CGNAT, where mesh
+  # VPNs live), link-local, multicast and reserved ranges.
+  notInternet = [
+    "0.0.0.0/8"
+    "10.0.0.0/8"
+    "100.64.0.0/10"
+    "127.0.0.0/8"
+    "169.254.0.0/16"
+    "172.16.0.0/12"
+    "192.168.0.0/16"
+    "224.0.0.0/3"
+  ];
+  # "lan" as an egress destination: the RFC 1918 ranges a home LAN uses.
+  lanNets = [
+    "10.0.0.0/8"
+    "172.16.0.0/12"
+    "192.168.0.0/16"
+  ];
+
+  pp = f: "${f.proto} . ${toString f.port}";
+  # A named set; each element is { key; why; }, the first element of a key wins.
+  set =
+    name: type: interval: elems:
     let
-      # One rule per port/proto, sources as a set; "lan" is anything outside the guest net.
-      byPort = groupBy (f: "${f.proto} ${toString f.port}") flows;
-      rule =
-        key:
-        let
-          fs = byPort.${key};
-          addrs = u.uniqueOrdered (map (f: f.fromAddress) (filter (f: f.fromKind != "lan") fs));
-          lan = builtins.any (f: f.fromKind == "lan") fs;
-          first = builtins.head fs;
-          match = "${first.proto} dport ${toString first.port}";
-          why = concatStringsSep ", " (u.uniqueOrdered (map (f: f.from) fs));
-        in
-        u.optional (addrs != [ ]) "\t\tip saddr { ${concatStringsSep ", " addrs} } ${match} accept comment \"from ${why}\""
-        ++ u.optional lan "\t\tip saddr != ${plan.network.cidr} ${match} accept comment \"from lan\"";
+      keys = u.uniqueOrdered (map (e: e.key) elems);
+      first = builtins.listToAttrs (map (e: { name = e.key; value = e; }) elems);
+      line = k: "\t\t\t${k}" + (if first.${k}.why == null then "," else " ${comment first.${k}.why},");
+    in
+    [
+      "\tset ${name} {"
+      "\t\ttype ${type}"
+    ]
+    ++ u.optional interval "\t\tflags interval"
+    ++ u.optionals (keys != [ ]) ([ "\t\telements = {" ] ++ map line keys ++ [ "\t\t}" ])
+    ++ [ "\t}" ];
+  nets = name: list: set name "ipv4_addr" true (map (n: { key = n; why = null; }) list);
+
+  # ICMPv6 as NixOS's own nftables firewall accepts it (nixos/modules/services/networking/
+  # firewall-nftables.nix): neighbour discovery and the rest, not redirects or node
+  # information queries (RFC 4890, 4.4); and DHCPv6 answers.
+  ipv6Basics = [
+    "\t\ticmpv6 type != { nd-redirect, 139 } accept"
+    "\t\tip6 daddr fe80::/64 udp dport 546 accept comment \"DHCPv6 client\""
+  ];
+
+  # The `inet` rule set of one guest, given the flows towards it, the flows it may open to
+  # other guests and its egress.
+  guestWith =
+    plan: name: inFlows: outFlows: egress:
+    let
+      net = plan.network.cidr;
+      # Sources the guest names by address: other guests, the relay (its tunnel address)
+      # and the hypervisor (the gateway); "lan" is anything outside both networks.
+      outside = "{ ${concatStringsSep ", " ([ net ] ++ u.optional (plan.tunnel != null) plan.tunnel.cidr)} }";
+      byAddress = filter (f: f.fromKind != "lan") inFlows;
+      fromLan = filter (f: f.fromKind == "lan") inFlows;
+      toAddresses = outFlows ++ filter (e: e.toKind == "host") egress;
+      toInternet = filter (e: e.toKind == "internet") egress;
+      toLan = filter (e: e.toKind == "lan") egress;
     in
     u.lines (
       [
         "# Rendered by Homestack (lib/render/nftables.nix) for guest ${name}. Do not edit."
         "table inet homestack {"
+      ]
+      ++ set "flows_in" "ipv4_addr . inet_proto . inet_service" false (
+        map (f: { key = "${f.fromAddress} . ${pp f}"; why = "${f.from}: ${f.reason}"; }) byAddress
+      )
+      ++ set "lan_in" "inet_proto . inet_service" false (map (f: { key = pp f; why = f.reason; }) fromLan)
+      ++ set "flows_out" "ipv4_addr . inet_proto . inet_service" false (
+        map (f: { key = "${f.toAddress} . ${pp f}"; why = "${f.to}: ${f.reason}"; }) toAddresses
+      )
+      ++ set "internet_out" "inet_proto . inet_service" false (map (f: { key = pp f; why = f.reason; }) toInternet)
+      ++ set "lan_out" "inet_proto . inet_service" false (map (f: { key = pp f; why = f.reason; }) toLan)
+      ++ nets "not_internet" notInternet
+      ++ nets "lan_nets" lanNets
+      ++ [
         "\tchain input {"
         "\t\ttype filter hook input priority filter; policy drop;"
         "\t\tct state established,related accept"
         "\t\tct state invalid drop"
         "\t\tiifname \"lo\" accept"
         "\t\tip saddr ${plan.network.gateway} icmp type echo-request accept comment \"ping from the hypervisor\""
-      ]
-      ++ u.concatMap rule (attrNames byPort)
-      ++ [
+        "\t\tip saddr . meta l4proto . th dport @flows_in accept"
+        "\t\tip saddr != ${outside} meta l4proto . th dport @lan_in accept comment \"from the LAN\""
         "\t}"
         "\tchain forward {"
         "\t\ttype filter hook forward priority filter; policy drop;"
         "\t}"
         "\tchain output {"
-        "\t\ttype filter hook output priority filter; policy accept;"
+        "\t\ttype filter hook output priority filter; policy drop;"
+        "\t\tct state established,related accept"
+        "\t\toifname \"lo\" accept"
+        "\t\tip daddr . meta l4proto . th dport @flows_out accept"
+        "\t\tip daddr != @not_internet meta l4proto . th dport @internet_out accept comment \"to the internet\""
+        "\t\tip daddr @lan_nets ip daddr != ${outside} meta l4proto . th dport @lan_out accept comment \"to the LAN\""
         "\t}"
         "}"
       ]
     );
+
+  guestsOn = plan: host: filter (g: plan.guests.${g}.host == host) (attrNames plan.guests);
 in
 {
-  # All guests' rule sets at once: the flows are grouped by destination a single time.
+  # All guests' rule sets at once: the flows are grouped a single time.
   guests =
     plan:
     let
-      byTo = groupBy (f: f.to) plan.allow;
+      byTo = builtins.groupBy (f: f.to) plan.allow;
+      byFrom = builtins.groupBy (f: f.from) (filter (f: f.fromKind == "guest") plan.allow);
+      egressBy = builtins.groupBy (f: f.from) plan.egress;
     in
-    builtins.mapAttrs (name: _: guestWith plan name (byTo.${name} or [ ])) plan.guests;
+    builtins.mapAttrs (
+      name: _: guestWith plan name (byTo.${name} or [ ]) (byFrom.${name} or [ ]) (egressBy.${name} or [ ])
+    ) plan.guests;
 
-  guest = plan: name: guestWith plan name (filter (f: f.to == name) plan.allow);
+  guest =
+    plan: name:
+    guestWith plan name (filter (f: f.to == name) plan.allow) (filter (f: f.from == name) plan.allow) (
+      filter (f: f.from == name) plan.egress
+    );
 
+  # Frames on the hypervisor's guest bridge. `prerouting` sees every frame a guest sends,
+  # also those to the gateway (which the bridge `forward` hook never sees): only the
+  # guest's own MAC and address pass. `forward` passes only allowed guest-to-guest flows.
   bridge =
     plan: host:
     let
-      names = filter (g: plan.guests.${g}.host == host) (attrNames plan.guests);
-      here = builtins.listToAttrs (map (g: { name = g; value = true; }) names);
+      names = guestsOn plan host;
+      here = u.toSet names;
       flows = filter (f: f.fromKind == "guest" && here ? ${f.from} && here ? ${f.to}) plan.allow;
-      spoof =
-        g:
-        let
-          x = plan.guests.${g};
-        in
-        [
-          "\t\tiifname \"${x.tap}\" ether saddr != ${x.mac} drop comment \"${g}: own MAC only\""
-          "\t\tiifname \"${x.tap}\" ether type ip ip saddr != ${x.address} drop comment \"${g}: own address only\""
-        ];
-      rule = f: "\t\tip saddr ${f.fromAddress} ip daddr ${f.toAddress} ${f.proto} dport ${toString f.port} accept comment \"${f.from} -> ${f.to}\"";
-      # Stateless replies: bridge conntrack (nf_conntrack_bridge) is not everywhere. A reply
-      # comes from the allowed port and, for TCP, is never a bare SYN, so the server cannot
-      # open a connection back this way; the guests' own stateful firewalls still apply.
-      reply =
-        f:
-        "\t\tip saddr ${f.toAddress} ip daddr ${f.fromAddress} ${f.proto} sport ${toString f.port}"
-        + (if f.proto == "tcp" then " tcp flags & (syn | ack) != syn" else "")
-        + " accept comment \"${f.to} -> ${f.from} (reply)\"";
+      port = g: plan.guests.${g};
     in
     u.lines (
       [
         "# Rendered by Homestack (lib/render/nftables.nix) for hypervisor ${host}. Do not edit."
-        "# Frames between guests on ${plan.network.bridge}; traffic to or through the host is not seen here."
+        "# Frames on ${plan.network.bridge}: what guests send, and what passes between two guests."
         "table bridge homestack {"
+      ]
+      ++ set "guest_macs" "ifname . ether_addr" false (
+        map (g: { key = "\"${(port g).tap}\" . ${(port g).mac}"; why = g; }) names
+      )
+      ++ set "guest_addresses" "ifname . ether_addr . ipv4_addr" false (
+        map (g: { key = "\"${(port g).tap}\" . ${(port g).mac} . ${(port g).address}"; why = g; }) names
+      )
+      ++ set "flows" "ipv4_addr . ipv4_addr . inet_proto . inet_service" false (
+        map (f: { key = "${f.fromAddress} . ${f.toAddress} . ${pp f}"; why = "${f.from} -> ${f.to}"; }) flows
+      )
+      ++ [
+        "\tchain prerouting {"
+        "\t\ttype filter hook prerouting priority filter; policy drop;"
+        "\t\tiifname . ether saddr . ip saddr @guest_addresses accept comment \"own MAC and address only\""
+        "\t\tiifname . ether saddr . arp saddr ip @guest_addresses iifname . arp saddr ether . arp saddr ip @guest_addresses accept comment \"ARP for its own address\""
+        "\t\tarp saddr ip 0.0.0.0 iifname . ether saddr @guest_macs accept comment \"ARP probe\""
+        "\t}"
         "\tchain forward {"
         "\t\ttype filter hook forward priority filter; policy drop;"
-      ]
-      ++ u.concatMap spoof names
-      ++ [
         "\t\tether type arp accept"
-        "\t\tether type ip6 drop"
-      ]
-      ++ map rule flows
-      ++ map reply flows
-      ++ [
+        "\t\tip saddr . ip daddr . meta l4proto . th dport @flows accept"
+        # Stateless replies: bridge conntrack (nf_conntrack_bridge) is not everywhere. A
+        # reply comes from the allowed port and, for TCP, is never a bare SYN, so the server
+        # cannot open a connection back this way; the guests' own stateful firewalls still apply.
+        "\t\ttcp flags & (syn | ack) == syn drop"
+        "\t\tip daddr . ip saddr . meta l4proto . th sport @flows accept comment \"replies\""
         "\t}"
         "}"
       ]
     );
 
-  # A hypervisor's own rules: NAT of the guest network out of the LAN interface, and the
-  # flows into the guest network that do not cross the bridge (routed from the LAN or the
-  # tunnel, or sent by the hypervisor itself) limited to what the plan allows.
+  # A hypervisor's own rules: NAT of the guest network out of the LAN interface, and an
+  # `inet` table for what the bridge filter does not see: packets to the hypervisor itself
+  # (`input`), packets it routes (`forward`: guest to guest through the gateway, LAN and
+  # tunnel into the guest network, guests out to the LAN and the internet), and packets it
+  # sends into the guest network (`output`). Every base chain drops what the plan does not name.
   hypervisorNat =
     plan: host:
     let
       br = plan.network.bridge;
-      names = u.toSet (filter (g: plan.guests.${g}.host == host) (attrNames plan.guests));
-      fromLan = filter (f: f.fromKind == "lan" && names ? ${f.to}) plan.allow;
-      fromHost = filter (f: f.fromKind == "host" && f.from == host && names ? ${f.to}) plan.allow;
-      accept = f: "\t\toifname \"${br}\" ip daddr ${f.toAddress} ${f.proto} dport ${toString f.port} accept comment \"${f.from} -> ${f.to}\"";
+      lan = plan.hosts.${host}.lanInterface;
+      names = u.toSet (guestsOn plan host);
+      wg = if plan.relay != null && plan.relay.peer.host == host then plan.relay.interface else null;
+      here = f: names ? ${f.to};
+      guestFlows = filter (f: f.fromKind == "guest" && here f && names ? ${f.from}) plan.allow;
+      lanFlows = filter (f: f.fromKind == "lan" && here f) plan.allow;
+      tunnelFlows = filter (f: f.fromKind == "relay" && here f && f.fromAddress != null) plan.allow;
+      hostFlows = filter (f: f.fromKind == "host" && f.from == host && here f) plan.allow;
+      egress = filter (e: names ? ${e.from}) plan.egress;
+      inputs = filter (r: r.host == host) plan.input;
+      ifaceOf =
+        r:
+        if r.fromKind == "lan" then
+          lan
+        else if r.fromKind == "mesh" then
+          plan.mesh.interface
+        else
+          null;
+      byIface = filter (r: ifaceOf r != null) inputs;
+      byGuest = filter (r: r.fromKind == "guest" && names ? ${r.from}) inputs;
+      flowWhy = f: "${f.from} -> ${f.to}: ${f.reason}";
     in
     u.lines (
       [
@@ -123,58 +228,133 @@ in
         "table ip homestack-nat {"
         "\tchain postrouting {"
         "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-        "\t\toifname \"${plan.hosts.${host}.lanInterface}\" ip saddr ${plan.network.cidr} masquerade"
+        "\t\toifname \"${lan}\" ip saddr ${plan.network.cidr} masquerade"
         "\t}"
         "}"
-        "table inet homestack-guests {"
-        "\tchain forward {"
-        "\t\ttype filter hook forward priority filter; policy accept;"
-        "\t\toifname \"${br}\" ct state established,related accept"
+        "table inet homestack {"
       ]
-      ++ map accept (filter (f: f.toAddress != null) fromLan)
+      ++ set "services" "ifname . inet_proto . inet_service" false (
+        map (r: { key = "\"${ifaceOf r}\" . ${pp r}"; why = "${r.from}: ${r.reason}"; }) byIface
+      )
+      ++ set "guest_services" "ipv4_addr . inet_proto . inet_service" false (
+        map (r: { key = "${r.fromAddress} . ${pp r}"; why = "${r.from}: ${r.reason}"; }) byGuest
+      )
+      ++ set "guest_flows" "ipv4_addr . ipv4_addr . inet_proto . inet_service" false (
+        map (f: { key = "${f.fromAddress} . ${f.toAddress} . ${pp f}"; why = "${f.from} -> ${f.to}"; }) guestFlows
+      )
+      ++ set "lan_flows" "ipv4_addr . inet_proto . inet_service" false (
+        map (f: { key = "${f.toAddress} . ${pp f}"; why = flowWhy f; }) lanFlows
+      )
+      ++ set "tunnel_flows" "ipv4_addr . ipv4_addr . inet_proto . inet_service" false (
+        map (f: { key = "${f.fromAddress} . ${f.toAddress} . ${pp f}"; why = flowWhy f; }) tunnelFlows
+      )
+      ++ set "host_flows" "ipv4_addr . inet_proto . inet_service" false (
+        map (f: { key = "${f.toAddress} . ${pp f}"; why = "${f.to}: ${f.reason}"; }) hostFlows
+      )
+      ++ set "internet_egress" "ipv4_addr . inet_proto . inet_service" false (
+        map (e: { key = "${e.fromAddress} . ${pp e}"; why = "${e.from}: ${e.reason}"; }) (filter (e: e.toKind == "internet") egress)
+      )
+      ++ set "lan_egress" "ipv4_addr . inet_proto . inet_service" false (
+        map (e: { key = "${e.fromAddress} . ${pp e}"; why = "${e.from}: ${e.reason}"; }) (filter (e: e.toKind == "lan") egress)
+      )
+      ++ nets "not_internet" notInternet
+      ++ nets "lan_nets" lanNets
       ++ [
-        "\t\toifname \"${br}\" iifname != \"${br}\" drop comment \"into the guest network: allowed flows only\""
+        "\tchain input {"
+        "\t\ttype filter hook input priority filter; policy drop;"
+        "\t\tct state established,related accept"
+        "\t\tct state invalid drop"
+        "\t\tiifname \"lo\" accept"
+        "\t\tiifname . meta l4proto . th dport @services accept"
+        "\t\tiifname \"${br}\" ip saddr . meta l4proto . th dport @guest_services accept"
+        "\t\tiifname { ${concatStringsSep ", " (map (i: "\"${i}\"") ([ lan ] ++ u.optional (plan.mesh != null) plan.mesh.interface))} } icmp type echo-request accept"
+        "\t\tiifname \"${lan}\" meta nfproto ipv6 jump lan_ipv6"
+        "\t}"
+        "\tchain lan_ipv6 {"
+      ]
+      ++ ipv6Basics
+      ++ [
+        "\t}"
+        "\tchain forward {"
+        "\t\ttype filter hook forward priority filter; policy drop;"
+        "\t\tct state established,related accept"
+        "\t\tiifname \"${br}\" oifname \"${br}\" ip saddr . ip daddr . meta l4proto . th dport @guest_flows accept comment \"guest to guest through the gateway\""
+        "\t\tiifname \"${lan}\" oifname \"${br}\" ip daddr . meta l4proto . th dport @lan_flows accept comment \"from the LAN\""
+      ]
+      ++ u.optional (wg != null) "\t\tiifname \"${wg}\" oifname \"${br}\" ip saddr . ip daddr . meta l4proto . th dport @tunnel_flows accept comment \"the relay's forwards\""
+      ++ [
+        "\t\tiifname \"${br}\" oifname \"${lan}\" ip daddr != @not_internet ip saddr . meta l4proto . th dport @internet_egress accept comment \"guests to the internet\""
+        "\t\tiifname \"${br}\" oifname \"${lan}\" ip daddr @lan_nets ip saddr . meta l4proto . th dport @lan_egress accept comment \"guests to the LAN\""
         "\t}"
         "\tchain output {"
         "\t\ttype filter hook output priority filter; policy accept;"
         "\t\toifname \"${br}\" ct state established,related accept"
         "\t\toifname \"${br}\" icmp type echo-request accept"
-      ]
-      ++ map accept fromHost
-      ++ [
-        "\t\toifname \"${br}\" ip daddr ${plan.network.cidr} drop comment \"from this host: allowed flows only\""
+        "\t\toifname \"${br}\" ip daddr . meta l4proto . th dport @host_flows accept"
+        "\t\toifname \"${br}\" drop comment \"from this host: allowed flows only\""
         "\t}"
         "}"
       ]
     );
 
   # Relay: public ports are forwarded through the tunnel; sources are rewritten to the
-  # relay's tunnel address so replies return through the tunnel (see docs/nixos.md).
+  # relay's tunnel address so replies return through the tunnel (see docs/nixos.md). Its
+  # own services accept only what `input` names, never from the tunnel.
   relay =
     plan:
     let
       r = plan.relay;
-      fwd = f: "\t\tfib daddr type local iifname != \"${r.interface}\" ${f.proto} dport ${toString f.port} dnat to ${f.address} comment \"${f.guest}\"";
+      wg = r.interface;
+      inputs = filter (i: i.host == r.host) plan.input;
+      fwd = map (f: { key = "${f.proto} . ${toString f.port}"; address = f.address; why = f.guest; }) r.forwards;
+      fwdKeys = u.uniqueOrdered (map (f: f.key) fwd);
+      fwdFirst = builtins.listToAttrs (map (f: { name = f.key; value = f; }) fwd);
     in
     u.lines (
       [
         "# Rendered by Homestack (lib/render/nftables.nix) for relay ${r.host}. Do not edit."
         "table ip homestack-relay {"
+      ]
+      ++ set "forwards" "ipv4_addr . inet_proto . inet_service" false (
+        map (f: { key = "${f.address} . ${f.key}"; why = f.why; }) fwd
+      )
+      ++ [
         "\tchain prerouting {"
         "\t\ttype nat hook prerouting priority dstnat; policy accept;"
       ]
-      ++ map fwd r.forwards
+      ++ u.optional (fwdKeys != [ ]) (
+        "\t\tfib daddr type local iifname != \"${wg}\" dnat to meta l4proto . th dport map { "
+        + concatStringsSep ", " (map (k: "${k} : ${fwdFirst.${k}.address}") fwdKeys)
+        + " }"
+      )
       ++ [
         "\t}"
         "\tchain postrouting {"
         "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-        "\t\toifname \"${r.interface}\" ip daddr ${plan.network.cidr} masquerade"
+        "\t\toifname \"${wg}\" ip daddr ${plan.network.cidr} masquerade"
         "\t}"
         "\tchain forward {"
         "\t\ttype filter hook forward priority filter; policy drop;"
         "\t\tct state established,related accept"
+        "\t\toifname \"${wg}\" ip daddr . meta l4proto . th dport @forwards accept"
+        "\t}"
+        "}"
+        "table inet homestack {"
       ]
-      ++ map (f: "\t\toifname \"${r.interface}\" ip daddr ${f.address} ${f.proto} dport ${toString f.port} accept") r.forwards
+      ++ set "services" "inet_proto . inet_service" false (map (i: { key = pp i; why = i.reason; }) inputs)
+      ++ [
+        "\tchain input {"
+        "\t\ttype filter hook input priority filter; policy drop;"
+        "\t\tct state established,related accept"
+        "\t\tct state invalid drop"
+        "\t\tiifname \"lo\" accept"
+        "\t\tiifname != \"${wg}\" meta l4proto . th dport @services accept"
+        "\t\ticmp type echo-request accept comment \"ping, from the tunnel too\""
+        "\t\tiifname != \"${wg}\" meta nfproto ipv6 jump public_ipv6"
+        "\t}"
+        "\tchain public_ipv6 {"
+      ]
+      ++ ipv6Basics
       ++ [
         "\t}"
         "}"

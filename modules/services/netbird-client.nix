@@ -10,7 +10,8 @@ let
 in
 lib.mkIf (server != null) {
   services.netbird.clients.homestack = {
-    port = 51821;
+    # The plan's input chain accepts this port on the LAN and SSH on this interface.
+    inherit (plan.mesh) port interface;
     # The module has no option for the management URL; NetBird reads NB_<FLAG> variables.
     environment.NB_MANAGEMENT_URL = "https://${server.fqdn}";
     login = {

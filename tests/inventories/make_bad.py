@@ -356,6 +356,14 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
         "guests.proxy.allow[0].from[0]",
         lambda i: guest(i, "proxy")["allow"][0].update(**{"from": ["lan\nx"]}),
     ),
+    "egress-to-moon": (
+        "guests.auth.egress[0].to",
+        lambda i: guest(i, "auth").update(egress=[{"to": "moon", "port": 443}]),
+    ),
+    "egress-without-port": (
+        "guests.auth.egress[0].port",
+        lambda i: guest(i, "auth").update(egress=[{"to": "internet"}]),
+    ),
     # --- Reserved words -----------------------------------------------------------------
     "guest-named-lan": ("guests.lan", lambda i: i["guests"].update(lan=i["guests"].pop("db"))),
     "guest-named-guests": (

@@ -102,6 +102,12 @@ def describe(plan: dict[str, Any]) -> dict[str, Any]:
         "flows": [
             {k: f[k] for k in ("from", "to", "port", "proto", "reason")} for f in plan["allow"]
         ],
+        "egress": [
+            {k: e[k] for k in ("from", "to", "port", "proto", "reason")} for e in plan["egress"]
+        ],
+        "input": [
+            {k: i[k] for k in ("host", "from", "port", "proto", "reason")} for i in plan["input"]
+        ],
         "public": public,
         "tunnel": None
         if plan["relay"] is None
@@ -168,17 +174,31 @@ def to_markdown(d: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after 
     add("## Who talks to whom")
     add("")
     add(
-        "Everything else is dropped twice: by the destination guest's nftables and by the "
-        "hypervisor's bridge filter."
+        "Into a guest, everything else is dropped twice: by the guest's own nftables and by "
+        "the hypervisor (its bridge filter between guests, its forward chain for what it "
+        "routes, guest to guest through the gateway included)."
     )
     add("")
-    by_pair: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for f in d["flows"]:
-        by_pair[(f["from"], f["to"], f["reason"])].append(f)
-    add("| from | to | ports | why |")
-    add("| --- | --- | --- | --- |")
-    for (src, dst, why), flows in by_pair.items():
-        add(f"| {src} | {dst} | {_ports(flows)} | {why} |")
+    _pairs_table(add, d["flows"], "from", "to")
+    add("")
+    add("## What guests reach outside the guest network")
+    add("")
+    add(
+        "Everything else a guest sends is dropped twice: by its own `output` chain and by the "
+        "hypervisor. `internet` is any public address, `lan` the RFC 1918 ranges behind the "
+        "hypervisor's LAN interface."
+    )
+    add("")
+    _pairs_table(add, d["egress"], "from", "to")
+    add("")
+    add("## What the hosts' own services accept")
+    add("")
+    add(
+        "Nothing else reaches a host: `lan` is its LAN interface, `mesh` the NetBird interface "
+        "(NetBird's policies choose the peers), `internet` any interface but the tunnel."
+    )
+    add("")
+    _pairs_table(add, d["input"], "from", "host")
     add("")
     add("## Where state lives")
     add("")
@@ -202,6 +222,17 @@ def to_markdown(d: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after 
     return "\n".join(out) + "\n"
 
 
+def _pairs_table(add: Any, rows: list[dict[str, Any]], src: str, dst: str) -> None:
+    """One table row per (source, destination, reason) with its ports."""
+    by_pair: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for f in rows:
+        by_pair[(f[src], f[dst], f["reason"])].append(f)
+    add("| from | to | ports | why |")
+    add("| --- | --- | --- | --- |")
+    for (a, b, why), flows in by_pair.items():
+        add(f"| {a} | {b} | {_ports(flows)} | {why} |")
+
+
 def _q(s: str) -> str:
     return '"' + s.replace('"', '\\"') + '"'
 
@@ -214,8 +245,9 @@ def _edge(src: str, dst: str, label: str, extra: str = "") -> str:
     return f"  {_q(src)} -> {_q(dst)} [label={_q(label)}{extra}];"
 
 
-# Flows every guest has from its hypervisor; the picture leaves them out.
-_ROUTINE = ("ssh from the hypervisor", "health check from the hypervisor")
+# Flows every guest has with its hypervisor; the picture leaves them out.
+_ROUTINE = ("ssh from the hypervisor", "health check from the hypervisor",
+            "time from the hypervisor")
 _ORANGE = ', color="#c77d00"'
 
 
@@ -259,13 +291,38 @@ def to_dot(d: dict[str, Any]) -> str:
         for target in sorted({to for to, _ in public}):
             ports = ", ".join(port for to, port in public if to == target)
             out.append(_edge(t["relay"], target, ports, ", style=dashed" + _ORANGE))
+    relays = {h["name"] for h in hosts if h["role"] == "relay"}
     pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
+    # The relay's forwards are drawn above, from `public`.
     for f in d["flows"]:
-        if f["reason"] not in _ROUTINE:
+        if f["reason"] not in _ROUTINE and f["from"] not in relays:
             pairs[(f["from"], f["to"])].append(f"{f['port']}/{f['proto']}")
     out.extend(_edge(src, dst, ", ".join(ports)) for (src, dst), ports in pairs.items())
+    out.extend(_outside_edges(d, hosts))
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _outside_edges(d: dict[str, Any], hosts: list[dict[str, Any]]) -> list[str]:
+    """Egress out of the guest network (red, dashed), and what the hypervisors' own
+    services accept from the LAN and the mesh (blue)."""
+    out: list[str] = []
+    outbound: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for e in d["egress"]:
+        if e["reason"] not in _ROUTINE:
+            outbound[(e["from"], e["to"])].append(f"{e['port']}/{e['proto']}")
+    out.extend(_edge(src, dst, ", ".join(ports), ', color="#b03a2e", style=dashed')
+               for (src, dst), ports in outbound.items())
+    hypervisors = {h["name"] for h in hosts if h["role"] == "hypervisor"}
+    inbound: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for i in d["input"]:
+        if i["host"] in hypervisors and i["from"] in {"lan", "mesh"}:
+            inbound[(i["from"], i["host"])].append(f"{i['port']}/{i['proto']}")
+    if any(src == "mesh" for src, _ in inbound):
+        out.append('  mesh [label="mesh peers\n(NetBird)", shape=ellipse, fillcolor="#eeeeee"];')
+    out.extend(_edge(src, dst, ", ".join(ports), ', color="#7a9cc6"')
+               for (src, dst), ports in inbound.items())
+    return out
 
 
 @click.command()

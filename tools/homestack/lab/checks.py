@@ -50,14 +50,15 @@ class Report:
             "seconds": round(self.seconds, 2),
             "checks": [asdict(c) for c in self.checks],
             "matrix": {mode: [{**asdict(r.flow), "allowed": r.allowed, "outcome": r.outcome,
-                               "ok": r.ok} for r in rs] for mode, rs in self.matrix.items()},
+                               "ok": r.ok, "gap": r.gap} for r in rs]
+                       for mode, rs in self.matrix.items()},
         }
 
 
 def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
         strict: bool = False) -> Report:
-    """Run every check. ``strict``: a flow the bridge filter cannot see (from the hypervisor
-    or the LAN, routed by the host) must still be blocked when it filters alone."""
+    """Run every check. ``strict``: a flow no guest takes part in (the LAN or the tunnel to
+    the hypervisor and beyond) must be blocked even when only the guests' firewalls filter."""
     state = load_state(paths)
     if state is None or not state.complete:
         raise UserError("tools lab test: no lab is up (run `tools lab up` first)")
@@ -206,8 +207,8 @@ def render(report: Report, topo: Topology, plan: dict[str, Any]) -> str:
         width = max(len(c.name) for c in rows)
         out += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}" for c in rows]
     ports = all_ports(plan)
-    titles = {"guest": "guest firewalls alone", "bridge": "hypervisor bridge filter alone",
-              "both": "guest firewalls and bridge filter"}
+    titles = {"guest": "guest firewalls alone", "bridge": "hypervisor alone",
+              "both": "guest firewalls and hypervisor"}
     for mode, results in report.matrix.items():
         bad = [r for r in results if not r.ok]
         gaps = [r for r in results if r.gap]
@@ -218,10 +219,9 @@ def render(report: Report, topo: Topology, plan: dict[str, Any]) -> str:
         out += [f"  FAIL {r.flow.label}: expected {'open' if r.allowed else 'blocked'}, "
                 f"got {r.outcome}" for r in bad]
         if gaps:
-            out.append(f"  note: {len(gaps)} flows marked `gap` come from the hypervisor or the "
-                       "LAN; the bridge filter sees only frames between guests and the "
-                       "hypervisor has no IP filter for them, so only the guest firewall stops "
-                       "them (--strict counts them as failures)")
+            out.append(f"  note: {len(gaps)} flows marked `gap` involve no guest (the LAN or "
+                       "the tunnel to the hypervisor and beyond): only the hypervisor filters "
+                       "them, and it is off in this run (--strict counts them as failures)")
     total = len(report.checks) + sum(len(rs) for rs in report.matrix.values())
     out.append(f"lab test: {total} checks, {report.failures} failed, {report.seconds:.1f} s")
     return "\n".join(out)

@@ -86,8 +86,8 @@ def up(inventory_path: Path | None, cold: bool) -> None:
 @inventory_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--strict", is_flag=True,
-              help="Also fail flows from the hypervisor or LAN that the bridge filter "
-                   "cannot see when it is the only filter.")
+              help="Also fail flows no guest takes part in (LAN or tunnel to the "
+                   "hypervisor and beyond) when only the guests' firewalls filter.")
 @click.option("--browser", "use_browser", is_flag=True,
               help="Also load every route in headless Chromium from the LAN, trusting only "
                    "the lab's root, and once without it (must fail).")
@@ -155,10 +155,11 @@ def _print_status(rows: list[dict[str, Any]], topo: Topology | None) -> None:
                    key=lambda r: (r["netns"], r["role"]))
     spaces = [r for r in rows if r["kind"] == "netns"]
     addresses = {m.netns: (m.name, m.address) for m in topo.machines} if topo else {}
-    click.echo(f"{'namespace':<18} {'machine':<10} {'address':<16} state")
+    width = max([10, *(len(name) + 1 for name, _ in addresses.values())])
+    click.echo(f"{'namespace':<18} {'machine':<{width}} {'address':<16} state")
     for r in spaces:
         name, addr = addresses.get(r["name"], ("?", "?"))
-        click.echo(f"{r['name']:<18} {name:<10} {addr:<16} "
+        click.echo(f"{r['name']:<18} {name:<{width}} {addr:<16} "
                    f"{'present' if r['running'] else 'MISSING'}")
     click.echo(f"\n{'process':<20} {'what':<34} {'pid':>7}  {'namespace':<18} state")
     for r in procs:

@@ -20,7 +20,8 @@ _FILTER_HOOK = re.compile(r"type\s+filter\s+hook\s+(?P<hook>[a-z]+)")
 
 
 class Mode(Enum):
-    """Which filters are loaded: the guests' own, the hypervisor's bridge filter, or both."""
+    """Which filters are loaded: the guests' own, the hypervisor's (bridge filter and host
+    tables; `BRIDGE` keeps its old name), or both."""
 
     GUEST = "guest"
     BRIDGE = "bridge"

@@ -112,6 +112,9 @@ def _build(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner
         cfg = _standin_config(plan, guest)
         if cfg["tcp"] or cfg["udp"]:
             jobs.append(lambda g=guest, c=cfg: _standin(g, c, paths, rec))  # type: ignore[misc]
+    for machine in topo.outside:
+        cfg = _listener_config(plan, machine)
+        jobs.append(lambda m=machine, c=cfg: _standin(m, c, paths, rec))  # type: ignore[misc]
     with ThreadPoolExecutor(max_workers=len(jobs) or 1) as pool:
         for fut in [pool.submit(job) for job in jobs]:
             fut.result()
@@ -296,14 +299,28 @@ def _standin_config(plan: dict[str, Any], guest: Machine) -> dict[str, Any]:
     }
 
 
+def _listener_config(plan: dict[str, Any], machine: Machine) -> dict[str, Any]:
+    """A listener on every plan port of a machine outside the guest network (the
+    hypervisor, the LAN client, the internet, the relay), on all its addresses."""
+    ports = all_ports(plan)
+    return {
+        # All addresses: the hypervisor is reached at the gateway, on the LAN and in the tunnel.
+        "guest": machine.name, "label": "port listener", "address": "0.0.0.0",  # noqa: S104
+        "tcp": sorted(p["port"] for p in ports if p["proto"] == "tcp"),
+        "udp": sorted(p["port"] for p in ports if p["proto"] == "udp"),
+        "issuer": "",
+    }
+
+
 def all_ports(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The union of every port in the plan: guests' own ports and every allowed flow."""
+    """The union of every port in the plan: guests' own ports, every allowed flow, every
+    egress and every port a host's own services accept."""
     seen: dict[tuple[int, str], dict[str, Any]] = {}
     for g in plan["guests"].values():
         for p in g.get("ports", []):
             seen.setdefault((int(p["port"]), p["proto"]), {"port": int(p["port"]),
                                                           "proto": p["proto"]})
-    for a in plan.get("allow", []):
+    for a in [*plan.get("allow", []), *plan.get("egress", []), *plan.get("input", [])]:
         seen.setdefault((int(a["port"]), a["proto"]), {"port": int(a["port"]),
                                                       "proto": a["proto"]})
     return [seen[k] for k in sorted(seen, key=lambda k: (k[0], k[1]))]

@@ -1,24 +1,37 @@
 """The allow matrix: what the plan says may connect, and what the lab actually lets through.
 
-Every ordered pair (source machine, destination guest) is probed on every port of the plan.
-Sources are the guests, the hypervisor and the LAN client; destinations are the guests,
-because the plan's allow list governs traffic into guests (the hypervisor's own firewall
-and the NAT towards the LAN are outside it).
+Every port of the plan is probed on three kinds of path:
+
+- into guests: from every guest (across the bridge), the hypervisor, the LAN client and the
+  relay (through the tunnel) to every guest;
+- guest to guest through the gateway: the same pairs of guests, but each packet sent to the
+  hypervisor's MAC and routed by it, as a compromised guest could;
+- around the guest network: from every guest to the hypervisor, the LAN, the internet and
+  the relay, and from the LAN and the relay to the hypervisor and beyond.
+
+What is allowed comes from the plan alone: `allow` (into guests), `egress` (out of guests)
+and `input` (to the hypervisor's own services).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from homestack.lab import probes
-from homestack.lab.firewall import Mode, rulesets
+from homestack.lab.firewall import Mode
 from homestack.lab.topology import Machine, Topology
 
 BLOCKED_TIMEOUT = 0.4
 ALLOWED_RETRY_TIMEOUT = 2.0
+DIRECT, ROUTED = "direct", "routed"
+SECTIONS = (
+    ("into guests", lambda f, kinds: f.path == DIRECT and kinds[f.dst] == "guest"),
+    ("guest to guest through the gateway", lambda f, kinds: f.path == ROUTED),
+    ("out of guests, and around the guest network",
+     lambda f, kinds: f.path == DIRECT and kinds[f.dst] != "guest"),
+)
 
 
 @dataclass(frozen=True)
@@ -27,10 +40,12 @@ class Flow:
     dst: str
     port: int
     proto: str
+    path: str = DIRECT  # DIRECT, or ROUTED: guest -> gateway -> guest
 
     @property
     def label(self) -> str:
-        return f"{self.src} -> {self.dst} {self.port}/{self.proto}"
+        via = " via the gateway" if self.path == ROUTED else ""
+        return f"{self.src} -> {self.dst}{via} {self.port}/{self.proto}"
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,7 @@ class FlowResult:
     flow: Flow
     allowed: bool
     outcome: str  # probes.OPEN | REFUSED | DROPPED
-    guarded: bool = True  # whether the active filters are meant to see this flow at all
+    guarded: bool = True  # whether the active filters are responsible for this flow
 
     @property
     def ok(self) -> bool:
@@ -46,30 +61,57 @@ class FlowResult:
 
     @property
     def gap(self) -> bool:
-        """Not allowed, open, and outside what the active filter layer can see."""
+        """Not allowed, open, and outside what the active filter layer is responsible for."""
         return not self.allowed and not self.guarded and self.outcome == probes.OPEN
 
 
-def allowed_flows(plan: dict[str, Any]) -> set[Flow]:
-    return {Flow(a["from"], a["to"], int(a["port"]), a["proto"]) for a in plan.get("allow", [])}
+def allowed_flows(plan: dict[str, Any], topo: Topology) -> set[Flow]:
+    """Every flow the plan allows between the lab's machines, on every path it may take."""
+    names = {m.name for m in topo.machines}
+    guests = {g.name for g in topo.guests}
+    hv = topo.hypervisor.name
+    out: set[Flow] = set()
+    for a in plan.get("allow", []):
+        f = Flow(a["from"], a["to"], int(a["port"]), a["proto"])
+        if f.src in names and f.dst in names:
+            out.add(f)
+            if f.src in guests:
+                out.add(Flow(f.src, f.dst, f.port, f.proto, ROUTED))
+    for e in plan.get("egress", []):
+        if e["from"] in names and e["to"] in names:
+            out.add(Flow(e["from"], e["to"], int(e["port"]), e["proto"]))
+    for i in plan.get("input", []):
+        if i["host"] == hv and i["from"] in names:
+            out.add(Flow(i["from"], hv, int(i["port"]), i["proto"]))
+    return out
+
+
+def _pairs(topo: Topology) -> list[tuple[Machine, Machine, str]]:
+    guests = topo.guests
+    hv, lan, internet, relay = topo.hypervisor, topo.client, topo.internet, topo.relay
+    into = [(s, d, DIRECT) for s in (*guests, hv, lan, *((relay,) if relay else ()))
+            for d in guests if s.name != d.name]
+    routed = [(s, d, ROUTED) for s in guests for d in guests if s.name != d.name]
+    beyond = [hv, lan, internet, *((relay,) if relay else ())]
+    around = [(s, d, DIRECT) for s in guests for d in beyond]
+    around += [(lan, hv, DIRECT), *(((lan, relay, DIRECT),) if relay else ())]
+    if relay:
+        around += [(relay, d, DIRECT) for d in (hv, lan, internet)]
+    return into + routed + around
 
 
 def all_flows(topo: Topology, ports: list[dict[str, Any]]) -> list[Flow]:
-    return [
-        Flow(src.name, dst.name, int(p["port"]), p["proto"])
-        for src in topo.machines
-        for dst in topo.guests
-        if src.name != dst.name
-        for p in ports
-    ]
+    return [Flow(s.name, d.name, int(p["port"]), p["proto"], path)
+            for s, d, path in _pairs(topo) for p in ports]
 
 
-def probe(flow: Flow, src: Machine, dst: Machine, allowed: bool, guarded: bool) -> FlowResult:
+def probe(flow: Flow, src: Machine, address: str, allowed: bool, guarded: bool) -> FlowResult:
     check = probes.tcp if flow.proto == "tcp" else probes.udp
-    outcome = check(src.netns, dst.address, flow.port, BLOCKED_TIMEOUT)
+    routed = flow.path == ROUTED
+    outcome = check(src.netns, address, flow.port, BLOCKED_TIMEOUT, routed=routed)
     if allowed and outcome != probes.OPEN:
         # A loaded machine may be slow: an allowed flow gets a second, patient try.
-        outcome = check(src.netns, dst.address, flow.port, ALLOWED_RETRY_TIMEOUT)
+        outcome = check(src.netns, address, flow.port, ALLOWED_RETRY_TIMEOUT, routed=routed)
     return FlowResult(flow, allowed, outcome, guarded)
 
 
@@ -78,47 +120,57 @@ def submit_all(pool: ThreadPoolExecutor, topo: Topology, plan: dict[str, Any],
                strict: bool = False) -> list[Future[FlowResult]]:
     """Probe every flow under ``mode``.
 
-    A bridge `forward` chain sees only frames between guests. Flows from the hypervisor
-    (leaving through its `output` hook) or from the LAN (routed through its `forward` hook)
-    count as guarded by the hypervisor's rules alone only if those rules filter that hook
-    for IP; otherwise, with ``strict`` off, an open one is reported as a gap, not failed.
+    The hypervisor's rule sets are responsible for every flow (they see everything that
+    crosses the bridge or the host). A guest's own rule set is responsible only for what
+    goes into or out of that guest: with the guest firewalls alone, a flow between two
+    machines outside the guest network (the LAN or the tunnel to the hypervisor) that is
+    open is a `gap`, not a failure, unless ``strict``.
     """
-    allowed = allowed_flows(plan)
+    allowed = allowed_flows(plan, topo)
     by_name = {m.name: m for m in topo.machines}
-    hooks = {hook for rs in rulesets(plan, topo) if rs.is_bridge
-             for family, hook in rs.filter_hooks() if family in {"ip", "inet"}}
-    sees = {"guest": True, "host": "output" in hooks, "lan": "forward" in hooks}
 
     def guarded(f: Flow) -> bool:
-        return strict or mode is not Mode.BRIDGE or sees[by_name[f.src].kind]
+        if strict or mode is not Mode.GUEST:
+            return True
+        return "guest" in {by_name[f.src].kind, by_name[f.dst].kind}
 
-    call: Callable[[Flow], FlowResult] = lambda f: probe(  # noqa: E731
-        f, by_name[f.src], by_name[f.dst], f in allowed, guarded(f))
+    def call(f: Flow) -> FlowResult:
+        src, dst = by_name[f.src], by_name[f.dst]
+        return probe(f, src, topo.address_for(src, dst), f in allowed, guarded(f))
+
     return [pool.submit(call, f) for f in all_flows(topo, ports)]
 
 
 def table(results: list[FlowResult], topo: Topology, ports: list[dict[str, Any]]) -> str:
-    """Rows: source -> destination; columns: ports. `open`/`-` as expected, `LEAK`/`MISS` not."""
+    """One block per kind of path. Rows: source -> destination; columns: ports.
+    `open`/`-` as expected, `LEAK`/`MISS` not, `gap` outside the active layer's remit."""
     cols = [f"{p['port']}/{p['proto'][0]}" for p in ports]
-    index = {(r.flow.src, r.flow.dst, r.flow.port, r.flow.proto): r for r in results}
+    kinds = {m.name: m.kind for m in topo.machines}
+    index = {r.flow: r for r in results}
+    rows: dict[tuple[str, str, str], None] = {}
+    for r in results:
+        rows.setdefault((r.flow.src, r.flow.dst, r.flow.path), None)
     width = max(7, *(len(c) + 1 for c in cols))
-    rowlab = max(len(f"{s.name} -> {d.name}") for s in topo.machines for d in topo.guests) + 1
-    lines = ["".ljust(rowlab) + "".join(c.rjust(width) for c in cols)]
-    for s in topo.machines:
-        for d in topo.guests:
-            if s.name == d.name:
-                continue
-            cells = []
-            for p in ports:
-                r = index.get((s.name, d.name, int(p["port"]), p["proto"]))
-                if r is None:
-                    cells.append("?")
-                elif r.gap:
-                    cells.append("gap")
-                elif r.ok:
-                    cells.append("open" if r.allowed else "-")
-                else:
-                    cells.append("LEAK" if not r.allowed else "MISS")
-            lines.append(f"{s.name} -> {d.name}".ljust(rowlab)
-                         + "".join(c.rjust(width) for c in cells))
+
+    def cell(r: FlowResult | None) -> str:
+        if r is None:
+            return "?"
+        if r.gap:
+            return "gap"
+        if r.ok:
+            return "open" if r.allowed else "-"
+        return "LEAK" if not r.allowed else "MISS"
+
+    lines: list[str] = []
+    rowlab = max((len(f"{s} -> {d}") for s, d, _ in rows), default=0) + 1
+    for title, wanted in SECTIONS:
+        keys = [k for k in rows if wanted(Flow(k[0], k[1], 0, "", k[2]), kinds)]
+        if not keys:
+            continue
+        lines.append(f"-- {title}")
+        lines.append("".ljust(rowlab) + "".join(c.rjust(width) for c in cols))
+        for src, dst, path in keys:
+            cells = [cell(index.get(Flow(src, dst, int(p["port"]), p["proto"], path)))
+                     for p in ports]
+            lines.append(f"{src} -> {dst}".ljust(rowlab) + "".join(c.rjust(width) for c in cells))
     return "\n".join(lines)

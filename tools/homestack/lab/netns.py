@@ -38,11 +38,28 @@ def listed(prefix: str) -> list[str]:
         return []
 
 
-def _sysctls() -> list[str]:
-    return [
+# Routed probes (guest -> gateway -> guest) use source ports from this range, outside the
+# kernel's ephemeral ports. Guests route packets from and to these ports through the
+# gateway instead of straight across the bridge, both ways, so the bridge filter sees
+# neither the request nor the reply: only what the hypervisor routes can stop them.
+ROUTED_PORTS = (61000, 61999)
+ROUTED_TABLE = 100
+WAN = "wan0"  # the LAN client's link towards the internet stand-in
+
+
+def _sysctls(routes: bool) -> list[str]:
+    """IPv6 off everywhere. A router forwards and sends no ICMP redirects (they would teach
+    a guest to skip the gateway); a guest accepts none."""
+    common = [
         "net.ipv6.conf.all.disable_ipv6=1",
         "net.ipv6.conf.default.disable_ipv6=1",
+        "net.ipv4.conf.all.accept_redirects=0",
+        "net.ipv4.conf.default.accept_redirects=0",
     ]
+    if routes:
+        return [*common, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0"]
+    return common
 
 
 def _batch(runner: Runner, netns: str, lines: list[str]) -> None:
@@ -54,11 +71,12 @@ def create(runner: Runner, topo: Topology) -> None:
     for name in topo.namespaces:
         runner.run(["ip", "netns", "add", name], check=True)
     hv = topo.hypervisor
+    c = topo.client
+    routers = {hv.netns, c.netns}  # the LAN client is also the home router
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda ns: runner.run(
-            ["ip", "netns", "exec", ns, "sysctl", "-qw", *_sysctls(),
-             *(["net.ipv4.ip_forward=1"] if ns == hv.netns else [])], check=True),
-            topo.namespaces))
+            ["ip", "netns", "exec", ns, "sysctl", "-qw", *_sysctls(ns in routers)],
+            check=True), topo.namespaces))
     lines = [
         "link set lo up",
         f"link add {topo.bridge} type bridge",
@@ -71,28 +89,54 @@ def create(runner: Runner, topo: Topology) -> None:
             f"link set {g.tap} master {topo.bridge}",
             f"link set {g.tap} up",
         ]
-    c = topo.client
     lines += [
         f"link add {topo.lan_interface} type veth peer name {c.interface} netns {c.netns}",
         f"addr add {topo.lan_gateway}/{_len(topo.lan_network)} dev {topo.lan_interface}",
         f"link set {topo.lan_interface} up",
     ]
+    relay = topo.relay
+    if relay is not None and topo.tunnel_interface and topo.tunnel_network:
+        lines += [
+            f"link add {topo.tunnel_interface} type veth peer name {topo.tunnel_interface}"
+            f" netns {relay.netns}",
+            f"addr add {topo.tunnel_gateway}/{_len(topo.tunnel_network)}"
+            f" dev {topo.tunnel_interface}",
+            f"link set {topo.tunnel_interface} up",
+        ]
     _batch(runner, hv.netns, lines)
+    net = topo.internet
+    _batch(runner, c.netns, [
+        f"link add {WAN} type veth peer name {net.interface} netns {net.netns}",
+        f"addr add {topo.internet_gateway}/{_len(topo.internet_network)} dev {WAN}",
+        f"link set {WAN} up",
+    ])
 
-    def guest_side(netns: str, address: str, plen: int, route: str) -> None:
+    def guest_side(netns: str, address: str, plen: int, iface: str, routes: list[str]) -> None:
         _batch(runner, netns, [
             "link set lo up",
-            f"addr add {address}/{plen} dev eth0",
-            "link set eth0 up",
-            route,
+            f"addr add {address}/{plen} dev {iface}",
+            f"link set {iface} up",
+            *routes,
         ])
 
-    jobs = [(g.netns, g.address, topo.prefixlen, f"route add default via {topo.gateway}")
-            for g in topo.guests]
-    jobs.append((c.netns, c.address, _len(topo.lan_network),
-                 f"route add {topo.network} via {topo.lan_gateway}"))
+    ports = f"{ROUTED_PORTS[0]}-{ROUTED_PORTS[1]}"
+    routed = [f"rule add sport {ports} table {ROUTED_TABLE}",
+              f"rule add dport {ports} table {ROUTED_TABLE}",
+              f"route add {topo.network} via {topo.gateway} table {ROUTED_TABLE}"]
+    jobs = [(g.netns, g.address, topo.prefixlen, g.interface,
+             [f"route add default via {topo.gateway}", *routed]) for g in topo.guests]
+    back = [f"route add {n} via {topo.lan_gateway}"
+            for n in (topo.network, topo.tunnel_network if relay else None) if n]
+    jobs.append((c.netns, c.address, _len(topo.lan_network), c.interface, back))
+    jobs.append((net.netns, net.address, _len(topo.internet_network), net.interface,
+                 [f"route add default via {topo.internet_gateway}"]))
+    if relay is not None and topo.tunnel_interface and topo.tunnel_network:
+        jobs.append((relay.netns, relay.address, _len(topo.tunnel_network),
+                     topo.tunnel_interface, [f"route add default via {topo.tunnel_gateway}"]))
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda j: guest_side(*j), jobs))
+    # Once the LAN side is up: everything else leaves through the LAN, as at home.
+    _batch(runner, hv.netns, [f"route add default via {c.address}"])
 
 
 def _len(cidr: str) -> int:

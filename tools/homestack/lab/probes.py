@@ -18,10 +18,29 @@ from homestack.lab import netns
 OPEN, REFUSED, DROPPED = "open", "refused", "dropped"
 
 
-def tcp(src_netns: str, address: str, port: int, timeout: float) -> str:
+def _mark(sock: socket.socket, routed: bool) -> None:
+    """A routed probe takes a source port the lab's guests route through the gateway."""
+    if not routed:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    low, high = netns.ROUTED_PORTS
+    for _ in range(64):  # probes run concurrently: another may hold the port just drawn
+        try:
+            sock.bind(("", low + secrets.randbelow(high - low + 1)))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return
+    raise OSError(errno.EADDRINUSE, "no free source port for a routed probe")
+
+
+def tcp(src_netns: str, address: str, port: int, timeout: float, *,
+        routed: bool = False) -> str:
     """Whether a TCP connection from ``src_netns`` to address:port is accepted."""
     netns.enter(src_netns)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        _mark(sock, routed)
         sock.settimeout(timeout)
         try:
             code = sock.connect_ex((address, port))
@@ -35,10 +54,12 @@ def tcp(src_netns: str, address: str, port: int, timeout: float) -> str:
         else DROPPED
 
 
-def udp(src_netns: str, address: str, port: int, timeout: float) -> str:
+def udp(src_netns: str, address: str, port: int, timeout: float, *,
+        routed: bool = False) -> str:
     """Whether a UDP request gets an answer (a DNS query: servers and echo listeners reply)."""
     netns.enter(src_netns)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        _mark(sock, routed)
         sock.settimeout(timeout)
         try:
             sock.connect((address, port))
