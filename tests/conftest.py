@@ -13,7 +13,12 @@ import pytest
 from homestack.plan import load_plan
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "inventory.toml"
+# The tests run against a frozen copy of the example (tests/example/README.md), so a fork
+# that edits its own inventory.toml keeps a green suite; test_live_inventory.py checks that one.
+EXAMPLE = REPO / "tests" / "example" / "inventory.toml"
+LIVE = REPO / "inventory.toml"
+# Reference data the tests compare against, copied verbatim (tests/reference/PROVENANCE.md).
+REFERENCE = REPO / "tests" / "reference"
 BAD = sorted((REPO / "tests" / "inventories" / "bad").glob("*.toml"))
 
 

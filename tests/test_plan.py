@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from artifact_checks import caddy_adapt, dnsmasq_test, nft_check, require_programs
 from conftest import BAD, EXAMPLE, REPO, expected_key, requires_nix
 
 from homestack.errors import UserError
@@ -33,20 +33,6 @@ def test_golden_plan(plan: dict[str, Any]) -> None:
     if os.environ.get("HOMESTACK_UPDATE_GOLDEN"):
         GOLDEN.write_text(rendered)
     assert rendered == GOLDEN.read_text()
-
-
-def test_flake_lib_output_evaluates_offline(tmp_path: Path) -> None:
-    """`nix eval --offline --json .#lib.plan` needs no input fetched (none is available here)."""
-    if shutil.which("nix") is None:
-        pytest.skip("nix not installed")
-    if not (REPO / "flake.nix").exists():
-        pytest.skip("no flake.nix")
-    out = subprocess.run(
-        ["nix", "--extra-experimental-features", "nix-command flakes", "eval", "--offline",
-         "--json", f"path:{REPO}#lib.plan.guests.db.address"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    assert json.loads(out.stdout) == "192.168.100.20"
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
@@ -112,16 +98,8 @@ def test_caddyfile(plan: dict[str, Any], tmp_path: Path) -> None:
     assert "reverse_proxy 192.168.100.10:1411" in text
     assert "reverse_proxy h2c://192.168.100.11:10000" in text
     assert "bind 192.168.100.2" in text
-    if shutil.which("caddy") is None:
-        pytest.skip("caddy not installed")
-    path = tmp_path / "Caddyfile"
-    path.write_text(text)
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)}
-    out = subprocess.run(
-        ["caddy", "adapt", "--config", str(path), "--adapter", "caddyfile"],
-        check=True, capture_output=True, text=True, env=env,
-    )  # fmt: skip
-    config = json.loads(out.stdout)
+    require_programs()
+    config = caddy_adapt(text, tmp_path)
     servers = config["apps"]["http"]["servers"]
     hosts = {
         h
@@ -138,15 +116,8 @@ def test_dnsmasq_config(plan: dict[str, Any], tmp_path: Path) -> None:
     assert "host-record=id.home.arpa,192.168.100.2" in text
     assert "host-record=db.home.arpa,192.168.100.20" in text
     assert "local=/home.arpa/" in text
-    if shutil.which("dnsmasq") is None:
-        pytest.skip("dnsmasq not installed")
-    path = tmp_path / "dnsmasq.conf"
-    path.write_text(text)
-    out = subprocess.run(
-        ["dnsmasq", "--test", f"--conf-file={path}"], check=False, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    assert "syntax check OK" in out.stderr
+    require_programs()
+    dnsmasq_test(text, tmp_path)
 
 
 def test_pg_hba(plan: dict[str, Any]) -> None:
@@ -161,18 +132,6 @@ def test_pg_hba(plan: dict[str, Any]) -> None:
     assert not any("192.168.100.2/32" in line for line in lines), "proxy must have no pg_hba line"
 
 
-def _nft_check(text: str, tmp_path: Path) -> None:
-    if shutil.which("nft") is None or os.geteuid() != 0:
-        pytest.skip("nft as root is needed to check rule sets")
-    path = tmp_path / "rules.nft"
-    path.write_text(text)
-    # A fresh network namespace: nothing is applied to this machine (-c only checks).
-    out = subprocess.run(
-        ["unshare", "-n", "nft", "-c", "-f", str(path)], check=False, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-
-
 def test_guest_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
     rules = plan["artifacts"]["nftables"]
     db = rules["db"]
@@ -180,8 +139,9 @@ def test_guest_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
     assert "ip saddr { 192.168.100.1, 192.168.100.10, 192.168.100.11 } tcp dport 5432 accept" in db
     assert "192.168.100.2 " not in db.replace("192.168.100.2\n", "")
     assert 'ip saddr != 192.168.100.0/24 udp dport 3478 accept comment "from lan"' in rules["vpn"]
+    require_programs()
     for text in rules.values():
-        _nft_check(text, tmp_path)
+        nft_check(text, tmp_path)
 
 
 def test_bridge_and_host_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
@@ -190,9 +150,10 @@ def test_bridge_and_host_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
     assert 'iifname "vm-db" ether type ip ip saddr != 192.168.100.20 drop' in bridge
     assert "ip saddr 192.168.100.10 ip daddr 192.168.100.20 tcp dport 5432 accept" in bridge
     assert "ip saddr 192.168.100.2 ip daddr 192.168.100.20 tcp dport" not in bridge
-    _nft_check(bridge, tmp_path)
+    require_programs()
+    nft_check(bridge, tmp_path)
     for text in plan["artifacts"]["hostNftables"].values():
-        _nft_check(text, tmp_path)
+        nft_check(text, tmp_path)
 
 
 def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:

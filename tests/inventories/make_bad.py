@@ -16,7 +16,7 @@ from typing import Any
 import tomli_w
 
 HERE = Path(__file__).resolve().parent
-EXAMPLE = HERE.parent.parent / "inventory.toml"
+EXAMPLE = HERE.parent / "example" / "inventory.toml"  # the frozen example, not the live file
 
 Inv = dict[str, Any]
 
