@@ -160,8 +160,8 @@ def plaintext_keys(name: str) -> set[str]:
         }
     else:
         section = "DEFAULT"
-        for raw in text.splitlines():
-            line = raw.strip()
+        for row in text.splitlines():
+            line = row.strip()
             if line.startswith("["):
                 section = line[1:-1]
                 keys.add(section)
