@@ -36,26 +36,34 @@
       inherit (nixpkgs) lib;
 
       modules = import ./modules;
-      machines = import ./modules/machines.nix {
-        inherit lib plan;
-        homestackModules = modules;
-        inputs = {
-          inherit
-            nixpkgs
-            microvm
-            sops-nix
-            disko
-            ;
+      machinesOf =
+        plan: configurations:
+        import ./modules/machines.nix {
+          inherit lib plan configurations;
+          homestackModules = modules;
+          inputs = {
+            inherit
+              nixpkgs
+              microvm
+              sops-nix
+              disko
+              ;
+          };
+          root = ./.;
         };
-        root = ./.;
-        configurations = self.nixosConfigurations;
-      };
+      machines = machinesOf plan self.nixosConfigurations;
+
+      # The NixOS VM tests run on the frozen example (tests/example/), whose machines own
+      # the test keys and fixtures: a fork's own inventory.toml leaves them as they are.
+      examplePlan = homestackLib.mkPlan ./tests/example/inventory.toml;
+      exampleMachines = machinesOf examplePlan exampleMachines.nixosConfigurations;
 
       vmTests = import ./tests/nixos {
-        inherit pkgs plan;
+        inherit pkgs;
+        plan = examplePlan;
         homestackModules = modules;
         inherit sops-nix microvm;
-        configurations = self.nixosConfigurations;
+        configurations = exampleMachines.nixosConfigurations;
         self = ./.;
       };
       nestedVmTests = import ./tests/nixos/nested.nix;

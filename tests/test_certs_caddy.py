@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import EXAMPLE
 from cryptography import x509
 
 from homestack.certs import _sops
@@ -69,7 +70,7 @@ def make_certificates(tmp: Path, plan: dict[str, Any]) -> tuple[Path, Path, Path
     place it. Returns the repository, the chain file and the key file."""
     repo = tmp / "repo"
     repo.mkdir()
-    shutil.copy(REPO / "inventory.toml", repo / "inventory.toml")
+    shutil.copy(EXAMPLE, repo / "inventory.toml")
     settings = CertSettings.from_plan(plan, repo)
     now = datetime.now(UTC)
     init_ca(settings, Runner(), now=now)
@@ -115,7 +116,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     procs: list[subprocess.Popen[bytes]] = []
     ns = f"hs-certs-{os.getpid()}"
     try:
-        plan = load_plan(REPO / "inventory.toml")
+        plan = load_plan(EXAMPLE)
         repo, chain, key = make_certificates(tmp, plan)
         config = render_caddyfile(tmp, plan, chain, key)
         proxy = plan["guests"][plan["proxy"]]["address"]

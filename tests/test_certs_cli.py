@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE
 
 from homestack.inventory import set_inventory_value
 
@@ -21,7 +22,7 @@ TOOLS = Path(sys.executable).parent / "tools"
 def repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
-    shutil.copy(REPO / "inventory.toml", repo / "inventory.toml")
+    shutil.copy(EXAMPLE, repo / "inventory.toml")
     key = tmp_path / "alice.agekey"
     shutil.copy(REPO / "tests/keys/admin_alice.agekey", key)
     key.chmod(0o600)

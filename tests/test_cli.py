@@ -52,7 +52,7 @@ def test_group_summaries_are_not_cut(group: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(set(COMMANDS) - {"lab"}))
 def test_json_is_offered_where_programs_read_the_output(name: str) -> None:
-    wants_json = {
+    wants_json: dict[str, list[str | None]] = {
         "inventory": ["check", "plan", "show"], "secrets": ["check", "sync", "recipients"],
         "certs": ["check"], "explain": [None], "deploy": [None],
     }  # fmt: skip

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import EXAMPLE
 from test_deploy import Machines, Rule, make_plan
 
 from homestack.deploy import cli as deploy_cli
@@ -32,7 +33,7 @@ def fleet(monkeypatch: pytest.MonkeyPatch) -> RecordingRunner:
 
 @pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate")
 def test_dry_run_of_the_example_is_ordered_and_runs_nothing(tmp_path: Path) -> None:
-    result = invoke(["--dry-run", "--inventory", str(ROOT / "inventory.toml")])
+    result = invoke(["--dry-run", "--inventory", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     commands = [line for line in lines if not line.startswith("#")]
@@ -128,7 +129,7 @@ def test_an_invalid_inventory_deploys_nothing(tmp_path: Path,
     from homestack.cli import main
 
     bad = tmp_path / "inventory.toml"
-    bad.write_text((ROOT / "inventory.toml").read_text().replace(
+    bad.write_text((EXAMPLE).read_text().replace(
         'address = "192.168.100.20"', 'address = "192.168.101.5"'))
     with pytest.raises(SystemExit) as exit_info:
         main(["deploy", "--dry-run", "--inventory", str(bad)])

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ROOT / "tests" / "keys"
@@ -95,7 +96,7 @@ def host(tmp_path: Path) -> Path:
     t = tmp_path
     from homestack.plan import load_plan
 
-    plan = load_plan(ROOT / "inventory.toml")
+    plan = load_plan(EXAMPLE)
     assert (KEYS / "admin_alice.pub").read_text().split()[1] in plan["users"]["alice"]["sshKeys"][0]
     (t / "plan.json").write_text(json.dumps(plan))
     expr = (EVAL.replace("LIB", str(LIB)).replace("PLAN", str(t / "plan.json"))

@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import BAD, EXAMPLE, REPO, requires_nix
+from conftest import BAD, EXAMPLE, LIVE, REPO, requires_nix
 
 from homestack.plan import json_schema
 
@@ -55,7 +55,8 @@ def test_the_schema_is_valid_draft_2020_12(schema: dict[str, Any]) -> None:
 
 
 def test_the_example_points_at_it_and_passes(schema: dict[str, Any]) -> None:
-    assert EXAMPLE.read_text().startswith("#:schema ./inventory.schema.json\n")
+    assert LIVE.read_text().startswith("#:schema ./inventory.schema.json\n")
+    jsonschema.validate(tomllib.loads(LIVE.read_text()), schema)
     jsonschema.validate(tomllib.loads(EXAMPLE.read_text()), schema)
 
 

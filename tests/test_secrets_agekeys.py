@@ -7,10 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_secrets_helpers import KEYS, MACHINES, REPO, VECTORS, needs_vectors
+from test_secrets_helpers import KEYS, MACHINES, VECTORS
 
 from homestack.errors import UserError
 from homestack.inventory import read_inventory
@@ -30,7 +31,6 @@ SOPS_NIX = VECTORS / "sops-nix"
 GENERATED = VECTORS / "generated"
 
 
-@needs_vectors
 def test_sops_nix_host_key_converts_to_its_recipient() -> None:
     # secrets.yaml of sops-nix is encrypted to age1a8pk…, the converted ssh-ed25519-key
     public = (SOPS_NIX / "ssh-ed25519-key.pub").read_text()
@@ -42,7 +42,6 @@ def test_sops_nix_host_key_converts_to_its_recipient() -> None:
     assert identity.recipient == ssh_to_age(public)
 
 
-@needs_vectors
 def test_sops_nix_secrets_decrypt_with_the_converted_host_key(tmp_path: Path) -> None:
     identity = ssh_private_to_identity((SOPS_NIX / "ssh-ed25519-key").read_bytes())
     key_file = tmp_path / "keys.txt"
@@ -53,7 +52,6 @@ def test_sops_nix_secrets_decrypt_with_the_converted_host_key(tmp_path: Path) ->
     assert text == (SOPS_NIX / "secrets.yaml.decrypted").read_text()
 
 
-@needs_vectors
 def test_ssh_vector_key_conversions_agree() -> None:
     public = (GENERATED / "ssh_ed25519.pub").read_text()
     private = ssh_private_to_identity((GENERATED / "ssh_ed25519").read_bytes())
@@ -62,7 +60,7 @@ def test_ssh_vector_key_conversions_agree() -> None:
 
 @pytest.mark.parametrize("machine", MACHINES)
 def test_inventory_age_keys_are_the_converted_host_keys(machine: str) -> None:
-    inventory = read_inventory(REPO / "inventory.toml")
+    inventory = read_inventory(EXAMPLE)
     entry = inventory.get("hosts", {}).get(machine) or inventory["guests"][machine]
     public = (KEYS / f"host_{machine}.pub").read_text()
     assert entry["host_key"].split()[:2] == public.split()[:2]
@@ -75,7 +73,7 @@ def test_inventory_age_keys_are_the_converted_host_keys(machine: str) -> None:
 
 def test_admin_identity_file_matches_inventory() -> None:
     identities = read_identities((KEYS / "admin_alice.agekey").read_text())
-    inventory = read_inventory(REPO / "inventory.toml")
+    inventory = read_inventory(EXAMPLE)
     assert [i.recipient for i in identities] == [inventory["users"]["alice"]["age_key"]]
 
 

@@ -16,7 +16,6 @@ from test_secrets_helpers import (  # noqa: F401 - fixtures
     admin_sops,
     bob_key,
     built_repo,
-    needs_vectors,
     repo,
     secrets_plan,
     session_keys,
@@ -191,7 +190,6 @@ def test_rotate_changes_the_data_key_not_the_values(
     assert tools(capsys, "secrets", "show", "secrets/vpn.yaml")[1] == before_text
 
 
-@needs_vectors
 def test_recipients_names_machines_and_users(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -212,19 +212,24 @@ def test_plaintext_canary_never_reaches_persistent_disk(
 def test_the_canary_scan_sees_a_plain_sops_edit_leak(
     repo: Path, tmp_path: Path, admin_sops: Sops
 ) -> None:
-    # control: plain `sops edit` with TMPDIR on disk puts the plaintext where the scan looks
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
-    if fs_type(str(tmpdir)) == "tmpfs":
-        pytest.skip("the test directory is itself on a tmpfs")
-    with CanaryScan(tmp_path, [tmpdir]) as scan:
-        body = editor(tmp_path, scan.editor_body())
-        result = admin_sops.run(
-            ["edit", str(repo / AUTH)],
-            env={"EDITOR": body, "TMPDIR": str(tmpdir), "CANARY": scan.canary},
-        )
-    assert result.returncode == 0, result.stderr
-    assert scan.leaks and scan.leaks[0].is_relative_to(tmpdir)
+    # control: plain `sops edit` with TMPDIR on disk puts the plaintext where the scan looks.
+    # Where /tmp is a tmpfs (Debian 13), /var/tmp or the checkout itself is on disk.
+    places = (tmp_path, Path("/var/tmp"), Path(__file__).parent)
+    parent = next((d for d in places if fs_type(str(d)) != "tmpfs"), None)
+    if parent is None:
+        pytest.skip("/tmp, /var/tmp and the checkout are all on a tmpfs")
+    tmpdir = Path(tempfile.mkdtemp(prefix="homestack-canary-", dir=parent))
+    try:
+        with CanaryScan(tmp_path, [tmpdir]) as scan:
+            body = editor(tmp_path, scan.editor_body())
+            result = admin_sops.run(
+                ["edit", str(repo / AUTH)],
+                env={"EDITOR": body, "TMPDIR": str(tmpdir), "CANARY": scan.canary},
+            )
+        assert result.returncode == 0, result.stderr
+        assert scan.leaks and scan.leaks[0].is_relative_to(tmpdir)
+    finally:
+        shutil.rmtree(tmpdir)
 
 
 def test_falls_back_to_dev_shm_when_namespaces_are_refused(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE, REFERENCE, REPO
 
 from homestack import cli
 from homestack.inventory import set_inventory_value
@@ -23,20 +24,9 @@ from homestack.secrets.rules import write_rules
 from homestack.secrets.sops import Sops
 from homestack.secrets.store import set_secret
 
-REPO = Path(__file__).resolve().parent.parent
 KEYS = REPO / "tests" / "keys"
-# The sops test vectors live next to the repository (../shared/reference/sops-vectors),
-# or in tests/sops-vectors in a checkout that carries its own copy.
-_FOUND = [
-    path
-    for path in (
-        REPO.parent / "shared/reference/sops-vectors",
-        REPO / "tests/sops-vectors",
-    )
-    if (path / "INDEX.md").is_file()
-]
-VECTORS = _FOUND[0] if _FOUND else REPO / "tests/sops-vectors"
-needs_vectors = pytest.mark.skipif(not _FOUND, reason="sops test vectors not found")
+# The sops test vectors ship with the tests (tests/reference/PROVENANCE.md says where from).
+VECTORS = REFERENCE / "sops-vectors"
 MACHINES = ("homelab", "cloud-relay", "auth", "vpn", "proxy", "db")
 BOB_IDENTITY = AgeIdentity.generate()  # a second admin, made up per test run
 BOB = BOB_IDENTITY.recipient
@@ -67,7 +57,7 @@ def secrets_plan(root: Path) -> SecretsPlan:
 def build_repo(root: Path, keys: Path, sops: Sops) -> None:
     """The example inventory with every host key file and a few dummy secrets."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "inventory.toml", root / "inventory.toml")
+    shutil.copyfile(EXAMPLE, root / "inventory.toml")
     plan = secrets_plan(root)
     write_rules(root, plan)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
-from test_secrets_helpers import REPO
+from conftest import EXAMPLE
 
 from homestack.errors import UserError
 from homestack.plan import load_plan
@@ -18,7 +18,7 @@ from homestack.secrets.rules import render_rules, rules_are_current, write_rules
 
 @pytest.fixture(scope="module")
 def plan() -> dict[str, Any]:
-    return load_plan(REPO / "inventory.toml")
+    return load_plan(EXAMPLE)
 
 
 def test_one_exact_rule_per_planned_file(plan: dict[str, Any]) -> None:

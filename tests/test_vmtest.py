@@ -131,8 +131,12 @@ def test_the_flake_is_the_repository_found_from_a_subdirectory(
     monkeypatch.delenv("HOMESTACK_INVENTORY", raising=False)
     monkeypatch.chdir(repo / "docs")
     seen: list[Path] = []
-    monkeypatch.setattr(vmtest, "current_system",
-                        lambda _runner, flake: seen.append(flake) or "x86_64-linux")
+
+    def current_system(_runner: object, flake: Path) -> str:
+        seen.append(flake)
+        return "x86_64-linux"
+
+    monkeypatch.setattr(vmtest, "current_system", current_system)
     assert CliRunner().invoke(vmtest.test, ["--list"]).exit_code == 0
     assert seen == [repo]
 

@@ -23,8 +23,7 @@ import tomli_w
 HERE = Path(__file__).resolve().parent
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN2yUVpUvg2k0jgI1KbBGzSo+Di7dxRZhOgxblmzCL8b"
 REPO = HERE.parent.parent
-FROZEN = HERE.parent / "example" / "inventory.toml"
-EXAMPLE = FROZEN if FROZEN.exists() else REPO / "inventory.toml"
+EXAMPLE = HERE.parent / "example" / "inventory.toml"  # the frozen example, not the live file
 
 Inv = dict[str, Any]
 

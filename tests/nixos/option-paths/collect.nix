@@ -7,11 +7,13 @@
 #
 #   nix-instantiate --eval --strict --json collect.nix \
 #     --arg root ./. --arg manifest <nixos-options.json> --arg extras <extra-options.json> \
-#     [--arg plant <module.nix>]
+#     [--arg inventory <inventory.toml>] [--arg plant <module.nix>]
+# Without `inventory`, the machines are those of the repository's own inventory.toml.
 {
   root,
   manifest,
   extras,
+  inventory ? null,
   plant ? null,
 }:
 let
@@ -35,7 +37,8 @@ let
     tryEval
     ;
 
-  plan = (import (root + "/lib")).plan;
+  homestackLib = import (root + "/lib");
+  plan = if inventory == null then homestackLib.plan else homestackLib.mkPlan inventory;
   standIns = import ./stand-ins.nix { inherit lib plan; };
 
   # -- the option tree: manifest + extras + options declared by our own modules ---------
