@@ -374,3 +374,14 @@ def test_mesh_udp_replies_leave_through_the_tunnel() -> None:
     )
     assert "table" not in relay
     assert relay["peers"][0]["allowedIPs"] == ["10.99.0.2/32", "192.168.100.0/24"]
+
+
+def test_netbird_and_the_proxy_cannot_share_a_guest() -> None:
+    """Both run a Caddy: their admin APIs (localhost:2019) clash, which the plan says."""
+    inv = example()
+    inv["guests"]["proxy"]["services"] = ["caddy", "dnsmasq", "netbird-server"]
+    errors = plan_errors(inv)
+    assert (
+        "guests.proxy.services: port 2019/tcp is bound by both caddy (admin) and "
+        "netbird-server (dashboard-admin) on proxy" in errors
+    )
