@@ -87,7 +87,9 @@ in
   homestack.persist = [ "/var/lib/nixos" ] ++ guest.persist;
 
   # RestartSteps/RestartMaxDelaySec need systemd >= 254 (systemd.service(5)): the pause
-  # grows from RestartSec to RestartMaxDelaySec over RestartSteps restarts.
+  # grows from RestartSec to RestartMaxDelaySec over RestartSteps restarts. nixpkgs has
+  # shipped systemd 256 since 2024 (NixOS/nixpkgs#367268: 256.9 -> 256.10); the pin is of
+  # 2026-08-02.
   # startLimitIntervalSec = 0 lifts the start limit (systemd.unit(5), StartLimitIntervalSec=).
   systemd.services = lib.listToAttrs (
     map (unit: {

@@ -378,3 +378,26 @@ def test_mesh_udp_replies_leave_through_the_tunnel() -> None:
     )
     assert "table" not in relay
     assert relay["peers"][0]["allowedIPs"] == ["10.99.0.2/32", "192.168.100.0/24"]
+
+
+def test_netbird_and_the_proxy_cannot_share_a_guest() -> None:
+    """Both run a Caddy: their admin APIs (localhost:2019) clash, which the plan says."""
+    inv = example()
+    inv["guests"]["proxy"]["services"] = ["caddy", "dnsmasq", "netbird-server"]
+    errors = plan_errors(inv)
+    assert (
+        "guests.proxy.services: port 2019/tcp is bound by both caddy (admin) and "
+        "netbird-server (dashboard-admin) on proxy" in errors
+    )
+
+
+def test_deploy_runs_the_plans_probe(example_plan: dict[str, Any]) -> None:
+    """One probe for deploy, the GitOps rollback and the VM tests: the plan's argv."""
+    from homestack.deploy.order import Machine
+
+    vpn = Machine.from_plan(example_plan, "vpn")
+    assert [h.command() for h in vpn.health] == [
+        h["argv"] for h in example_plan["guests"]["vpn"]["health"]
+    ]
+    gitops = (REPO / "modules" / "gitops.nix").read_text()
+    assert "endpoint = _: h: lib.escapeShellArgs h.argv;" in gitops

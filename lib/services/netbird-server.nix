@@ -14,6 +14,8 @@
 #   to 9092 as nixpkgs' own netbird-relay.nix does, NB_LISTEN_ADDRESS and the STUN port.
 # - management is built without the `pprof` tag in nixpkgs, so management/cmd/pprof.go's
 #   localhost:6060 is not bound there.
+# - the dashboard is served by a Caddy of its own, whose admin API takes localhost:2019
+#   (caddyserver/caddy admin.go, DefaultAdminListen) as the proxy's does.
 {
   description = "NetBird management, signal, relay and dashboard";
   module = "netbird-server.nix";
@@ -24,6 +26,7 @@
   ];
   ports = [
     { name = "dashboard"; port = 8080; proto = "tcp"; }
+    { name = "dashboard-admin"; port = 2019; proto = "tcp"; scope = "loopback"; }
     { name = "management"; port = 33073; proto = "tcp"; }
     { name = "management-metrics"; port = 9090; proto = "tcp"; }
     { name = "signal"; port = 10000; proto = "tcp"; }

@@ -32,6 +32,7 @@ class HealthCheck:
     address: str
     port: int
     path: str | None
+    argv: tuple[str, ...] = ()  # the plan's probe (lib/plan.nix), when it gives one
 
     @classmethod
     def from_plan(cls, guest: Mapping[str, Any], entry: Mapping[str, Any]) -> HealthCheck:
@@ -44,6 +45,7 @@ class HealthCheck:
             address=str(guest["address"]),
             port=int(entry["port"]),
             path=str(entry.get("path") or "/") if kind == "http" else None,
+            argv=tuple(str(a) for a in entry.get("argv", ())),
         )
 
     def describe(self) -> str:
@@ -52,6 +54,8 @@ class HealthCheck:
 
     def command(self) -> list[str]:
         """The command the hypervisor runs; exit status 0 means the service answers."""
+        if self.argv:
+            return list(self.argv)
         if self.kind == "http":
             url = f"http://{self.address}:{self.port}{self.path}"
             return ["curl", "--fail", "--silent", "--show-error", "--max-time", "5",
