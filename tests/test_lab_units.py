@@ -196,14 +196,14 @@ def test_guest_layer_is_responsible_only_for_flows_a_guest_takes_part_in(
             seen[flow] = guarded
             return matrix.FlowResult(flow, allowed, "dropped", guarded)
 
-        matrix.probe = fake  # type: ignore[assignment]
+        matrix.probe = fake
         try:
             with ThreadPoolExecutor(max_workers=4) as pool:
                 for fut in matrix.submit_all(pool, topo, plan, [{"port": 22, "proto": "tcp"}],
                                              mode, strict=strict):
                     fut.result()
         finally:
-            matrix.probe = original  # type: ignore[assignment]
+            matrix.probe = original
         return seen
 
     guest = guarded_in(firewall.Mode.GUEST)

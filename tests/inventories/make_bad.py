@@ -50,10 +50,10 @@ def host(inv: Inv, name: str) -> Inv:
     return h
 
 
-def new_guest(inv: Inv, name: str) -> None:
+def new_guest(inv: Inv, name: str, services: list[str] | None = None) -> None:
     inv["guests"][name] = {
         "host": "homelab", "address": "192.168.100.30", "vcpu": 1, "memory": 256,
-        "services": [], "state_size": 256,
+        "services": services or [], "state_size": 256,
     }  # fmt: skip
 
 
@@ -63,6 +63,11 @@ def add_host(inv: Inv, name: str, **fields: Any) -> None:
 
 def drop(d: Inv, key: str) -> None:
     del d[key]
+
+
+def without_relay(inv: Inv) -> None:
+    drop(inv["hosts"], "cloud-relay")
+    drop(host(inv, "homelab"), "wireguard")
 
 
 def replace_line(old: str, new: str) -> Callable[[str], str]:
@@ -477,7 +482,7 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
     ),
     "public-without-relay": (
         "guests.proxy.public[0]",
-        lambda i: (drop(i["hosts"], "cloud-relay"), drop(host(i, "homelab"), "wireguard")),
+        lambda i: without_relay(i),
     ),
     "hypervisor-without-tunnel": (
         "hosts.cloud-relay",
@@ -503,11 +508,11 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
     ),
     "two-postgresql": (
         "guests.db2.services",
-        lambda i: (new_guest(i, "db2"), guest(i, "db2").update(services=["postgresql"])),
+        lambda i: new_guest(i, "db2", ["postgresql"]),
     ),
     "two-proxies": (
         "guests.proxy2.services",
-        lambda i: (new_guest(i, "proxy2"), guest(i, "proxy2").update(services=["caddy"])),
+        lambda i: new_guest(i, "proxy2", ["caddy"]),
     ),
     "two-dns-servers": (
         "guests.proxy.services",
