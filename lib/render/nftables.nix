@@ -331,7 +331,10 @@ in
         "\t}"
         "\tchain postrouting {"
         "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-        "\t\toifname \"${wg}\" ip daddr ${plan.network.cidr} masquerade"
+        # TCP (the proxy's 80/443) is masqueraded so its replies need no routing at home;
+        # UDP (the mesh's STUN) keeps the peer's address, which STUN must see, and the
+        # hypervisor routes its replies back through the tunnel (modules/wireguard.nix).
+        "\t\toifname \"${wg}\" ip daddr ${plan.network.cidr} meta l4proto tcp masquerade"
         "\t}"
         "\tchain forward {"
         "\t\ttype filter hook forward priority filter; policy drop;"
