@@ -14,6 +14,7 @@ import click
 
 from homestack.cliopts import inventory_path, shared_inventory_option
 from homestack.errors import CheckFailed, UserError
+from homestack.fsutil import require_plain
 from homestack.inventory import set_inventory_value
 from homestack.plan import load_plan
 from homestack.secrets import audit as audit_mod
@@ -24,7 +25,13 @@ from homestack.secrets.model import Kind, SecretsPlan
 from homestack.secrets.rules import CONFIG_NAME, rules_are_current, write_rules
 from homestack.secrets.sops import Sops
 from homestack.secrets.sopsfile import read_sops_file
-from homestack.secrets.store import relative, rotate_file, set_secret
+from homestack.secrets.store import (
+    MAX_VALUE,
+    relative,
+    rotate_file,
+    set_secret,
+    value_from_input,
+)
 
 
 @dataclass(frozen=True)
@@ -56,10 +63,9 @@ class Repo:
         """An existing sops file: FILE as given (relative to here), else in the repository."""
         given = Path(file)
         for candidate in (given, self.root / given):
-            if candidate.is_file():
+            if candidate.exists() or candidate.is_symlink():
+                require_plain(candidate.parent, candidate.name, what="sops file", shown=file)
                 return candidate
-        if given.is_dir():
-            raise UserError(f"{file}: is a directory, not a sops file")
         raise UserError(f"{file}: no such file (here or in {self.root})")
 
 
@@ -229,18 +235,26 @@ def show(repo: Repo, file: str, key: str | None) -> None:
 @click.argument("file")
 @click.argument("key")
 @click.option("--keep-newline", is_flag=True, help="Keep a final newline of the value.")
+@click.option("--allow-empty", is_flag=True, help="Store an empty value (refused otherwise).")
 @pass_repo
-def set_(repo: Repo, file: str, key: str, keep_newline: bool) -> None:
-    """Set KEY (a/b for nested) in FILE to the value read from stdin (never from argv)."""
+def set_(repo: Repo, file: str, key: str, keep_newline: bool, allow_empty: bool) -> None:
+    """Set KEY (a/b for nested) in FILE to the value read from stdin (never from argv).
+
+    The value must be UTF-8 text and not empty: an empty stdin is what a failed command
+    before the pipe leaves, so it is refused unless --allow-empty says it is meant.
+    """
+    rel = repo.rel(file)
     if sys.stdin.isatty():
         value = click.prompt(f"{key}", hide_input=True, err=True)
     else:
-        value = sys.stdin.read()
-        if value.endswith("\n") and not keep_newline:
-            value = value[:-1]
-    rel = repo.rel(file)
+        stream = getattr(sys.stdin, "buffer", None)
+        # one byte more than allowed is enough to know it is too much
+        raw = stream.read(MAX_VALUE + 2) if stream else sys.stdin.read().encode()
+        value = value_from_input(
+            raw, f"{rel}: {key}", keep_newline=keep_newline, allow_empty=allow_empty
+        )
     plan = repo.plan()
-    created = set_secret(repo.root, plan, rel, key, value, sops=Sops())
+    created = set_secret(repo.root, plan, rel, key, value, sops=Sops(), allow_empty=allow_empty)
     click.echo(f"{rel}: {'created with' if created else 'set'} {key}")
     if key.strip("/") not in plan.spec(rel).keys:
         declared = ", ".join(plan.spec(rel).keys) or "nothing"
@@ -309,24 +323,43 @@ def sync(repo: Repo, jobs: int, as_json: bool) -> None:
 
 @secrets.command(short_help="Audit every secret file against the inventory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option(
+    "--metadata-only", is_flag=True,
+    help="Do not decrypt: skip the MAC check (it then says the MACs were not verified).",
+)  # fmt: skip
 @pass_repo
-def check(repo: Repo, as_json: bool) -> None:
-    """Audit every secret file against the inventory, reading metadata only.
+def check(repo: Repo, as_json: bool, metadata_only: bool) -> None:
+    """Audit every secret file against the inventory.
 
     Reports machines that can decrypt a file they should not, machines or admins that
     cannot decrypt a file they should, declared secrets no file contains, and files whose
-    MAC or format is broken. Exit code 2 on any finding, one line each.
+    format is broken, from metadata alone. Then, where your age key opens a file, sops
+    decrypts it in memory, which verifies its MAC: a file changed outside sops is a
+    finding. Files no key of yours opens are named as not verified. Exit code 2 on any
+    finding, one line each.
     """
     plan = repo.plan()
     findings = audit_mod.audit(repo.root, plan)
+    broken = {f.path for f in findings if f.message.startswith("broken")}
+    macs = audit_mod.MacReport((), (), ())
+    if not metadata_only:
+        macs = audit_mod.verify_macs(repo.root, plan, Sops())
+        findings += [f for f in macs.findings if f.path not in broken]
+    if metadata_only:
+        note = "MAC not verified (--metadata-only)"
+    else:
+        note = audit_mod.mac_summary(macs)
     if as_json:
         click.echo(json.dumps([{"path": f.path, "message": f.message} for f in findings], indent=2))
+        click.echo(f"secrets: {note}", err=True)
         if findings:
             sys.exit(2)
         return
     if findings:
         raise CheckFailed(f"secrets: {len(findings)} finding(s)", [str(f) for f in findings])
-    click.echo(f"secrets: {len(plan.specs)} files match the inventory")
+    click.echo(f"secrets: {len(plan.specs)} files match the inventory; {note}")
+    for rel in macs.not_verified if macs.verified else ():
+        click.echo(f"  {rel}: MAC not verified (no admin key of yours opens it)")
 
 
 @secrets.command(short_help="List who can decrypt FILE.")
@@ -336,6 +369,12 @@ def check(repo: Repo, as_json: bool) -> None:
 def recipients(repo: Repo, file: str, as_json: bool) -> None:
     """List who can decrypt FILE (any sops file), naming inventory machines and users."""
     sops_file = read_sops_file(repo.locate(file))
+    if sops_file.problems:
+        # a damaged file's metadata cannot be trusted to say who reads it
+        raise CheckFailed(
+            f"{file}: damaged sops file ({len(sops_file.problems)} problem(s))",
+            [f"{file}: {problem}" for problem in sops_file.problems],
+        )
     try:
         plan: SecretsPlan | None = repo.plan()
     except UserError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,33 @@ def find_sops() -> str:
         return "sops"
     beside = Path(sys.executable).parent / "sops"
     return str(beside) if beside.is_file() else "sops"
+
+
+def age_key_file(env: Mapping[str, str]) -> Path:
+    """The age key file sops reads: $SOPS_AGE_KEY_FILE, else the XDG default."""
+    merged = {**os.environ, **env}
+    if merged.get("SOPS_AGE_KEY_FILE"):
+        return Path(merged["SOPS_AGE_KEY_FILE"])
+    config = merged.get("XDG_CONFIG_HOME") or str(
+        Path(merged.get("HOME") or "~").expanduser() / ".config"
+    )
+    return Path(config) / "sops" / "age" / "keys.txt"
+
+
+def require_private_key_file(path: Path) -> None:
+    """Refuse an age key file that others can read, as ssh refuses such a private key:
+    whoever could read it may already hold every admin secret, and it must not go on
+    being used unnoticed. The fix is one chmod, which the message gives."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # missing: sops says so when it needs it
+    if mode & 0o077:
+        who = "others" if mode & 0o007 else "its group"
+        raise UserError(
+            f"{path}: this age key is readable by {who} (mode {mode:04o}); it must be 0600: "
+            f"run `chmod 600 {path}` (and consider the key exposed if others use this machine)"
+        )
 
 
 def index_of(key: str) -> str:
@@ -76,6 +104,7 @@ class Sops:
     ) -> Result:
         """Run sops (``wrap`` is a command prefix such as the private-tmpfs launcher)."""
         full_env = {"SOPS_DISABLE_VERSION_CHECK": "1", **self.env, **(env or {})}
+        require_private_key_file(age_key_file(full_env))
         return self.runner.run(
             [*wrap, self.binary, *args],
             check=False,
