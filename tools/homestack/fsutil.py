@@ -74,7 +74,7 @@ def require_plain(root: Path, rel: str, *, what: str = "file", shown: str | None
             raise UserError(f"{rel}: cannot read it: {exc.strerror}") from exc
         last = index == len(parts) - 1
         if stat.S_ISLNK(mode):
-            target = os.readlink(path)
+            target = path.readlink()
             name = shown if last and shown else "/".join(parts[: index + 1])
             raise UserError(
                 f"{name}: is a symbolic link (to {target}); a {what} must be a regular file "

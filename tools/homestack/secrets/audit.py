@@ -16,7 +16,6 @@ from pathlib import Path
 
 from homestack.errors import UserError
 from homestack.secrets import verify
-
 from homestack.secrets.model import Principal, SecretSpec, SecretsPlan
 from homestack.secrets.rules import CONFIG_NAME, rules_are_current
 from homestack.secrets.sops import Sops

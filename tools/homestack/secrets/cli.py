@@ -281,9 +281,10 @@ def rotate(repo: Repo, file: str) -> None:
 def sync(repo: Repo, jobs: int, as_json: bool) -> None:
     """Re-key every secret file to the recipients the inventory wants: all files or none."""
     plan = repo.plan()
+    result = _sync(repo, plan, jobs)
+    # only once every file is in line: a refused sync leaves every file as it was
     if write_rules(repo.root, plan) and not as_json:
         click.echo(f"{CONFIG_NAME}: updated from the inventory")
-    result = _sync(repo, plan, jobs)
     if as_json:
         click.echo(
             json.dumps(
@@ -345,10 +346,7 @@ def check(repo: Repo, as_json: bool, metadata_only: bool) -> None:
     if not metadata_only:
         macs = audit_mod.verify_macs(repo.root, plan, Sops())
         findings += [f for f in macs.findings if f.path not in broken]
-    if metadata_only:
-        note = "MAC not verified (--metadata-only)"
-    else:
-        note = audit_mod.mac_summary(macs)
+    note = "MAC not verified (--metadata-only)" if metadata_only else audit_mod.mac_summary(macs)
     if as_json:
         click.echo(json.dumps([{"path": f.path, "message": f.message} for f in findings], indent=2))
         click.echo(f"secrets: {note}", err=True)

@@ -52,9 +52,12 @@ def require_private_key_file(path: Path) -> None:
     whoever could read it may already hold every admin secret, and it must not go on
     being used unnoticed. The fix is one chmod, which the message gives."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        info = path.stat()
     except OSError:
         return  # missing: sops says so when it needs it
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: not a file, so not an age key file (SOPS_AGE_KEY_FILE?)")
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         who = "others" if mode & 0o007 else "its group"
         raise UserError(
@@ -120,6 +123,12 @@ class Sops:
             why = "MAC mismatch: the file was changed outside sops (damaged or tampered with)"
         elif code == MAC_NOT_FOUND:
             why = "the file has no MAC (damaged or tampered with)"
+        elif "message authentication failed" in result.stderr:
+            # AES-GCM refused a value before the MAC was even computed
+            why = (
+                "a value does not decrypt: the file was changed outside sops "
+                "(damaged or tampered with)"
+            )
         elif code == COULD_NOT_RETRIEVE_KEY:
             key_file = {**os.environ, **self.env}.get("SOPS_AGE_KEY_FILE")
             if key_file and not Path(key_file).exists():

@@ -18,15 +18,19 @@ from homestack.secrets.sopsfile import SopsFormatError, read_sops_file
 from homestack.secrets.staging import Stage
 
 
+def _lexical(path: Path) -> Path:
+    """``path`` made absolute with `..` folded, and no link followed (unlike resolve)."""
+    return Path(os.path.normpath(Path.cwd() / path))
+
+
 def relative(root: Path, file: str | Path) -> str:
     """A secret file as the plan names it: relative to the repository, with `/`.
 
     Links are not followed (a link to another machine's file would otherwise be written
     through), and the file must be a regular file or not exist yet."""
     path = Path(file)
-    # abspath, not resolve: `..` is folded but no link is followed
-    absolute = Path(os.path.abspath(path if path.is_absolute() else Path.cwd() / path))
-    bases = dict.fromkeys((root, root.resolve(), Path(os.path.abspath(root))))
+    absolute = _lexical(path if path.is_absolute() else Path.cwd() / path)
+    bases = dict.fromkeys((root, root.resolve(), _lexical(root)))
     rel = None
     for base in bases:
         try:
@@ -35,10 +39,10 @@ def relative(root: Path, file: str | Path) -> str:
         except ValueError:
             continue
     if rel is None and not path.is_absolute():
-        inside = Path(os.path.abspath(root / path))
+        inside = _lexical(root / path)
         if inside.exists() or inside.is_symlink():
             with contextlib.suppress(ValueError):
-                rel = inside.relative_to(os.path.abspath(root)).as_posix()
+                rel = inside.relative_to(_lexical(root)).as_posix()
     if rel is None or rel in (".", "") or rel.startswith("../"):
         raise UserError(f"{file}: not inside the repository {root}")
     require_plain(root, rel, what="sops file")
@@ -147,7 +151,9 @@ def set_secret(
         existing = read_sops_file(root / rel).key_paths if exists else frozenset()
     except SopsFormatError as exc:
         detail = str(exc).split(": ", 1)[-1]
-        raise UserError(f"{rel}: not a readable sops file ({detail}); the file is unchanged") from None
+        raise UserError(
+            f"{rel}: not a readable sops file ({detail}); the file is unchanged"
+        ) from None
     problem = key_problem(key, existing)
     if problem is None and value == "" and not allow_empty:
         problem = "empty value (pass allow_empty to store one)"
