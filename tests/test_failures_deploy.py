@@ -357,3 +357,36 @@ def test_validation_reports_a_tampered_secret_through_the_library(
     assert any(p.startswith("secrets/vpn.yaml: does not verify:") for p in problems), (
         problems
     )
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--health-timeout", "-1"], ["--watchdog", "0"], ["nope"], ["status", "nope"]],
+)
+def test_bad_arguments_are_one_line_and_touch_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    from test_secrets_helpers import tools
+
+    runner = NoSsh()
+    monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
+    monkeypatch.setattr(
+        deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan())
+    )
+    monkeypatch.setattr(deploy_cli, "validator", lambda *_: lambda: [])
+    code, _, err = tools(capsys, "deploy", *args)
+    assert "Traceback" not in err
+    assert code == 2, err
+    assert err.splitlines()[-1].startswith(("error: ", "Error: "))
+    assert runner.calls == []
+
+
+def test_tools_test_names_a_flake_directory_that_is_not_there(tmp_path: Path) -> None:
+    from homestack import vmtest
+
+    result = CliRunner().invoke(vmtest.test, ["--flake", str(tmp_path / "gone")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"Directory '{tmp_path / 'gone'}' does not exist" in result.output

@@ -511,3 +511,41 @@ def test_edit_without_a_terminal_says_the_changes_were_discarded(
     assert code == 2 and "Traceback" not in err
     assert "no terminal to ask on" in err and "the old file is kept" in err
     assert digests(repo) == before
+
+
+# --- other inputs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "binary", "public-key", "directory"])
+def test_bootstrap_names_a_key_file_it_cannot_import(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    key = tmp_path / "key"
+    if kind == "fifo":
+        os.mkfifo(key)  # read naively, this would hang
+    elif kind == "binary":
+        key.write_bytes(bytes(range(256)) * 8)
+    elif kind == "public-key":
+        key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0= root@db\n")
+    else:
+        key.mkdir()
+    before = digests(repo)
+    argv = ("secrets", "bootstrap", "db", "--key", str(key), "--force", "--no-sync")
+    code, _, err = tools(capsys, *argv)
+    assert code == 2 and "Traceback" not in err
+    assert str(key) in err.splitlines()[-1]
+    assert digests(repo) == before
+
+
+@pytest.mark.parametrize("key", ["", "/", "//"])
+def test_set_refuses_an_empty_name_before_reading_a_value(
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+) -> None:
+    before = digests(repo)
+    stdin(monkeypatch, b"value")
+    line = refused(capsys, "secrets", "set", VPN, key)
+    assert line == f"error: {VPN}: {key}: an empty secret name; the file is unchanged"
+    assert digests(repo) == before

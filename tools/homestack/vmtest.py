@@ -141,7 +141,8 @@ def select(checks: Sequence[Check], names: Sequence[str]) -> list[Check]:
 @click.option("--interactive", is_flag=True,
               help="Start the interactive test driver of one test (start_all(), shell_interact()).")
 @click.option("--list", "list_only", is_flag=True, help="List the checks; run nothing.")
-@click.option("--flake", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--flake", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              default=None,
               help="The Homestack flake (default: the directory of the inventory, found as "
                    "-i/--inventory is elsewhere).")
 def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path | None) -> None:

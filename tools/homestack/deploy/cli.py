@@ -71,9 +71,9 @@ class _Printer:
               help="Remove guests that left the inventory without asking (a final snapshot "
                    "is kept).")
 @inventory_option
-@click.option("--health-timeout", type=float, default=120.0, show_default=True,
+@click.option("--health-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
               help="Seconds each health check may take to pass.")
-@click.option("--watchdog", type=int, default=900, show_default=True,
+@click.option("--watchdog", type=click.IntRange(min=1), default=900, show_default=True,
               help="Seconds after which a machine rolls itself back unless the deploy "
                    "confirmed it healthy.")
 @click.option("-o", "--ssh-option", "ssh_options", multiple=True,

@@ -14,12 +14,13 @@ import click
 
 from homestack.cliopts import inventory_path, shared_inventory_option
 from homestack.errors import CheckFailed, UserError
-from homestack.fsutil import require_plain
+from homestack.fsutil import read_regular, require_plain
 from homestack.inventory import set_inventory_value
 from homestack.plan import load_plan
 from homestack.secrets import audit as audit_mod
 from homestack.secrets import keys as keys_mod
 from homestack.secrets import sync as sync_mod
+from homestack.secrets.agekeys import HostKey
 from homestack.secrets.edit import Outcome, edit_secret
 from homestack.secrets.model import Kind, SecretsPlan
 from homestack.secrets.rules import CONFIG_NAME, rules_are_current, write_rules
@@ -27,6 +28,7 @@ from homestack.secrets.sops import Sops
 from homestack.secrets.sopsfile import read_sops_file
 from homestack.secrets.store import (
     MAX_VALUE,
+    key_problem,
     relative,
     rotate_file,
     set_secret,
@@ -169,7 +171,13 @@ def bootstrap(
     """
     if key_file is not None and len(machines) != 1:
         raise UserError("--key imports one key: name exactly one machine")
-    pem = key_file.read_bytes() if key_file is not None else None
+    pem = None
+    if key_file is not None:
+        pem = read_regular(key_file, what="private key file")  # never hang on a pipe
+        try:
+            HostKey.load(pem, "")
+        except (UserError, ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{key_file}: {exc}") from None
     sops = Sops()
     hosts, guests = keys_mod.bootstrap_order(repo.plan(), list(machines))
     for group in (hosts, guests):
@@ -244,6 +252,9 @@ def set_(repo: Repo, file: str, key: str, keep_newline: bool, allow_empty: bool)
     before the pipe leaves, so it is refused unless --allow-empty says it is meant.
     """
     rel = repo.rel(file)
+    problem = key_problem(key, frozenset())  # before reading a value for a key that cannot be
+    if problem is not None:
+        raise UserError(f"{rel}: {key}: {problem}; the file is unchanged")
     if sys.stdin.isatty():
         value = click.prompt(f"{key}", hide_input=True, err=True)
     else:
