@@ -219,6 +219,11 @@ def test_the_cli_prints_a_report_not_a_traceback(
         ),
         ("Connection closed by 192.0.2.7 port 22", "lost the connection", False),
         ("client_loop: send disconnect: Broken pipe", "lost the connection", False),
+        (
+            "Connection to 127.0.0.1 closed by remote host.",
+            "lost the connection",
+            False,
+        ),
         ("Timeout, server homelab not responding.", "lost the connection", False),
         ("", "the connection failed", False),
     ],
@@ -390,3 +395,26 @@ def test_tools_test_names_a_flake_directory_that_is_not_there(tmp_path: Path) ->
     result = CliRunner().invoke(vmtest.test, ["--flake", str(tmp_path / "gone")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"Directory '{tmp_path / 'gone'}' does not exist" in result.output
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the ssh client")
+@pytest.mark.parametrize(
+    ("destination", "options", "reason"),
+    [
+        ("root@host.invalid", (), "cannot resolve the host name"),
+        ("root@127.0.0.1", ("-p", "9"), "connection refused (is sshd running there?)"),
+    ],
+    ids=["unresolvable", "refused"],
+)
+def test_real_ssh_failures_are_named(
+    destination: str, options: tuple[str, ...], reason: str
+) -> None:
+    from homestack.deploy.remote import DEFAULT_OPTIONS, Remote, Ssh
+    from homestack.process import default_runner
+
+    ssh = Ssh(options=(*DEFAULT_OPTIONS, *options))
+    with pytest.raises(ConnectionLost) as lost:
+        Remote(default_runner, ssh, destination).run(["true"])
+    assert lost.value.reason == reason
+    assert lost.value.before_command
+    assert str(lost.value).startswith(f"{destination}: {reason} (ssh: ")
