@@ -162,6 +162,38 @@ def test_set_refuses_a_key_that_would_replace_other_keys_or_sops_metadata(
     assert tools(capsys, "secrets", "show", VPN, "netbird/relay-secret")[0] == 0
 
 
+@pytest.mark.parametrize("key", ["ключ", 'a"b', "a b\\c", "x'y", "a]b"])
+def test_a_key_name_is_stored_as_given_not_escaped(
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+) -> None:
+    stdin(monkeypatch, b"v")
+    assert tools(capsys, "secrets", "set", VPN, key)[0] == 0
+    assert tools(capsys, "secrets", "show", VPN, key)[1] == "v\n"
+    from homestack.secrets.sopsfile import read_sops_file
+
+    assert key in read_sops_file(repo / VPN).key_paths  # not \u043a… or a\"b
+
+
+@pytest.mark.parametrize("key", ["a[b", "line\nbreak"])
+def test_a_key_sops_cannot_address_is_refused(
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+) -> None:
+    before = digests(repo)
+    stdin(monkeypatch, b"v")
+    line = refused(capsys, "secrets", "set", VPN, key)
+    shown = key if key.isprintable() else repr(key)
+    assert line.startswith(
+        f"error: {VPN}: {shown}: sops cannot address a key holding '['"
+    )
+    assert digests(repo) == before
+
+
 def test_a_new_file_never_gets_a_sops_key(
     repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

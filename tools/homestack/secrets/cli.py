@@ -235,6 +235,8 @@ def edit(repo: Repo, file: str) -> None:
 @pass_repo
 def show(repo: Repo, file: str, key: str | None) -> None:
     """Print FILE decrypted (exactly as `sops decrypt` does), or one KEY (a/b for nested)."""
+    if key is not None and (problem := key_problem(key, frozenset())) is not None:
+        raise UserError(f"{file}: {key}: {problem}")
     text = Sops().decrypt(repo.locate(file), key, shown_as=file)
     click.echo(text, nl=key is not None and not text.endswith("\n"))
 
@@ -254,7 +256,8 @@ def set_(repo: Repo, file: str, key: str, keep_newline: bool, allow_empty: bool)
     rel = repo.rel(file)
     problem = key_problem(key, frozenset())  # before reading a value for a key that cannot be
     if problem is not None:
-        raise UserError(f"{rel}: {key}: {problem}; the file is unchanged")
+        shown = key if key.isprintable() else repr(key)  # the message stays one line
+        raise UserError(f"{rel}: {shown}: {problem}; the file is unchanged")
     if sys.stdin.isatty():
         value = click.prompt(f"{key}", hide_input=True, err=True)
     else:

@@ -67,11 +67,20 @@ def require_private_key_file(path: Path) -> None:
 
 
 def index_of(key: str) -> str:
-    """A sops tree index from a sops-nix style key: ``a/b`` -> ``["a"]["b"]``."""
+    """A sops tree index from a sops-nix style key: ``a/b`` -> ``["a"]["b"]``.
+
+    sops splits the index at ``[`` and strips the quotes around each part without
+    unescaping anything (`parseTreePath`), so a part goes in verbatim: JSON escapes would
+    become part of the key (``ключ`` stored as ``\u043a…``), and a ``[`` cannot be
+    addressed at all."""
     parts = [p for p in key.split("/") if p]
     if not parts:
         raise UserError(f"{key!r}: empty secret name")
-    return "".join(f"[{json.dumps(p)}]" for p in parts)
+    for part in parts:
+        if "[" in part or any(ord(c) < 0x20 for c in part):
+            raise UserError(f"{key!r}: sops cannot address a key holding '[' or a control "
+                            "character")
+    return "".join(f'["{p}"]' for p in parts)
 
 
 def _last_error(stderr: str) -> str:

@@ -116,6 +116,8 @@ def key_problem(key: str, existing: frozenset[str]) -> str | None:
     parts = [p for p in key.split("/") if p]
     if not parts:
         return "an empty secret name"
+    if any("[" in p or any(ord(c) < 0x20 for c in p) for p in parts):
+        return "sops cannot address a key holding '[' or a control character"
     if parts[0] == RESERVED:
         return f"the top-level key {RESERVED!r} is reserved for sops's own metadata"
     name = "/".join(parts)
