@@ -225,6 +225,11 @@ def test_the_cli_prints_a_report_not_a_traceback(
             False,
         ),
         ("Timeout, server homelab not responding.", "lost the connection", False),
+        (
+            "command-line: line 0: Bad configuration option: foo",
+            "ssh refused its options (see -o/--ssh-option)",
+            True,
+        ),
         ("", "the connection failed", False),
     ],
 )

@@ -38,6 +38,8 @@ _SSH_FAILURES: tuple[tuple[tuple[str, ...], str, bool], ...] = (
      "host key verification failed (not the host key known for it)", True),
     (("Connection timed out", "Operation timed out", "timed out during banner exchange"),
      "timed out connecting", True),
+    (("Bad configuration option", "command-line: line", "Bad port", "garbage at end of line"),
+     "ssh refused its options (see -o/--ssh-option)", True),
     (("Connection closed", "closed by remote host", "Connection reset", "Broken pipe",
       "not responding", "client_loop:"),
      "lost the connection", False),
