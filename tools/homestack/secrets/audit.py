@@ -189,6 +189,8 @@ def verify_macs(
 
 def mac_summary(report: MacReport) -> str:
     """One clause for the check's summary line: what was verified and what was not."""
+    if not (report.verified or report.not_verified or report.findings):
+        return "no file to decrypt, so no MAC verified"
     if not report.not_verified:
         return f"MACs verified ({len(report.verified)} files decrypted in memory)"
     if not report.verified and not report.findings:

@@ -355,11 +355,14 @@ def check(repo: Repo, as_json: bool, metadata_only: bool) -> None:
     """
     plan = repo.plan()
     findings = audit_mod.audit(repo.root, plan)
-    broken = {f.path for f in findings if f.message.startswith("broken")}
     macs = audit_mod.MacReport((), (), ())
-    if not metadata_only:
-        macs = audit_mod.verify_macs(repo.root, plan, Sops())
-        findings += [f for f in macs.findings if f.path not in broken]
+    if not metadata_only:  # files audit found broken are not decrypted again
+        shown = sys.stderr.isatty()  # a counter on a terminal; logs get the findings only
+        macs = audit_mod.verify_macs(
+            repo.root, plan, Sops(),
+            progress=(lambda done, total: _progress("decrypted", done, total)) if shown else None,
+        )  # fmt: skip
+        findings += macs.findings
     note = "MAC not verified (--metadata-only)" if metadata_only else audit_mod.mac_summary(macs)
     if as_json:
         click.echo(json.dumps([{"path": f.path, "message": f.message} for f in findings], indent=2))
