@@ -18,7 +18,7 @@ from homestack.errors import UserError
 from homestack.secrets import verify
 from homestack.secrets.model import Principal, SecretSpec, SecretsPlan
 from homestack.secrets.rules import CONFIG_NAME, rules_are_current
-from homestack.secrets.sops import Sops
+from homestack.secrets.sops import Sops, age_key_file, require_private_key_file
 from homestack.secrets.sopsfile import SopsFile, SopsFormatError, read_sops_file
 from homestack.secrets.staging import SECRETS_DIR
 
@@ -153,6 +153,8 @@ def verify_macs(
 
     sops verifies the MAC over all values on decrypt, so a file changed outside sops (an
     altered value or MAC) fails here. Files no local key opens are listed, not passed."""
+    # a key others can read stops the check once, not once per file
+    require_private_key_file(age_key_file(sops.env))
     identities = {i.recipient for i in verify.local_identities(sops.env)}
     specs = {spec.path for spec in plan.with_backups(root).specs}
     candidates: list[str] = []
