@@ -462,6 +462,7 @@ def test_an_age_key_others_can_read_is_refused(  # noqa: PLR0917 - fixtures, by 
     assert "readable by" in refused(
         capsys, "secrets", "set", VPN, "netbird/turn-password"
     )
+    assert "readable by" in refused(capsys, "secrets", "check")  # once, not once per file
     # init never claims "(mode 0600)" for a key that is not
     code, out, err = tools(capsys, "secrets", "init")
     assert code == 2 and "mode 0600)" not in out and "readable by" in err
