@@ -202,6 +202,7 @@ def test_the_cli_prints_a_report_not_a_traceback(
         ),
         (REFUSED, "connection refused (is sshd running there?)", True),
         (TIMED_OUT, "timed out connecting", True),
+        ("Connection to 203.0.113.10 port 22 timed out", "timed out connecting", True),
         (
             "ssh: connect to host 10.0.0.9 port 22: No route to host",
             "no route to the host",

@@ -36,7 +36,8 @@ _SSH_FAILURES: tuple[tuple[tuple[str, ...], str, bool], ...] = (
      "authentication failed (is your SSH key on the machine?)", True),
     (("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED"),
      "host key verification failed (not the host key known for it)", True),
-    (("Connection timed out", "Operation timed out", "timed out during banner exchange"),
+    (("Connection timed out", "Operation timed out", "timed out during banner exchange",
+      " timed out"),  # OpenSSH 9: "Connection to 203.0.113.10 port 22 timed out"
      "timed out connecting", True),
     (("Bad configuration option", "command-line: line", "Bad port", "garbage at end of line"),
      "ssh refused its options (see -o/--ssh-option)", True),
