@@ -246,22 +246,22 @@ class MachineRun:
                 return self.roll_back(str(exc))
             self.disarm()
             self.say(f"failed before switching: {exc}")
-            return self.not_switched(Outcome.FAILED, "", str(exc))
+            return self.not_switched("", str(exc))
         except ConnectionLost as exc:
             if self.switched:
                 return self.roll_back(str(exc))
             self.say(f"{exc}; nothing was switched")
             note = (f" (its watchdog {self.watchdog}.timer may still fire: harmless, it"
                     " re-activates that same version)") if self.armed else ""
-            return self.not_switched(Outcome.FAILED, note, str(exc))
+            return self.not_switched(note, str(exc))
 
-    def not_switched(self, outcome: Outcome, note: str, error: str) -> MachineReport:
+    def not_switched(self, note: str, error: str) -> MachineReport:
         """The report of a machine this deploy did not switch: what it runs if that was seen,
         else "unknown" (an unreachable machine's state is never guessed)."""
         if not self.seen:
             return self.report(Outcome.UNKNOWN, "unknown: not switched, and what it runs "
                                "could not be seen (nothing was changed on it)", error)
-        return self.report(outcome, f"not switched; still runs {self.describe_old()}{note}",
+        return self.report(Outcome.FAILED, f"not switched; still runs {self.describe_old()}{note}",
                            error)
 
     def roll_back(self, reason: str) -> MachineReport:
