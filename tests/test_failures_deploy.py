@@ -29,9 +29,7 @@ from homestack.process import RecordingRunner, Result, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = ROOT / "inventory.toml"
-needs_nix = pytest.mark.skipif(
-    shutil.which("nix-instantiate") is None, reason="needs Nix"
-)
+needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs Nix")
 
 REFUSED = "ssh: connect to host relay port 22: Connection refused"
 TIMED_OUT = "ssh: connect to host homelab port 22: Connection timed out"
@@ -65,9 +63,7 @@ def invoke(args: list[str]) -> Any:
 
 def no_traceback(result: Any) -> None:
     assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        result.exception
-    )
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 # --- a dry run never connects -----------------------------------------------------------------
@@ -79,9 +75,7 @@ def no_traceback(result: Any) -> None:
     [["status"], ["status", "--json"], [], ["db"], ["--json"]],
     ids=["status", "status-json", "all", "db", "json"],
 )
-def test_dry_run_opens_no_connection(
-    monkeypatch: pytest.MonkeyPatch, args: list[str]
-) -> None:
+def test_dry_run_opens_no_connection(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
     runner = NoSsh()
     monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
     result = invoke(["--dry-run", "--inventory", str(INVENTORY), *args])
@@ -104,22 +98,14 @@ def fleet_where(dead: dict[str, str]) -> RecordingRunner:
         where = target(call)
         if where in dead:
             return Result(call, 255, "", dead[where])
-        if (
-            call[:1] == ("nix",)
-            and "copy" in call
-            and any(t in " ".join(call) for t in dead)
-        ):
-            return Result(
-                call, 1, "", f"error: cannot connect: {next(iter(dead.values()))}"
-            )
+        if call[:1] == ("nix",) and "copy" in call and any(t in " ".join(call) for t in dead):
+            return Result(call, 1, "", f"error: cannot connect: {next(iter(dead.values()))}")
         return healthy(call)
 
     return RecordingRunner(script=script)
 
 
-def deploy(
-    runner: Runner, selected: Sequence[str] = (), **options: Any
-) -> engine.DeployReport:
+def deploy(runner: Runner, selected: Sequence[str] = (), **options: Any) -> engine.DeployReport:
     return engine.deploy(
         make_plan(),
         runner=runner,
@@ -139,26 +125,18 @@ def test_an_unreachable_hypervisor_is_reported_per_machine() -> None:
     assert by_name["cloud-relay"].outcome is Outcome.SWITCHED
     homelab = by_name["homelab"]
     assert homelab.outcome is Outcome.UNKNOWN
-    assert homelab.state.startswith(
-        "unknown: not switched, and what it runs could not be seen"
-    )
+    assert homelab.state.startswith("unknown: not switched, and what it runs could not be seen")
     assert homelab.error == f"root@homelab: timed out connecting ({TIMED_OUT})"
-    assert {by_name[g].outcome for g in ("db", "auth", "vpn", "proxy")} == {
-        Outcome.NOT_STARTED
-    }
+    assert {by_name[g].outcome for g in ("db", "auth", "vpn", "proxy")} == {Outcome.NOT_STARTED}
     assert report.removals == ()
     assert "deploy failed on homelab, db, auth, vpn, proxy" in report.summary()
 
 
-def test_an_unreachable_relay_is_unknown_not_still_on_its_previous_configuration() -> (
-    None
-):
+def test_an_unreachable_relay_is_unknown_not_still_on_its_previous_configuration() -> None:
     report = deploy(fleet_where({"root@relay": REFUSED}), ["cloud-relay"])
     relay = report.machines[0]
     assert relay.outcome is Outcome.UNKNOWN
-    assert (
-        "previous configuration" not in relay.state and "still runs" not in relay.state
-    )
+    assert "previous configuration" not in relay.state and "still runs" not in relay.state
     assert relay.error is not None and "connection refused" in relay.error
 
 
@@ -167,9 +145,7 @@ def test_the_cli_prints_a_report_not_a_traceback(
 ) -> None:
     runner = fleet_where({"root@homelab": TIMED_OUT, "root@relay": REFUSED})
     monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
-    monkeypatch.setattr(
-        deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan())
-    )
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
     monkeypatch.setattr(deploy_cli, "validator", lambda *_: lambda: [])
     result = invoke(["--yes", "--health-timeout", "0"])
     no_traceback(result)
@@ -182,9 +158,7 @@ def test_the_cli_prints_a_report_not_a_traceback(
     assert all(line.split()[1] == "not-started" for line in table[2:6])
     assert table[-1] == "deploy failed on cloud-relay, homelab, db, auth, vpn, proxy"
     data = invoke(["--json", "--health-timeout", "0"])
-    assert [m["outcome"] for m in json.loads(data.stdout)["machines"]][:2] == [
-        "unknown"
-    ] * 2
+    assert [m["outcome"] for m in json.loads(data.stdout)["machines"]][:2] == ["unknown"] * 2
 
 
 @pytest.mark.parametrize(
@@ -234,9 +208,7 @@ def test_the_cli_prints_a_report_not_a_traceback(
         ("", "the connection failed", False),
     ],
 )
-def test_ssh_failures_are_reported_as_what_they_are(
-    stderr: str, reason: str, before: bool
-) -> None:
+def test_ssh_failures_are_reported_as_what_they_are(stderr: str, reason: str, before: bool) -> None:
     assert classify(stderr) == (reason, before)
     message = str(ConnectionLost("root@homelab", "readlink /x", stderr))
     assert message.startswith(f"root@homelab: {reason}")
@@ -266,16 +238,10 @@ def test_status_of_a_dead_host_costs_one_timeout_and_runs_hosts_in_parallel() ->
     assert elapsed < 4 * delay, elapsed  # one after another it would take 7 * delay
     assert len(homelab_calls) == 1
     by_name = {r.name: r for r in rows}
-    assert (
-        by_name["cloud-relay"].reachable
-        and by_name["cloud-relay"].running == "generation 7"
-    )
+    assert by_name["cloud-relay"].reachable and by_name["cloud-relay"].running == "generation 7"
     for name in ("homelab", "db", "auth", "vpn", "proxy"):
         assert not by_name[name].reachable
-        assert (
-            by_name[name].running
-            == f"unknown: root@homelab: timed out connecting ({TIMED_OUT})"
-        )
+        assert by_name[name].running == f"unknown: root@homelab: timed out connecting ({TIMED_OUT})"
     assert [r.name for r in rows] == [
         "cloud-relay",
         "homelab",
@@ -292,12 +258,17 @@ def test_status_of_a_dead_host_costs_one_timeout_and_runs_hosts_in_parallel() ->
 def test_the_engine_never_runs_a_tools_from_path() -> None:
     runner = fleet_where({})
     checked: list[bool] = []
+
+    def validate() -> list[str]:
+        checked.append(True)
+        return []
+
     engine.deploy(
         make_plan(),
         runner=runner,
         flake=Path("/flake"),
         options=DeployOptions(health_timeout=0, poll_interval=0),
-        validate=lambda: checked.append(True) or [],
+        validate=validate,
         clock=Clock(sleep=lambda _: None),
         stamp=STAMP,
     )
@@ -335,9 +306,7 @@ def test_a_build_that_prints_no_path_stops_before_any_machine(stdout: str) -> No
 
     runner = RecordingRunner(script=script)
     report = deploy(runner)
-    assert (
-        report.error == "build of cloud-relay failed: nix build printed no store path"
-    )
+    assert report.error == "build of cloud-relay failed: nix build printed no store path"
     assert {m.outcome for m in report.machines} == {Outcome.NOT_STARTED}
     assert not any(call[0] == "ssh" for call in runner.calls)
 
@@ -359,15 +328,11 @@ def test_validation_reports_a_tampered_secret_through_the_library(
     build_repo(root, keys, Sops())  # sops from beside this Python: PATH has none
     vpn = root / "secrets/vpn.yaml"
     text = vpn.read_text()
-    at = text.index("turn-password: ENC[AES256_GCM,data:") + len(
-        "turn-password: ENC[AES256_GCM,"
-    )
+    at = text.index("turn-password: ENC[AES256_GCM,data:") + len("turn-password: ENC[AES256_GCM,")
     at += len("data:")
     vpn.write_text(text[:at] + ("A" if text[at] != "A" else "B") + text[at + 1 :])
     problems = engine.validate(load_plan(root / "inventory.toml"), root)
-    assert any(p.startswith("secrets/vpn.yaml: does not verify:") for p in problems), (
-        problems
-    )
+    assert any(p.startswith("secrets/vpn.yaml: does not verify:") for p in problems), problems
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -384,9 +349,7 @@ def test_bad_arguments_are_one_line_and_touch_nothing(
 
     runner = NoSsh()
     monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
-    monkeypatch.setattr(
-        deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan())
-    )
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
     monkeypatch.setattr(deploy_cli, "validator", lambda *_: lambda: [])
     code, _, err = tools(capsys, "deploy", *args)
     assert "Traceback" not in err

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from test_secrets_helpers import (  # noqa: F401 - fixtures
     tools,
 )
 
+from homestack.secrets.sops import Sops
 from homestack.secrets.store import MAX_VALUE
 
 VPN = "secrets/vpn.yaml"
@@ -107,9 +109,7 @@ def test_an_empty_value_is_stored_when_asked_for(
     repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stdin(monkeypatch, b"")
-    code, _, err = tools(
-        capsys, "secrets", "set", "--allow-empty", VPN, "netbird/turn-password"
-    )
+    code, _, err = tools(capsys, "secrets", "set", "--allow-empty", VPN, "netbird/turn-password")
     assert code == 0, err
     assert tools(capsys, "secrets", "show", VPN, "netbird/turn-password")[1] == "\n"
 
@@ -123,9 +123,7 @@ def test_a_failing_producer_in_a_real_pipe_stores_nothing(repo: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stderr.startswith(
-        f"error: {VPN}: netbird/turn-password: the value on stdin"
-    )
+    assert result.stderr.startswith(f"error: {VPN}: netbird/turn-password: the value on stdin")
     assert digests(repo) == before
 
 
@@ -188,9 +186,7 @@ def test_a_key_sops_cannot_address_is_refused(
     stdin(monkeypatch, b"v")
     line = refused(capsys, "secrets", "set", VPN, key)
     shown = key if key.isprintable() else repr(key)
-    assert line.startswith(
-        f"error: {VPN}: {shown}: sops cannot address a key holding '['"
-    )
+    assert line.startswith(f"error: {VPN}: {shown}: sops cannot address a key holding '['")
     assert digests(repo) == before
 
 
@@ -248,9 +244,7 @@ def test_a_link_out_of_the_repository_is_refused(
     (repo / "secrets/db.yaml").symlink_to(outside)
     before, kept = digests(repo), outside.read_bytes()
     stdin(monkeypatch, b"x")
-    assert "is a symbolic link" in refused(
-        capsys, "secrets", "set", "secrets/db.yaml", "k"
-    )
+    assert "is a symbolic link" in refused(capsys, "secrets", "set", "secrets/db.yaml", "k")
     assert digests(repo) == before and outside.read_bytes() == kept
 
 
@@ -263,9 +257,7 @@ def test_a_linked_directory_is_refused(
     (repo / "secrets/shared").symlink_to(elsewhere)
     before = digests(elsewhere)
     stdin(monkeypatch, b"x")
-    line = refused(
-        capsys, "secrets", "set", "secrets/shared/pg-pocketid.yaml", "password"
-    )
+    line = refused(capsys, "secrets", "set", "secrets/shared/pg-pocketid.yaml", "password")
     assert "secrets/shared: is a symbolic link" in line
     assert digests(elsewhere) == before
 
@@ -295,9 +287,7 @@ def test_a_named_pipe_is_refused_without_waiting_on_it(
     line = refused(capsys, "secrets", "show", "secrets/db.yaml")
     assert line == "error: secrets/db.yaml: is a named pipe, not a sops file"
     stdin(monkeypatch, b"x")
-    assert "is a named pipe" in refused(
-        capsys, "secrets", "set", "secrets/db.yaml", "k"
-    )
+    assert "is a named pipe" in refused(capsys, "secrets", "set", "secrets/db.yaml", "k")
     assert time.monotonic() - start < 30
 
 
@@ -309,16 +299,11 @@ def test_check_and_sync_name_a_link_among_the_secret_files(
     before = digests(repo)
     code, _, err = tools(capsys, "secrets", "check")
     assert code == 2 and "Traceback" not in err
-    assert (
-        "secrets/db.yaml: broken: is a symbolic link; a sops file must be a regular file"
-        in (err.splitlines())
+    assert "secrets/db.yaml: broken: is a symbolic link; a sops file must be a regular file" in (
+        err.splitlines()
     )
     line = refused(capsys, "secrets", "sync")
-    assert (
-        line.startswith("error: ")
-        and "secrets/db.yaml" in line
-        and "symbolic link" in line
-    )
+    assert line.startswith("error: ") and "secrets/db.yaml" in line and "symbolic link" in line
     assert digests(repo) == before
 
 
@@ -343,9 +328,8 @@ def alter_value(path: Path) -> None:
 
 @pytest.mark.parametrize("tamper", [alter_mac, alter_value], ids=["mac", "value"])
 def test_check_finds_a_file_changed_outside_sops(
-    repo: Path, capsys: pytest.CaptureFixture[str], tamper: object
+    repo: Path, capsys: pytest.CaptureFixture[str], tamper: Callable[[Path], None]
 ) -> None:
-    assert callable(tamper)
     tamper(repo / VPN)
     before = digests(repo)
     code, _, err = tools(capsys, "secrets", "check")
@@ -357,9 +341,8 @@ def test_check_finds_a_file_changed_outside_sops(
 
 @pytest.mark.parametrize("tamper", [alter_mac, alter_value], ids=["mac", "value"])
 def test_sync_never_re_keys_a_tampered_file(
-    repo: Path, capsys: pytest.CaptureFixture[str], tamper: object
+    repo: Path, capsys: pytest.CaptureFixture[str], tamper: Callable[[Path], None]
 ) -> None:
-    assert callable(tamper)
     add_admin(repo / "inventory.toml", "bob", BOB)  # every file gains a recipient
     tools(capsys, "secrets", "rules")
     tamper(repo / VPN)
@@ -383,9 +366,8 @@ def test_sync_never_re_keys_a_tampered_file(
     ids=["half", "cut-before-lastmodified", "empty", "garbage"],
 )
 def test_a_damaged_file_is_an_error_naming_it(
-    repo: Path, capsys: pytest.CaptureFixture[str], damage: object, why: str
+    repo: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[str], str], why: str
 ) -> None:
-    assert callable(damage)
     path = repo / VPN
     path.write_text(damage(path.read_text()))
     before = digests(repo)
@@ -394,9 +376,7 @@ def test_a_damaged_file_is_an_error_naming_it(
     assert "None" not in out + err
     assert f"error: {VPN}: " in err and why in err
     code, _, err = tools(capsys, "secrets", "check")
-    assert code == 2 and any(
-        line.startswith(f"{VPN}: broken") for line in err.splitlines()
-    )
+    assert code == 2 and any(line.startswith(f"{VPN}: broken") for line in err.splitlines())
     assert refused(capsys, "secrets", "show", VPN).startswith(f"error: {VPN}")
     assert digests(repo) == before
 
@@ -411,9 +391,7 @@ def test_pgp_recipients_are_named_not_nobody(
     (repo / "secrets/old.yaml").write_text(pgp_only)
     code, _, err = tools(capsys, "secrets", "check")
     assert code == 2
-    line = next(
-        line for line in err.splitlines() if line.startswith("secrets/old.yaml")
-    )
+    line = next(line for line in err.splitlines() if line.startswith("secrets/old.yaml"))
     assert "nobody" not in line
     assert "pgp key 7FB89715AADA920D65D25E63F9BA9DEBD03F57C0" in line
     code, out, _ = tools(capsys, "secrets", "recipients", "secrets/old.yaml")
@@ -422,11 +400,11 @@ def test_pgp_recipients_are_named_not_nobody(
 
 def test_without_an_admin_key_check_says_the_mac_was_not_verified(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str], admin_sops: object,
+    capsys: pytest.CaptureFixture[str], admin_sops: Sops,
 ) -> None:  # fmt: skip
     from test_secrets_audit import complete
 
-    complete(repo, admin_sops)  # type: ignore[arg-type]
+    complete(repo, admin_sops)
     alter_value(repo / VPN)
     monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(tmp_path / "none.txt"))
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -434,10 +412,7 @@ def test_without_an_admin_key_check_says_the_mac_was_not_verified(
     code, out, err = tools(capsys, "secrets", "check")
     # the metadata is in line, but a tampered value cannot be seen without the key: it says so
     assert (code, err) == (0, "")
-    assert (
-        out
-        == "secrets: 15 files match the inventory; MAC not verified (no admin key)\n"
-    )
+    assert out == "secrets: 15 files match the inventory; MAC not verified (no admin key)\n"
 
 
 # --- key files --------------------------------------------------------------------------------
@@ -459,9 +434,7 @@ def test_an_age_key_others_can_read_is_refused(  # noqa: PLR0917 - fixtures, by 
         f"run `chmod 600 {key}` (and consider the key exposed if others use this machine)"
     )
     stdin(monkeypatch, b"x")
-    assert "readable by" in refused(
-        capsys, "secrets", "set", VPN, "netbird/turn-password"
-    )
+    assert "readable by" in refused(capsys, "secrets", "set", VPN, "netbird/turn-password")
     assert "readable by" in refused(capsys, "secrets", "check")  # once, not once per file
     # init never claims "(mode 0600)" for a key that is not
     code, out, err = tools(capsys, "secrets", "init")
@@ -517,10 +490,7 @@ def test_edit_with_invalid_yaml_reopens_the_editor_on_the_users_text(
     code, output = edit_on_a_terminal(repo, editor_script(tmp_path), b"y\n")
     assert code == 0, output
     assert "Traceback" not in output
-    assert (
-        "edit: not valid YAML" in output
-        and "re-open the editor with your changes?" in output
-    )
+    assert "edit: not valid YAML" in output and "re-open the editor with your changes?" in output
     # the edit made before the mistake survived the second round
     assert tools(capsys, "secrets", "show", AUTH, "kept")[1] == "my edit\n"
 
