@@ -128,6 +128,8 @@ def test_an_unreachable_hypervisor_is_reported_per_machine() -> None:
     assert homelab.state.startswith("unknown: not switched, and what it runs could not be seen")
     assert homelab.error == f"root@homelab: timed out connecting ({TIMED_OUT})"
     assert {by_name[g].outcome for g in ("db", "auth", "vpn", "proxy")} == {Outcome.NOT_STARTED}
+    # one attempt on the dead host (looking for stale guests), not one more per step
+    assert len([c for c in runner.calls if target(c) == "root@homelab"]) == 1
     assert report.removals == ()
     assert "deploy failed on homelab, db, auth, vpn, proxy" in report.summary()
 

@@ -130,7 +130,8 @@ def deploy(
 
     if any(m.kind is Kind.HOST and m.guests for m in machines):
         progress("deploy", "look for guests that are no longer in the inventory")
-    stale = find_stale(plan, machines, runner, ssh, progress)
+    unreachable: dict[str, ConnectionLost] = {}
+    stale = find_stale(plan, machines, runner, ssh, progress, unreachable=unreachable)
     to_remove = [s for s in stale if options.yes or confirm(_question(s))]
     kept = [Removal(s.guest, s.host, False, "left in place (not confirmed; use --yes)")
             for s in stale if s not in to_remove]
@@ -149,7 +150,9 @@ def deploy(
                            f"{', '.join(m.name for m in wave)}{together}")
         workers = 1 if options.dry_run else len(wave)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            done = list(pool.map(lambda m: MachineRun(ctx, m, built[m.name]).run(), wave))
+            done = list(pool.map(
+                lambda m: _unreachable(m, built[m.name], unreachable[m.target])
+                if m.target in unreachable else MachineRun(ctx, m, built[m.name]).run(), wave))
         reports += done
         failed += [r.name for r in done if not r.outcome.ok]
         for machine, outcome in zip(wave, done, strict=True):
@@ -164,11 +167,21 @@ def _question(stale: Stale) -> str:
             f"remove its unit and state ({keep})?")
 
 
+def _unreachable(machine: Machine, new: str, lost: ConnectionLost) -> MachineReport:
+    """A machine whose ssh target could not be reached already in this run: reported
+    unknown at once, rather than waiting for the same timeout again."""
+    return MachineReport(machine.name, machine.kind.value, Outcome.UNKNOWN,
+                         "unknown: not switched, and what it runs could not be seen "
+                         "(nothing was changed on it)", new=new, error=str(lost))
+
+
 def find_stale(plan: Mapping[str, Any], machines: Sequence[Machine], runner: Runner,
-               ssh: Ssh, progress: Progress = _quiet) -> list[Stale]:
+               ssh: Ssh, progress: Progress = _quiet, *,
+               unreachable: dict[str, ConnectionLost] | None = None) -> list[Stale]:
     """Guests with a directory under /var/lib/microvms that the plan does not place there.
 
-    A hypervisor that cannot be reached is skipped (its own deploy reports it unknown)."""
+    A hypervisor that cannot be reached is skipped and, if ``unreachable`` is given,
+    recorded there by its ssh target (its own deploy then reports it unknown at once)."""
     found = []
     for machine in machines:
         if machine.kind is not Kind.HOST or plan["hosts"][machine.name].get("role") != "hypervisor":
@@ -177,6 +190,8 @@ def find_stale(plan: Mapping[str, Any], machines: Sequence[Machine], runner: Run
             result = Remote(runner, ssh, machine.target).run(["ls", "-1", STATE_DIR])
         except ConnectionLost as exc:
             progress(machine.name, f"cannot look for guests that left the inventory: {exc}")
+            if unreachable is not None and exc.before_command:
+                unreachable[machine.target] = exc
             continue
         if result.returncode != 0:
             continue  # no state directory yet: a fresh hypervisor
