@@ -7,6 +7,7 @@ fail so each failure point can be tried.
 
 from __future__ import annotations
 
+import json
 import shlex
 import threading
 from collections.abc import Sequence
@@ -113,9 +114,11 @@ class Machines:
                     if rule.times is not None:
                         rule.times -= 1
                     return Result(call, rule.code, rule.stdout, f"{rule.pattern}: scripted failure")
-        if "--print-out-paths" in call:
+        if "build" in call and "--json" in call:  # `nix build --json`, as Nix 2.8 prints it
             name = next(a for a in call if a.startswith(".#")).split(".")[2]
-            return Result(call, 0, f"/nix/store/new-{name}\n", "")
+            built = [{"drvPath": f"/nix/store/{name}.drv",
+                      "outputs": {"out": f"/nix/store/new-{name}"}}]
+            return Result(call, 0, json.dumps(built) + "\n", "")
         if cmd == "readlink /nix/var/nix/profiles/system":
             return Result(call, 0, "system-41-link\n", "")
         if cmd.startswith("readlink /var/lib/microvms/"):
@@ -128,13 +131,21 @@ class Machines:
 
 
 def run(rules: list[Rule] | None = None, selected: Sequence[str] = (), *,
-        machines: Machines | None = None, **options: Any) -> tuple[engine.DeployReport,
-                                                                     list[tuple[str, ...]]]:
+        machines: Machines | None = None, problems: Sequence[str] = (),
+        **options: Any) -> tuple[engine.DeployReport, list[tuple[str, ...]]]:
+    """Deploy against the scripted fleet; validation (a library call, recorded here as
+    ("validate",) among the commands) finds ``problems``."""
     fleet = machines or Machines(rules or [])
     runner = RecordingRunner(script=fleet)
+
+    def validate() -> Sequence[str]:
+        runner.calls.append(("validate",))
+        return problems
+
     opts = DeployOptions(health_timeout=0, poll_interval=0, **options)
     report = engine.deploy(make_plan(), runner=runner, flake=Path("/flake"), selected=selected,
-                           options=opts, clock=Clock(sleep=lambda _: None), stamp=STAMP)
+                           options=opts, validate=validate, clock=Clock(sleep=lambda _: None),
+                           stamp=STAMP)
     return report, runner.calls
 
 
@@ -185,9 +196,10 @@ def test_full_deploy_switches_everything_in_order() -> None:
     assert report.ok, report.summary()
     assert [m.outcome for m in report.machines] == [Outcome.SWITCHED] * 6
     # validate, then every build, before anything touches a machine
-    builds = [i for i, c in enumerate(calls) if "--print-out-paths" in c]
+    builds = [i for i, c in enumerate(calls) if "build" in c and "--json" in c]
     assert len(builds) == 6
-    assert calls[0] == ("tools", "secrets", "check") and calls[1] == ("tools", "certs", "check")
+    assert calls[0] == ("validate",)
+    assert not any(c[0] == "tools" for c in calls)  # the library, never a `tools` on PATH
     assert max(builds) < min(i for i, c in enumerate(calls) if c[0] == "ssh")
     # a wave starts only when the one before finished
     last_host = max(index(calls, "systemctl stop homestack-rollback-homelab-"),
@@ -214,8 +226,9 @@ def test_host_switch_is_the_nixos_rebuild_sequence() -> None:
         "timeout 300 systemctl is-system-running --wait",
         f"systemctl stop homestack-rollback-cloud-relay-{STAMP}.timer",
     ]
+    # what it runs is read first, so every report can say it from what was seen
     copy = index(calls, "copy --to ssh://root@relay /nix/store/new-cloud-relay")
-    assert copy < index(calls, "readlink /nix/var/nix/profiles/system")
+    assert index(calls, "readlink /nix/var/nix/profiles/system", "root@relay") < copy
 
 
 def after_hypervisor(calls: list[tuple[str, ...]]) -> list[str]:
@@ -284,7 +297,8 @@ def test_a_new_guest_without_a_dataset_yet_is_not_snapshotted() -> None:
     assert text(calls[index(calls, "zfs snapshot")]) == "zfs snapshot -r " + " ".join(
         f"tank/microvms/{g}@homestack-{STAMP}" for g in ("auth", "db", "proxy"))
     homelab = report.machines[1]
-    assert homelab.steps[0].detail == "no dataset yet (new guest): tank/microvms/vpn"
+    snapshot = next(step for step in homelab.steps if step.name == "snapshot")
+    assert snapshot.detail == "no dataset yet (new guest): tank/microvms/vpn"
 
 
 def test_watchdog_that_cannot_be_disarmed_is_reported() -> None:
@@ -305,8 +319,9 @@ def test_build_only_switches_nothing() -> None:
 # --- failure points -----------------------------------------------------------------------
 
 def test_validation_failure_stops_before_building() -> None:
-    report, calls = run([Rule("tools secrets check", 1)])
-    assert not report.ok and "tools secrets check failed" in (report.error or "")
+    report, calls = run(problems=["secrets/vpn.yaml: does not verify: MAC mismatch"])
+    assert not report.ok
+    assert "secrets/vpn.yaml: does not verify: MAC mismatch" in (report.error or "")
     assert not any("build" in c for c in calls)
     assert {m.outcome for m in report.machines} == {Outcome.NOT_STARTED}
 
@@ -411,12 +426,31 @@ def test_rollback_that_stays_unhealthy_says_so() -> None:
 
 
 def test_connection_lost_before_the_switch_changes_nothing() -> None:
-    report, calls = run([Rule("readlink /nix/var/nix/profiles/system", 255, "root@relay")],
-                        ["cloud-relay"])
-    relay = report.machines[0]
-    assert relay.outcome is Outcome.FAILED
-    assert "not switched" in relay.state
+    # reached, what it runs seen, then the link drops: it still runs what was seen
+    report, calls = run([Rule("zfs list", 255, "root@homelab")], ["db"])
+    homelab = report.machines[0]
+    assert homelab.outcome is Outcome.FAILED
+    assert homelab.state == "not switched; still runs generation 41"
     assert not any("nix-env" in text(c) for c in calls)
+
+
+def test_an_unreachable_machine_is_unknown_never_guessed() -> None:
+    # nothing was ever seen of the relay: its state is unknown, not "its previous one"
+    refused = "ssh: connect to host relay port 22: Connection refused"
+    fleet = Machines()
+    runner = RecordingRunner(script=lambda call: (
+        Result(call, 255, "", refused) if target(call) == "root@relay" else fleet(call)))
+    report = engine.deploy(make_plan(), runner=runner, flake=Path("/flake"),
+                           selected=["cloud-relay"],
+                           options=DeployOptions(health_timeout=0, poll_interval=0),
+                           clock=Clock(sleep=lambda _: None), stamp=STAMP)
+    relay = report.machines[0]
+    assert relay.outcome is Outcome.UNKNOWN
+    assert relay.state.startswith("unknown: not switched")
+    assert "previous configuration" not in relay.state
+    assert relay.error == ("root@relay: connection refused (is sshd running there?) "
+                           f"({refused})")
+    assert not any("copy" in c for c in runner.calls)
 
 
 def test_first_install_of_a_guest_has_nothing_to_roll_back_to() -> None:
@@ -482,7 +516,8 @@ def test_dry_run_prints_the_same_commands_a_deploy_runs() -> None:
                            flake=Path("/flake"), options=DeployOptions(dry_run=True),
                            stamp=STAMP)
     assert report.ok
-    _, calls = run()
+    _, recorded = run()
+    calls = [c for c in recorded if c != ("validate",)]  # a library call, not a command
     real = [text(c) for c in calls]
     assert len(printed) == len(real)
     for line, call in zip(printed, calls, strict=True):

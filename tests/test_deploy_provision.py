@@ -5,6 +5,7 @@ a machine's disks); every other command is real."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -65,7 +66,10 @@ class Installer(Runner):
         if args[0] == "nix" and "build" in args:
             what = args[args.index("build") + 1].rsplit(".", 1)[1]
             self.builds.append(args[args.index("build") + 1])
-            return Result(tuple(args), 0, f"/nix/store/{what}-homelab\n", "")
+            # what `nix build --json` prints (Nix 2.8 and later)
+            built = [{"drvPath": f"/nix/store/{what}.drv",
+                      "outputs": {"out": f"/nix/store/{what}-homelab"}}]
+            return Result(tuple(args), 0, json.dumps(built) + "\n", "")
         if args[0] == "nixos-anywhere":
             tree = Path(args[args.index("--extra-files") + 1])
             key = tree / "etc/ssh/ssh_host_ed25519_key"
@@ -151,10 +155,10 @@ def test_dry_run_decrypts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     commands = [line for line in result.stdout.splitlines() if not line.startswith("#")]
     assert commands[2].startswith("sops decrypt --extract '[\"ssh_host_ed25519_key\"]' "
                                   "secrets/host-keys/homelab.yaml > @private-tmpfs-dir@/")
-    assert commands[0] == ("@disko-script@=$(nix --extra-experimental-features 'nix-command "
+    assert commands[0] == ("nix --extra-experimental-features 'nix-command "
                            "flakes' build "
                            "'.#legacyPackages.x86_64-linux.install.homelab.diskoScript'"
-                           " --no-link --print-out-paths)")
+                           " --no-link --json  # outputs.out: @disko-script@")
     assert commands[-1] == ("nixos-anywhere --store-paths @disko-script@ @toplevel@ "
                             "--extra-files @private-tmpfs-dir@ --target-host root@192.0.2.7")
 

@@ -17,6 +17,7 @@ already in place); every other command runs for real.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -198,7 +199,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 
 class Deployer(Runner):
-    """Answers `nix build`/`nix copy` and the validation for the test; runs all else."""
+    """Answers `nix build`/`nix copy` for the test; runs all else (ssh) for real."""
 
     def __init__(self, closure: str) -> None:
         self.closure = closure
@@ -209,8 +210,9 @@ class Deployer(Runner):
             env: Mapping[str, str] | None = None, cwd: Any = None,
             timeout: float | None = None, capture: bool = True) -> Result:
         self.calls.append(tuple(args))
-        if args[0] in ("nix", "tools"):
-            out = f"{self.closure}\n" if "build" in args else ""
+        if args[0] == "nix":  # `nix build --json` as Nix prints it; `nix copy` says nothing
+            built = [{"drvPath": "/nix/store/x.drv", "outputs": {"out": self.closure}}]
+            out = json.dumps(built) + "\n" if "build" in args else ""
             return Result(tuple(args), 0, out, "")
         return self.real.run(args, check=check, input=input, env=env, cwd=cwd,
                              timeout=timeout, capture=capture)
@@ -228,7 +230,8 @@ def deploy(target: Target, closure: str) -> engine.DeployReport:
     (target.root / "log").write_text("")
     return engine.deploy(PLAN, runner=Deployer(closure), flake=target.root, ssh=target.ssh,
                          options=DeployOptions(health_timeout=1, poll_interval=0.1,
-                                               system_timeout=5))
+                                               system_timeout=5),
+                         validate=lambda: [])  # this plan has no secrets or certificates
 
 
 def test_good_configuration_is_switched_and_confirmed(target: Target) -> None:
@@ -279,5 +282,7 @@ def test_lost_connection_during_the_switch_rolls_back(target: Target) -> None:
     relay = report.machines[0]
     assert relay.outcome is Outcome.ROLLED_BACK, relay
     assert relay.error is not None
-    assert relay.error.startswith("lost the connection to root@127.0.0.1")
+    # a real sshd's words for it: "Connection to 127.0.0.1 closed by remote host."
+    assert relay.error.startswith("root@127.0.0.1: lost the connection (Connection to 127.0.0.1 "
+                                  "closed by remote host.) during: ")
     assert target.profile() == before

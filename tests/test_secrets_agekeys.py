@@ -46,6 +46,7 @@ def test_sops_nix_secrets_decrypt_with_the_converted_host_key(tmp_path: Path) ->
     identity = ssh_private_to_identity((SOPS_NIX / "ssh-ed25519-key").read_bytes())
     key_file = tmp_path / "keys.txt"
     key_file.write_text(f"{identity}\n")
+    key_file.chmod(0o600)
     text = Sops(env={"SOPS_AGE_KEY_FILE": str(key_file)}).decrypt(
         SOPS_NIX / "secrets.yaml"
     )

@@ -356,7 +356,7 @@ def test_failures_on_staged_copies_name_the_repository_file(
     assert code == 2 and err.startswith("error: secrets/vpn.yaml: sops rotate failed:"), err
     monkeypatch.setattr("sys.stdin", io.StringIO("x"))
     code, _, err = tools(capsys, "secrets", "set", "secrets/vpn.yaml", "k")
-    assert code == 2 and err.startswith("error: secrets/vpn.yaml: sops set failed:"), err
+    assert code == 2 and err.startswith("error: secrets/vpn.yaml: not a readable sops file"), err
 
 
 def test_sync_needs_at_least_one_job(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,8 +6,10 @@ The repository is the example inventory plus secret files made by the library it
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +28,21 @@ from homestack.secrets.store import set_secret
 
 KEYS = REPO / "tests" / "keys"
 # The sops test vectors ship with the tests (tests/reference/PROVENANCE.md says where from).
-VECTORS = REFERENCE / "sops-vectors"
+
+
+def _private_copy(source: Path) -> Path:
+    """The vectors in a private directory, their key files 0600 as sops's users keep them
+    (`tools` refuses an age key others can read); removed when the tests end."""
+    target = Path(tempfile.mkdtemp(prefix="sops-vectors-")) / "sops-vectors"
+    shutil.copytree(source, target)
+    target.chmod(0o700)
+    for path in target.rglob("*"):
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    atexit.register(shutil.rmtree, target.parent, True)
+    return target
+
+
+VECTORS = _private_copy(REFERENCE / "sops-vectors")
 MACHINES = ("homelab", "cloud-relay", "auth", "vpn", "proxy", "db")
 BOB_IDENTITY = AgeIdentity.generate()  # a second admin, made up per test run
 BOB = BOB_IDENTITY.recipient
@@ -137,6 +153,7 @@ def tools(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
 
 
 def sops_with(key_file: Path) -> Sops:
+    key_file.chmod(0o600)  # as an age key is kept; `tools` refuses one others can read
     return Sops(env={"SOPS_AGE_KEY_FILE": str(key_file)})
 
 

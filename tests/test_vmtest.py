@@ -77,6 +77,18 @@ def test_a_nested_test_runs_when_named(nix: RecordingRunner) -> None:
                        "-L", "--no-link")]
 
 
+def test_says_what_it_is_doing_while_it_works(nix: RecordingRunner) -> None:
+    result = CliRunner().invoke(vmtest.test, [])
+    progress = result.stderr.splitlines()
+    assert progress[0].startswith("test: evaluating checks.x86_64-linux of ")
+    assert "test: running 2 test(s): rollback, stack" in progress
+    started = progress.index("== [1/2] rollback: building and running it (Nix's log follows)")
+    ended = next(i for i, line in enumerate(progress)
+                 if line.startswith("== [1/2] rollback: passed in "))
+    assert started < ended and "1 to go" in progress[ended]
+    assert any(line.startswith("== [2/2] stack: FAILED (nix exit 1) in ") for line in progress)
+
+
 def test_runs_named_tests_only(nix: RecordingRunner) -> None:
     result = CliRunner().invoke(vmtest.test, ["rollback"])
     assert result.exit_code == 0

@@ -482,7 +482,7 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
     ),
     "public-without-relay": (
         "guests.proxy.public[0]",
-        lambda i: without_relay(i),
+        without_relay,
     ),
     "hypervisor-without-tunnel": (
         "hosts.cloud-relay",

@@ -127,13 +127,23 @@ def vm_test_names(runner: Runner, flake: Path) -> list[Check]:
 def run_checks(runner: Runner, flake: Path, system: str, checks: Sequence[Check], *,
                say: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
                ) -> list[Outcome]:
+    """Build each check in turn (Nix's log streams through); ``say`` hears what starts and
+    how each ended, with the time it took, so a long run shows where it is."""
     outcomes = []
-    for check in checks:
-        say(f"== {check.name}")
+    total = len(checks)
+    began = clock()
+    for number, check in enumerate(checks, start=1):
+        name = check.name
+        say(f"== [{number}/{total}] {name}: building and running it (Nix's log follows)")
         start = clock()
         result = runner.run([*NIX, "build", check.attribute(system), "-L", "--no-link"],
                             check=False, cwd=flake, capture=False)
-        outcomes.append(Outcome(check.name, result.returncode == 0, clock() - start))
+        outcome = Outcome(name, result.returncode == 0, clock() - start)
+        outcomes.append(outcome)
+        verdict = "passed" if outcome.passed else f"FAILED (nix exit {result.returncode})"
+        left = f"; {total - number} to go" if number < total else ""
+        say(f"== [{number}/{total}] {name}: {verdict} in {outcome.seconds:.1f} s "
+            f"({clock() - began:.0f} s so far{left})")
     return outcomes
 
 
@@ -162,7 +172,8 @@ def select(checks: Sequence[Check], names: Sequence[str]) -> list[Check]:
 @click.option("--interactive", is_flag=True,
               help="Start the interactive test driver of one test (start_all(), shell_interact()).")
 @click.option("--list", "list_only", is_flag=True, help="List the checks; run nothing.")
-@click.option("--flake", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--flake", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              default=None,
               help="The Homestack flake (default: the directory of the inventory, found as "
                    "-i/--inventory is elsewhere).")
 def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path | None) -> None:
@@ -172,7 +183,12 @@ def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path
     if flake is None:
         flake = find_inventory().resolve().parent
     require_nix()
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
     system = current_system(runner, flake)
+    say(f"test: evaluating checks.{system} of {flake} (can take a minute)")
     try:
         checks = list_checks(runner, flake, system)
     except UserError as exc:
@@ -197,10 +213,11 @@ def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path
     if interactive:
         if len(chosen) != 1:
             raise UserError("--interactive starts one test's driver: name exactly one test")
+        say(f"test: building and starting the interactive driver of {chosen[0].name}")
         result = runner.run([*NIX, "run", f"{chosen[0].attribute(system)}.driverInteractive"],
                             check=False, cwd=flake, capture=False)
         sys.exit(result.returncode)
-    outcomes = run_checks(runner, flake, system, chosen,
-                          say=lambda line: click.echo(line, err=True))
+    say(f"test: running {len(chosen)} test(s): {', '.join(c.name for c in chosen)}")
+    outcomes = run_checks(runner, flake, system, chosen, say=say)
     click.echo(summary(outcomes))
     sys.exit(0 if all(o.passed for o in outcomes) else 1)

@@ -37,6 +37,13 @@ def runner() -> Runner:
     return default_runner
 
 
+def validator(plan: dict[str, Any], inventory: Path,
+              progress: engine.Progress) -> engine.Validate:
+    """What checks the secrets and certificates before anything is built (the library)."""
+    root = inventory.resolve().parent
+    return lambda: engine.validate(plan, root, progress)
+
+
 class _Printer:
     """Progress lines, one per step, prefixed with the machine; safe across threads."""
 
@@ -64,9 +71,9 @@ class _Printer:
               help="Remove guests that left the inventory without asking (a final snapshot "
                    "is kept).")
 @inventory_option
-@click.option("--health-timeout", type=float, default=120.0, show_default=True,
+@click.option("--health-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
               help="Seconds each health check may take to pass.")
-@click.option("--watchdog", type=int, default=900, show_default=True,
+@click.option("--watchdog", type=click.IntRange(min=1), default=900, show_default=True,
               help="Seconds after which a machine rolls itself back unless the deploy "
                    "confirmed it healthy.")
 @click.option("-o", "--ssh-option", "ssh_options", multiple=True,
@@ -87,6 +94,12 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
     path, plan = load(inventory_path)
     ssh = Ssh(options=(*DEFAULT_OPTIONS, *[x for o in ssh_options for x in ("-o", o)]))
     if machines[:1] == ("status",) and "status" not in {*plan["hosts"], *plan["guests"]}:
+        if dry_run:  # print what it would ask; connect to nothing
+            click.echo("# tools deploy --dry-run status: the commands status runs.", err=as_json)
+            printed = engine.DryRunRunner(_stderr if as_json else click.echo)
+            asked = machine_status(plan, printed, ssh, machines[1:])
+            click.echo(f"# dry run: {len(asked)} machine(s); nothing was run", err=as_json)
+            return
         rows = machine_status(plan, runner(), ssh, machines[1:],
                               progress=lambda name: click.echo(f"[{name}] asking over ssh",
                                                                err=True))
@@ -116,7 +129,8 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
         return click.confirm(question, default=False, err=True)
 
     report = engine.deploy(plan, runner=run_with, flake=path.parent, selected=machines,
-                           options=options, inventory=path, ssh=ssh,
+                           options=options, ssh=ssh,
+                           validate=validator(plan, path, printer.progress),
                            progress=printer.progress, confirm=confirm)
     if as_json:
         click.echo(report.dumps())

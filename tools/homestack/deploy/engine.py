@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -11,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from homestack.deploy import health
+from homestack.deploy import health, steps
 from homestack.deploy.order import STATE_DIR, Kind, Machine, waves
 from homestack.deploy.remote import ConnectionLost, Remote, Ssh
 from homestack.deploy.report import DeployReport, MachineReport, Outcome, Removal
-from homestack.deploy.steps import NIX, Context, DeployOptions, MachineRun, Snapshots
+from homestack.deploy.steps import Context, DeployOptions, MachineRun, Snapshots
 from homestack.process import Result, Runner, error_line
 
 Progress = Callable[[str, str], None]
@@ -45,17 +46,30 @@ class Stale:
     dataset: str | None
 
 
-def validate_commands(inventory: Path | None,
-                      flake: Path) -> list[tuple[list[str], dict[str, str]]]:
-    """`tools secrets check` and `tools certs check`, pointed at this inventory."""
-    env = {}
-    if inventory is not None and inventory.resolve() != (flake / "inventory.toml").resolve():
-        env["HOMESTACK_INVENTORY"] = str(inventory)
-    return [(["tools", "secrets", "check"], env), (["tools", "certs", "check"], env)]
+Validate = Callable[[], Sequence[str]]
+
+
+def validate(plan: Mapping[str, Any], root: Path,
+             progress: Progress = lambda _machine, _message: None) -> list[str]:
+    """What `tools secrets check` and `tools certs check` find, through the library (never
+    a `tools` found on PATH, which may be another program or missing): one line each."""
+    from homestack.certs.check import check as check_certs  # noqa: PLC0415
+    from homestack.certs.settings import CertSettings  # noqa: PLC0415
+    from homestack.secrets import audit  # noqa: PLC0415
+    from homestack.secrets.model import SecretsPlan  # noqa: PLC0415
+    from homestack.secrets.sops import Sops  # noqa: PLC0415
+
+    secrets = SecretsPlan.from_plan(plan)
+    problems = [str(f) for f in audit.audit(root, secrets)]
+    macs = audit.verify_macs(root, secrets, Sops())
+    problems += [str(f) for f in macs.findings]
+    progress("deploy", f"secrets: {audit.mac_summary(macs)}")
+    problems += [str(f) for f in check_certs(CertSettings.from_plan(plan, root))]
+    return problems
 
 
 def build_command(machine: Machine) -> list[str]:
-    return [*NIX, "build", machine.installable, "--no-link", "--print-out-paths"]
+    return steps.build_command(machine.installable)
 
 
 def _not_started(machines: Sequence[Machine], why: str) -> tuple[MachineReport, ...]:
@@ -69,7 +83,7 @@ def deploy(
     flake: Path,
     selected: Sequence[str] = (),
     options: DeployOptions | None = None,
-    inventory: Path | None = None,
+    validate: Validate | None = None,
     ssh: Ssh | None = None,
     progress: Progress = _quiet,
     confirm: Confirm = _refuse,
@@ -85,12 +99,14 @@ def deploy(
     order = waves(plan, selected)
     machines = [m for wave in order for m in wave]
 
-    progress("deploy", "validate: secrets and certificates")
-    for command, env in validate_commands(inventory, flake):
-        checked = runner.run(command, check=False, env=env or None, cwd=flake)
-        if checked.returncode != 0:
-            lines = (checked.stderr or checked.stdout).strip().splitlines()
-            error = f"{shlex.join(command)} failed: {lines[-1] if lines else checked.returncode}"
+    if validate is not None:
+        progress("deploy", "validate: secrets and certificates")
+        problems = list(validate())
+        if problems:
+            for line in problems:
+                progress("deploy", line)
+            error = (f"validation found {len(problems)} problem(s) in the secrets and "
+                     f"certificates: {problems[0]}")
             return DeployReport(_not_started(machines, "not started: validation failed"),
                                 dry_run=options.dry_run, error=error)
 
@@ -98,13 +114,15 @@ def deploy(
     for machine in machines:
         progress(machine.name, f"build {machine.installable}")
         result = runner.run(build_command(machine), check=False, cwd=flake)
-        out = result.stdout.strip().splitlines()
-        if result.returncode != 0 or not out:
+        out = steps.built_path(result.stdout)
+        if result.returncode != 0 or out is None:
             detail = error_line(result.stderr, f"exit code {result.returncode}")
+            if result.returncode == 0:
+                detail = "nix build printed no store path"
             return DeployReport(
                 _not_started(machines, "not started: a build failed, nothing was changed"),
                 dry_run=options.dry_run, error=f"build of {machine.name} failed: {detail}")
-        built[machine.name] = out[-1]
+        built[machine.name] = out
     if options.build_only:
         return DeployReport(tuple(MachineReport(m.name, m.kind.value, Outcome.BUILT,
                                                 f"built {built[m.name]}", new=built[m.name])
@@ -112,7 +130,8 @@ def deploy(
 
     if any(m.kind is Kind.HOST and m.guests for m in machines):
         progress("deploy", "look for guests that are no longer in the inventory")
-    stale = find_stale(plan, machines, runner, ssh)
+    unreachable: dict[str, ConnectionLost] = {}
+    stale = find_stale(plan, machines, runner, ssh, progress, unreachable=unreachable)
     to_remove = [s for s in stale if options.yes or confirm(_question(s))]
     kept = [Removal(s.guest, s.host, False, "left in place (not confirmed; use --yes)")
             for s in stale if s not in to_remove]
@@ -131,7 +150,9 @@ def deploy(
                            f"{', '.join(m.name for m in wave)}{together}")
         workers = 1 if options.dry_run else len(wave)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            done = list(pool.map(lambda m: MachineRun(ctx, m, built[m.name]).run(), wave))
+            done = list(pool.map(
+                lambda m: _unreachable(m, built[m.name], unreachable[m.target])
+                if m.target in unreachable else MachineRun(ctx, m, built[m.name]).run(), wave))
         reports += done
         failed += [r.name for r in done if not r.outcome.ok]
         for machine, outcome in zip(wave, done, strict=True):
@@ -146,14 +167,32 @@ def _question(stale: Stale) -> str:
             f"remove its unit and state ({keep})?")
 
 
+def _unreachable(machine: Machine, new: str, lost: ConnectionLost) -> MachineReport:
+    """A machine whose ssh target could not be reached already in this run: reported
+    unknown at once, rather than waiting for the same timeout again."""
+    return MachineReport(machine.name, machine.kind.value, Outcome.UNKNOWN,
+                         "unknown: not switched, and what it runs could not be seen "
+                         "(nothing was changed on it)", new=new, error=str(lost))
+
+
 def find_stale(plan: Mapping[str, Any], machines: Sequence[Machine], runner: Runner,
-               ssh: Ssh) -> list[Stale]:
-    """Guests with a directory under /var/lib/microvms that the plan does not place there."""
+               ssh: Ssh, progress: Progress = _quiet, *,
+               unreachable: dict[str, ConnectionLost] | None = None) -> list[Stale]:
+    """Guests with a directory under /var/lib/microvms that the plan does not place there.
+
+    A hypervisor that cannot be reached is skipped and, if ``unreachable`` is given,
+    recorded there by its ssh target (its own deploy then reports it unknown at once)."""
     found = []
     for machine in machines:
         if machine.kind is not Kind.HOST or plan["hosts"][machine.name].get("role") != "hypervisor":
             continue
-        result = Remote(runner, ssh, machine.target).run(["ls", "-1", STATE_DIR])
+        try:
+            result = Remote(runner, ssh, machine.target).run(["ls", "-1", STATE_DIR])
+        except ConnectionLost as exc:
+            progress(machine.name, f"cannot look for guests that left the inventory: {exc}")
+            if unreachable is not None and exc.before_command:
+                unreachable[machine.target] = exc
+            continue
         if result.returncode != 0:
             continue  # no state directory yet: a fresh hypervisor
         zfs = plan["hosts"][machine.name].get("zfs") or {}
@@ -231,11 +270,11 @@ class DryRunRunner(Runner):
 
     @staticmethod
     def answer(args: list[str]) -> str:
-        if "build" in args and "--print-out-paths" in args:
+        if "build" in args and "--json" in args:
             attr = next(a for a in args if a.startswith(".#nixosConfigurations."))
             name = attr.split(".")[2]
             what = "toplevel" if attr.endswith(".toplevel") else "runner"
-            return f"@{name}-{what}@\n"
+            return json.dumps([{"outputs": {"out": f"@{name}-{what}@"}}]) + "\n"
         if "--" not in args:
             return ""
         remote = shlex.split(args[-1])

@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from homestack.cliopts import inventory_option
+from homestack.deploy.steps import build_command, built_path
 from homestack.errors import UserError
 from homestack.process import Runner, default_runner, error_line
 from homestack.secrets.sops import Sops, index_of
@@ -72,9 +73,7 @@ class Provision:
 
     def build_command(self, what: str) -> list[str]:
         """Build the host's `diskoScript` or `toplevel` for nixos-anywhere --store-paths."""
-        attr = f".#legacyPackages.{self.system}.install.{self.host}.{what}"
-        return ["nix", "--extra-experimental-features", "nix-command flakes", "build", attr,
-                "--no-link", "--print-out-paths"]
+        return build_command(f".#legacyPackages.{self.system}.install.{self.host}.{what}")
 
     def install_command(self, extra_files: Path | str, disko_script: str,
                         toplevel: str) -> list[str]:
@@ -123,11 +122,13 @@ def host_key_tree(job: Provision, runner: Runner, root: Path | None = None) -> I
 def build(job: Provision, runner: Runner, what: str) -> str:
     """The store path of the host's `what` (diskoScript or toplevel), built locally."""
     result = runner.run(job.build_command(what), check=False, cwd=job.flake)
-    paths = result.stdout.split()
-    if result.returncode != 0 or not paths:
-        raise UserError(f"hosts/{job.host}: cannot build its {what} for installing: "
-                        f"{error_line(result.stderr, f'exit code {result.returncode}')}")
-    return paths[-1]
+    path = built_path(result.stdout)
+    if result.returncode != 0 or path is None:
+        reason = error_line(result.stderr, f"exit code {result.returncode}")
+        if result.returncode == 0:
+            reason = "nix build printed no store path"
+        raise UserError(f"hosts/{job.host}: cannot build its {what} for installing: {reason}")
+    return path
 
 
 def install(job: Provision, runner: Runner, say: Callable[[str], None]) -> None:
@@ -155,8 +156,8 @@ def dry_run_lines(job: Provision) -> list[str]:
     return [
         f"# tools provision {job.host} --dry-run: the commands it runs, in order.",
         f"# 0. build the host's partitioning script (hosts/{job.host}/disko.nix) and system:",
-        f"@disko-script@=$({shlex.join(job.build_command('diskoScript'))})",
-        f"@toplevel@=$({shlex.join(job.build_command('toplevel'))})",
+        f"{shlex.join(job.build_command('diskoScript'))}  # outputs.out: @disko-script@",
+        f"{shlex.join(job.build_command('toplevel'))}  # outputs.out: @toplevel@",
         f"# 1. decrypt the host key into a private tmpfs directory ({tree}, mode 0700):",
         f"{shlex.join(job.decrypt_command())} > {tree}/{KEY_PATH}  # mode 0600",
         f"# 2. check it is the private half of hosts.{job.host}.host_key:",

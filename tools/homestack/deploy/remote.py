@@ -1,7 +1,8 @@
 """Commands on a machine over SSH, through the one runner.
 
-ssh exits with 255 when the connection fails or drops; that becomes `ConnectionLost`, so
-the deploy can tell "the command failed" from "we do not know what happened".
+ssh exits with 255 when the connection fails or drops; that becomes `ConnectionLost`, which
+says what ssh ran into (name, refusal, timeout, authentication, a drop), so the deploy can
+tell "the command failed" from "it never ran" from "we do not know what happened".
 """
 
 from __future__ import annotations
@@ -22,14 +23,59 @@ DEFAULT_OPTIONS: tuple[str, ...] = (
 )
 SSH_CONNECTION_ERROR = 255
 
+# What ssh prints when it fails (exit 255), as (words in its stderr, what it means, whether
+# it failed before the remote command could start). Order matters: first match wins.
+_SSH_FAILURES: tuple[tuple[tuple[str, ...], str, bool], ...] = (
+    (("Could not resolve hostname", "Name or service not known",
+      "Temporary failure in name resolution", "nodename nor servname"),
+     "cannot resolve the host name", True),
+    (("Connection refused",), "connection refused (is sshd running there?)", True),
+    (("No route to host", "Network is unreachable", "Network unreachable"),
+     "no route to the host", True),
+    (("Permission denied", "Too many authentication failures", "No more authentication"),
+     "authentication failed (is your SSH key on the machine?)", True),
+    (("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED"),
+     "host key verification failed (not the host key known for it)", True),
+    (("Connection timed out", "Operation timed out", "timed out during banner exchange",
+      " timed out"),  # OpenSSH 9: "Connection to 203.0.113.10 port 22 timed out"
+     "timed out connecting", True),
+    (("Bad configuration option", "command-line: line", "Bad port", "garbage at end of line"),
+     "ssh refused its options (see -o/--ssh-option)", True),
+    (("Connection closed", "closed by remote host", "Connection reset", "Broken pipe",
+      "not responding", "client_loop:"),
+     "lost the connection", False),
+)
+
+
+def classify(stderr: str) -> tuple[str, bool]:
+    """(what went wrong, True if ssh failed before the remote command could run)."""
+    for needles, meaning, before in _SSH_FAILURES:
+        if any(n in stderr for n in needles):
+            return meaning, before
+    return "the connection failed", False
+
 
 class ConnectionLost(Exception):  # an event, not a programming error: no -Error suffix
-    """The SSH connection failed or dropped: the command's effect is unknown."""
+    """ssh could not connect, or the connection dropped.
 
-    def __init__(self, target: str, command: str) -> None:
-        super().__init__(f"lost the connection to {target} during: {command}")
+    ``before_command``: ssh failed while connecting (name, refusal, timeout, authentication),
+    so the command did not run; otherwise its effect is unknown. ``str()`` says which, in
+    ssh's own words."""
+
+    def __init__(self, target: str, command: str, stderr: str = "") -> None:
+        meaning, before = classify(stderr)
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        said = lines[-1] if lines else ""
+        detail = f" ({said})" if said and said.rstrip(".") not in meaning else ""
+        if before:
+            message = f"{target}: {meaning}{detail}"
+        else:
+            message = f"{target}: {meaning}{detail} during: {command}"
+        super().__init__(message)
         self.target = target
         self.command = command
+        self.reason = meaning
+        self.before_command = before
 
 
 @dataclass(frozen=True)
@@ -60,7 +106,7 @@ class Remote:
         """Run ``command`` there; a non-zero exit is returned, a lost connection raised."""
         result = self.runner.run(self.ssh.argv(self.target, command), check=False)
         if result.returncode == SSH_CONNECTION_ERROR:
-            raise ConnectionLost(self.target, shlex.join(command))
+            raise ConnectionLost(self.target, shlex.join(command), result.stderr)
         return result
 
     def ok(self, command: Sequence[str]) -> bool:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from homestack.deploy.order import Kind, waves
+from homestack.deploy.order import Kind, Machine, waves
 from homestack.deploy.remote import ConnectionLost, Remote, Ssh
 from homestack.deploy.steps import PROFILE
 from homestack.process import Runner
@@ -42,31 +43,56 @@ class MachineStatus:
         return text
 
 
+def _ask(machine: Machine, remote: Remote) -> MachineStatus:
+    if machine.kind is Kind.HOST:
+        link = remote.run(["readlink", PROFILE]).stdout.strip()
+        match = re.fullmatch(r"system-(\d+)-link", link)
+        running = f"generation {match.group(1)}" if match else (link or "unknown")
+        raw = remote.run(["cat", GITOPS_STATUS])
+        gitops = _parse(raw.stdout) if raw.returncode == 0 else None
+        return MachineStatus(machine.name, "host", True, running, gitops=gitops)
+    runner_path = remote.run(["readlink", machine.current_link]).stdout.strip()
+    active = remote.run(["systemctl", "is-active", machine.unit]).stdout.strip()
+    return MachineStatus(machine.name, "guest", True, runner_path or "not installed",
+                         active=active)
+
+
 def status(plan: Mapping[str, Any], runner: Runner, ssh: Ssh,
            selected: Sequence[str] = (),
            progress: Callable[[str], None] = lambda _: None) -> list[MachineStatus]:
-    """Ask each machine (in deploy order) what it runs; ``progress`` hears each name first."""
-    rows = []
-    for machine in [m for wave in waves(plan, selected) for m in wave]:
-        progress(machine.name)
-        remote = Remote(runner, ssh, machine.target)
-        try:
-            if machine.kind is Kind.HOST:
-                link = remote.run(["readlink", PROFILE]).stdout.strip()
-                match = re.fullmatch(r"system-(\d+)-link", link)
-                running = f"generation {match.group(1)}" if match else (link or "unknown")
-                raw = remote.run(["cat", GITOPS_STATUS])
-                gitops = _parse(raw.stdout) if raw.returncode == 0 else None
-                rows.append(MachineStatus(machine.name, "host", True, running, gitops=gitops))
-            else:
-                runner_path = remote.run(["readlink", machine.current_link]).stdout.strip()
-                active = remote.run(["systemctl", "is-active", machine.unit]).stdout.strip()
-                rows.append(MachineStatus(machine.name, "guest", True,
-                                          runner_path or "not installed", active=active))
-        except ConnectionLost as exc:
-            rows.append(MachineStatus(machine.name, machine.kind.value, False,
-                                      f"unreachable: {exc}"))
-    return rows
+    """Ask each machine what it runs; ``progress`` hears each name first. Rows come back in
+    deploy order.
+
+    Machines reached through different ssh targets are asked in parallel; those sharing a
+    target (a hypervisor and its guests) one after another, and once that target could
+    not be reached the rest of its machines are reported unknown without trying again, so
+    a dead host costs one connection timeout, not one per guest."""
+    machines = [m for wave in waves(plan, selected) for m in wave]
+    by_target: dict[str, list[Machine]] = {}
+    for machine in machines:
+        by_target.setdefault(machine.target, []).append(machine)
+
+    def one_target(target: str) -> dict[str, MachineStatus]:
+        remote = Remote(runner, ssh, target)
+        rows: dict[str, MachineStatus] = {}
+        failed: ConnectionLost | None = None
+        for machine in by_target[target]:
+            if failed is None:
+                progress(machine.name)
+                try:
+                    rows[machine.name] = _ask(machine, remote)
+                    continue
+                except ConnectionLost as exc:
+                    failed = exc
+            rows[machine.name] = MachineStatus(machine.name, machine.kind.value, False,
+                                               f"unknown: {failed}")
+        return rows
+
+    found: dict[str, MachineStatus] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(by_target))) as pool:
+        for rows in pool.map(one_target, list(by_target)):
+            found.update(rows)
+    return [found[m.name] for m in machines]
 
 
 def _parse(text: str) -> dict[str, Any] | None:

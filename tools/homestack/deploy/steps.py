@@ -12,6 +12,7 @@ the deploy disarms it, so even a switch that cuts the network off does not stran
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import threading
@@ -74,6 +75,26 @@ class StepFailed(Exception):
     """A step before the switch failed; the machine still runs what it ran before."""
 
 
+def build_command(installable: str) -> list[str]:
+    """`nix build` of one installable, its store path printed as JSON. `--json`, not
+    `--print-out-paths`: the Nix that scripts/bootstrap installs (Debian's 2.8) lacks the
+    latter; `--json` prints `[{"drvPath": …, "outputs": {"out": …}}]` on 2.8 and later."""
+    return [*NIX, "build", installable, "--no-link", "--json"]
+
+
+def built_path(stdout: str) -> str | None:
+    """The `out` path from `nix build --json`, or None if there is none."""
+    try:
+        built = json.loads(stdout or "null")
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(built, list) or not built or not isinstance(built[-1], dict):
+        return None
+    outputs = built[-1].get("outputs")
+    out = outputs.get("out") if isinstance(outputs, dict) else None
+    return out if isinstance(out, str) and out else None
+
+
 def copy_command(target: str, path: str) -> list[str]:
     return [*NIX, "copy", "--to", f"ssh://{target}", path]
 
@@ -94,6 +115,7 @@ class MachineRun:
         self.remote = Remote(ctx.runner, ctx.ssh, machine.target)
         self.log = StepLog()
         self.previous: str | None = None
+        self.seen = False  # whether `previous` was read from the machine (None: first install)
         self.snapshot: str | None = None
         self.watchdog = f"homestack-rollback-{machine.name}-{ctx.stamp}"
         self.armed = False
@@ -192,9 +214,11 @@ class MachineRun:
     # -- the procedure ---------------------------------------------------------------
     def run(self) -> MachineReport:  # noqa: PLR0911 - one return per end state
         try:
+            # First what it runs now: every report after this can say it from what was seen.
+            self.previous = self.current()
+            self.seen = True
             self.take_snapshot()
             self.copy()
-            self.previous = self.current()
             if self.previous is not None and self.previous == self.new and self.is_guest:
                 failure = self.healthy()
                 if failure is None:
@@ -222,16 +246,23 @@ class MachineRun:
                 return self.roll_back(str(exc))
             self.disarm()
             self.say(f"failed before switching: {exc}")
-            return self.report(Outcome.FAILED, f"not switched; still runs {self.describe_old()}",
-                               str(exc))
+            return self.not_switched("", str(exc))
         except ConnectionLost as exc:
             if self.switched:
                 return self.roll_back(str(exc))
             self.say(f"{exc}; nothing was switched")
             note = (f" (its watchdog {self.watchdog}.timer may still fire: harmless, it"
                     " re-activates that same version)") if self.armed else ""
-            return self.report(Outcome.FAILED,
-                               f"not switched; still runs {self.describe_old()}{note}", str(exc))
+            return self.not_switched(note, str(exc))
+
+    def not_switched(self, note: str, error: str) -> MachineReport:
+        """The report of a machine this deploy did not switch: what it runs if that was seen,
+        else "unknown" (an unreachable machine's state is never guessed)."""
+        if not self.seen:
+            return self.report(Outcome.UNKNOWN, "unknown: not switched, and what it runs "
+                               "could not be seen (nothing was changed on it)", error)
+        return self.report(Outcome.FAILED, f"not switched; still runs {self.describe_old()}{note}",
+                           error)
 
     def roll_back(self, reason: str) -> MachineReport:
         self.say(f"{reason} -> rolling back to {self.describe_old()}")
@@ -322,6 +353,8 @@ class MachineRun:
                 "fix the configuration and deploy again")
 
     def describe_old(self) -> str:
+        if not self.seen:
+            return "what it ran before (not seen)"
         if self.previous is None:
             return "its previous configuration"
         return self.previous if self.is_guest else f"generation {self.previous}"

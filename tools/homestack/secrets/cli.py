@@ -14,18 +14,27 @@ import click
 
 from homestack.cliopts import inventory_path, shared_inventory_option
 from homestack.errors import CheckFailed, UserError
+from homestack.fsutil import read_regular, require_plain
 from homestack.inventory import set_inventory_value
 from homestack.plan import load_plan
 from homestack.secrets import audit as audit_mod
 from homestack.secrets import generate as generate_mod
 from homestack.secrets import keys as keys_mod
 from homestack.secrets import sync as sync_mod
+from homestack.secrets.agekeys import HostKey
 from homestack.secrets.edit import Outcome, edit_secret
 from homestack.secrets.model import Kind, SecretsPlan
 from homestack.secrets.rules import CONFIG_NAME, rules_are_current, write_rules
 from homestack.secrets.sops import Sops
 from homestack.secrets.sopsfile import read_sops_file
-from homestack.secrets.store import relative, rotate_file, set_secret
+from homestack.secrets.store import (
+    MAX_VALUE,
+    key_problem,
+    relative,
+    rotate_file,
+    set_secret,
+    value_from_input,
+)
 
 
 @dataclass(frozen=True)
@@ -57,10 +66,9 @@ class Repo:
         """An existing sops file: FILE as given (relative to here), else in the repository."""
         given = Path(file)
         for candidate in (given, self.root / given):
-            if candidate.is_file():
+            if candidate.exists() or candidate.is_symlink():
+                require_plain(candidate.parent, candidate.name, what="sops file", shown=file)
                 return candidate
-        if given.is_dir():
-            raise UserError(f"{file}: is a directory, not a sops file")
         raise UserError(f"{file}: no such file (here or in {self.root})")
 
 
@@ -164,7 +172,13 @@ def bootstrap(
     """
     if key_file is not None and len(machines) != 1:
         raise UserError("--key imports one key: name exactly one machine")
-    pem = key_file.read_bytes() if key_file is not None else None
+    pem = None
+    if key_file is not None:
+        pem = read_regular(key_file, what="private key file")  # never hang on a pipe
+        try:
+            HostKey.load(pem, "")
+        except (UserError, ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{key_file}: {exc}") from None
     sops = Sops()
     hosts, guests = keys_mod.bootstrap_order(repo.plan(), list(machines))
     for group in (hosts, guests):
@@ -222,6 +236,8 @@ def edit(repo: Repo, file: str) -> None:
 @pass_repo
 def show(repo: Repo, file: str, key: str | None) -> None:
     """Print FILE decrypted (exactly as `sops decrypt` does), or one KEY (a/b for nested)."""
+    if key is not None and (problem := key_problem(key, frozenset())) is not None:
+        raise UserError(f"{file}: {key}: {problem}")
     text = Sops().decrypt(repo.locate(file), key, shown_as=file)
     click.echo(text, nl=key is not None and not text.endswith("\n"))
 
@@ -230,18 +246,30 @@ def show(repo: Repo, file: str, key: str | None) -> None:
 @click.argument("file")
 @click.argument("key")
 @click.option("--keep-newline", is_flag=True, help="Keep a final newline of the value.")
+@click.option("--allow-empty", is_flag=True, help="Store an empty value (refused otherwise).")
 @pass_repo
-def set_(repo: Repo, file: str, key: str, keep_newline: bool) -> None:
-    """Set KEY (a/b for nested) in FILE to the value read from stdin (never from argv)."""
+def set_(repo: Repo, file: str, key: str, keep_newline: bool, allow_empty: bool) -> None:
+    """Set KEY (a/b for nested) in FILE to the value read from stdin (never from argv).
+
+    The value must be UTF-8 text and not empty: an empty stdin is what a failed command
+    before the pipe leaves, so it is refused unless --allow-empty says it is meant.
+    """
+    rel = repo.rel(file)
+    problem = key_problem(key, frozenset())  # before reading a value for a key that cannot be
+    if problem is not None:
+        shown = key if key.isprintable() else repr(key)  # the message stays one line
+        raise UserError(f"{rel}: {shown}: {problem}; the file is unchanged")
     if sys.stdin.isatty():
         value = click.prompt(f"{key}", hide_input=True, err=True)
     else:
-        value = sys.stdin.read()
-        if value.endswith("\n") and not keep_newline:
-            value = value[:-1]
-    rel = repo.rel(file)
+        stream = getattr(sys.stdin, "buffer", None)
+        # one byte more than allowed is enough to know it is too much
+        raw = stream.read(MAX_VALUE + 2) if stream else sys.stdin.read().encode()
+        value = value_from_input(
+            raw, f"{rel}: {key}", keep_newline=keep_newline, allow_empty=allow_empty
+        )
     plan = repo.plan()
-    created = set_secret(repo.root, plan, rel, key, value, sops=Sops())
+    created = set_secret(repo.root, plan, rel, key, value, sops=Sops(), allow_empty=allow_empty)
     click.echo(f"{rel}: {'created with' if created else 'set'} {key}")
     if key.strip("/") not in plan.spec(rel).keys:
         declared = ", ".join(plan.spec(rel).keys) or "nothing"
@@ -268,9 +296,10 @@ def rotate(repo: Repo, file: str) -> None:
 def sync(repo: Repo, jobs: int, as_json: bool) -> None:
     """Re-key every secret file to the recipients the inventory wants: all files or none."""
     plan = repo.plan()
+    result = _sync(repo, plan, jobs)
+    # only once every file is in line: a refused sync leaves every file as it was
     if write_rules(repo.root, plan) and not as_json:
         click.echo(f"{CONFIG_NAME}: updated from the inventory")
-    result = _sync(repo, plan, jobs)
     if as_json:
         click.echo(
             json.dumps(
@@ -312,27 +341,48 @@ def sync(repo: Repo, jobs: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.option("--values", "values", is_flag=True,
               help="Also decrypt (in memory; needs an admin key) and check every value's format.")
+@click.option(
+    "--metadata-only", is_flag=True,
+    help="Do not decrypt: skip the MAC check (it then says the MACs were not verified).",
+)  # fmt: skip
 @pass_repo
-def check(repo: Repo, as_json: bool, values: bool) -> None:
-    """Audit every secret file against the inventory, reading metadata only.
+def check(repo: Repo, as_json: bool, values: bool, metadata_only: bool) -> None:
+    """Audit every secret file against the inventory.
 
     Reports machines that can decrypt a file they should not, machines or admins that
     cannot decrypt a file they should, declared secrets no file contains, and files whose
-    MAC or format is broken. Exit code 2 on any finding, one line each.
+    format is broken, from metadata alone. Then, where your age key opens a file, sops
+    decrypts it in memory, which verifies its MAC: a file changed outside sops is a
+    finding. Files no key of yours opens are named as not verified. Exit code 2 on any
+    finding, one line each.
     """
+    if values and metadata_only:
+        raise UserError("secrets check: --values decrypts every value, --metadata-only none")
     if values:
         check_values(repo, as_json)
         return
     plan = repo.plan()
     findings = audit_mod.audit(repo.root, plan)
+    macs = audit_mod.MacReport((), (), ())
+    if not metadata_only:  # files audit found broken are not decrypted again
+        shown = sys.stderr.isatty()  # a counter on a terminal; logs get the findings only
+        macs = audit_mod.verify_macs(
+            repo.root, plan, Sops(),
+            progress=(lambda done, total: _progress("decrypted", done, total)) if shown else None,
+        )  # fmt: skip
+        findings += macs.findings
+    note = "MAC not verified (--metadata-only)" if metadata_only else audit_mod.mac_summary(macs)
     if as_json:
         click.echo(json.dumps([{"path": f.path, "message": f.message} for f in findings], indent=2))
+        click.echo(f"secrets: {note}", err=True)
         if findings:
             sys.exit(2)
         return
     if findings:
         raise CheckFailed(f"secrets: {len(findings)} finding(s)", [str(f) for f in findings])
-    click.echo(f"secrets: {len(plan.specs)} files match the inventory")
+    click.echo(f"secrets: {len(plan.specs)} files match the inventory; {note}")
+    for rel in macs.not_verified if macs.verified else ():
+        click.echo(f"  {rel}: MAC not verified (no admin key of yours opens it)")
 
 
 def check_values(repo: Repo, as_json: bool) -> None:
@@ -391,6 +441,12 @@ def generate(repo: Repo, replace_invalid: bool, as_json: bool) -> None:
 def recipients(repo: Repo, file: str, as_json: bool) -> None:
     """List who can decrypt FILE (any sops file), naming inventory machines and users."""
     sops_file = read_sops_file(repo.locate(file))
+    if sops_file.problems:
+        # a damaged file's metadata cannot be trusted to say who reads it
+        raise CheckFailed(
+            f"{file}: damaged sops file ({len(sops_file.problems)} problem(s))",
+            [f"{file}: {problem}" for problem in sops_file.problems],
+        )
     try:
         plan: SecretsPlan | None = repo.plan()
     except UserError:

@@ -1,7 +1,8 @@
 """The editor sops runs for `tools secrets edit`: the user's editor, then a validity check.
 
 sops keeps the old file when its editor exits non-zero, so refusing here keeps the old
-file when the user's editor fails or leaves a document sops would reject.
+file when the user's editor fails or leaves a document sops would reject. On a terminal
+the user is offered the editor again on the same text, so a typo does not lose the edit.
 """
 
 from __future__ import annotations
@@ -72,22 +73,40 @@ def problem(path: Path) -> str | None:  # noqa: PLR0911 - one return per kind of
     return None
 
 
+def _ask_again(why: str) -> bool:
+    """On a terminal, offer to re-open the editor on the same text (still on the private
+    tmpfs); without one there is nobody to ask."""
+    if not sys.stdin.isatty():
+        print(f"edit: {why}; your changes were discarded (no terminal to ask on)",
+              file=sys.stderr)
+        return False
+    print(f"edit: {why}", file=sys.stderr)
+    print("re-open the editor with your changes? [Y/n] ", file=sys.stderr, end="", flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer in ("", "y", "yes"):
+        return True
+    print("edit: your changes were discarded", file=sys.stderr)
+    return False
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[-1])
     editor = shlex.split(os.environ.get(REAL_EDITOR) or "vi")
-    try:
-        result = default_runner.run([*editor, str(path)], check=False, capture=False)
-    except UserError as exc:
-        print(f"edit: {exc} (set $EDITOR to your editor)", file=sys.stderr)
-        return 1
-    if result.returncode != 0:
-        print(f"edit: the editor exited with code {result.returncode}", file=sys.stderr)
-        return 1
-    why = problem(path)
-    if why:
-        print(f"edit: {why}", file=sys.stderr)
-        return 1
-    return 0
+    while True:
+        try:
+            result = default_runner.run([*editor, str(path)], check=False, capture=False)
+        except UserError as exc:
+            print(f"edit: {exc} (set $EDITOR to your editor)", file=sys.stderr)
+            return 1
+        if result.returncode != 0:
+            print(f"edit: the editor exited with code {result.returncode}", file=sys.stderr)
+            return 1
+        why = problem(path)
+        if not why:
+            return 0
+        # The text is only on the private tmpfs; sops deletes it when we exit non-zero.
+        if not _ask_again(why):
+            return 1
 
 
 if __name__ == "__main__":

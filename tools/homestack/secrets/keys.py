@@ -18,7 +18,7 @@ from pathlib import Path
 from homestack.errors import UserError
 from homestack.secrets.agekeys import AgeIdentity, HostKey, identity_file_text, read_identities
 from homestack.secrets.model import Kind, Principal, SecretsPlan
-from homestack.secrets.sops import Sops
+from homestack.secrets.sops import Sops, age_key_file, require_private_key_file
 from homestack.secrets.store import create_file
 
 HOST_KEY_NAME = "ssh_host_ed25519_key"
@@ -30,11 +30,7 @@ def host_key_file(machine: str) -> str:
 
 def admin_key_path() -> Path:
     """Where sops looks for age identities: $SOPS_AGE_KEY_FILE, else the XDG default."""
-    env = os.environ.get("SOPS_AGE_KEY_FILE")
-    if env:
-        return Path(env)
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "sops" / "age" / "keys.txt"
+    return age_key_file({})
 
 
 @dataclass(frozen=True)
@@ -47,6 +43,7 @@ class AdminKey:
 def init_admin_key(path: Path) -> AdminKey:
     """Create an age identity at ``path`` (0600) unless one exists; never overwrite."""
     if path.exists():
+        require_private_key_file(path)
         found = read_identities(path.read_text())
         if not found:
             raise UserError(f"{path}: exists but holds no age identity; not touching it")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,12 +36,51 @@ def find_sops() -> str:
     return str(beside) if beside.is_file() else "sops"
 
 
+def age_key_file(env: Mapping[str, str]) -> Path:
+    """The age key file sops reads: $SOPS_AGE_KEY_FILE, else the XDG default."""
+    merged = {**os.environ, **env}
+    if merged.get("SOPS_AGE_KEY_FILE"):
+        return Path(merged["SOPS_AGE_KEY_FILE"])
+    config = merged.get("XDG_CONFIG_HOME") or str(
+        Path(merged.get("HOME") or "~").expanduser() / ".config"
+    )
+    return Path(config) / "sops" / "age" / "keys.txt"
+
+
+def require_private_key_file(path: Path) -> None:
+    """Refuse an age key file that others can read, as ssh refuses such a private key:
+    whoever could read it may already hold every admin secret, and it must not go on
+    being used unnoticed. The fix is one chmod, which the message gives."""
+    try:
+        info = path.stat()
+    except OSError:
+        return  # missing: sops says so when it needs it
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: not a file, so not an age key file (SOPS_AGE_KEY_FILE?)")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        who = "others" if mode & 0o007 else "its group"
+        raise UserError(
+            f"{path}: this age key is readable by {who} (mode {mode:04o}); it must be 0600: "
+            f"run `chmod 600 {path}` (and consider the key exposed if others use this machine)"
+        )
+
+
 def index_of(key: str) -> str:
-    """A sops tree index from a sops-nix style key: ``a/b`` -> ``["a"]["b"]``."""
+    """A sops tree index from a sops-nix style key: ``a/b`` -> ``["a"]["b"]``.
+
+    sops splits the index at ``[`` and strips the quotes around each part without
+    unescaping anything (`parseTreePath`), so a part goes in verbatim: JSON escapes would
+    become part of the key (``ключ`` stored as ``\u043a…``), and a ``[`` cannot be
+    addressed at all."""
     parts = [p for p in key.split("/") if p]
     if not parts:
         raise UserError(f"{key!r}: empty secret name")
-    return "".join(f"[{json.dumps(p)}]" for p in parts)
+    for part in parts:
+        if "[" in part or any(ord(c) < 0x20 for c in part):
+            raise UserError(f"{key!r}: sops cannot address a key holding '[' or a control "
+                            "character")
+    return "".join(f'["{p}"]' for p in parts)
 
 
 def _last_error(stderr: str) -> str:
@@ -76,6 +116,7 @@ class Sops:
     ) -> Result:
         """Run sops (``wrap`` is a command prefix such as the private-tmpfs launcher)."""
         full_env = {"SOPS_DISABLE_VERSION_CHECK": "1", **self.env, **(env or {})}
+        require_private_key_file(age_key_file(full_env))
         return self.runner.run(
             [*wrap, self.binary, *args],
             check=False,
@@ -91,6 +132,12 @@ class Sops:
             why = "MAC mismatch: the file was changed outside sops (damaged or tampered with)"
         elif code == MAC_NOT_FOUND:
             why = "the file has no MAC (damaged or tampered with)"
+        elif "message authentication failed" in result.stderr:
+            # AES-GCM refused a value before the MAC was even computed
+            why = (
+                "a value does not decrypt: the file was changed outside sops "
+                "(damaged or tampered with)"
+            )
         elif code == COULD_NOT_RETRIEVE_KEY:
             key_file = {**os.environ, **self.env}.get("SOPS_AGE_KEY_FILE")
             if key_file and not Path(key_file).exists():

@@ -22,6 +22,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from homestack.errors import UserError
+from homestack.fsutil import read_regular
 
 try:  # libyaml is ~10x faster; the pure-Python loader gives the same result
     _Loader: Any = yaml.CBaseLoader
@@ -133,9 +134,9 @@ class SopsFile:
 def read_sops_file(path: Path) -> SopsFile:
     """Parse ``path``; raise SopsFormatError if it holds no sops metadata at all."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SopsFormatError(f"{path}: cannot read: {exc.strerror}") from exc
+        raw = read_regular(path, what="sops file")
+    except UserError as exc:  # a link, a directory, unreadable: not a file sops wrote
+        raise SopsFormatError(str(exc)) from exc
     return parse_sops(raw, path)
 
 

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from homestack.fsutil import fsync_dir
+from homestack.fsutil import fsync_dir, read_regular, require_plain
 from homestack.secrets.rules import CONFIG_NAME
 
 SECRETS_DIR = "secrets"
@@ -54,7 +54,12 @@ class Stage:
     def copy_in(self, rel: str) -> Path:
         staged = self.path(rel)
         staged.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.root / rel, staged)
+        # never through a link: the copy must be of the file that is then replaced
+        require_plain(self.root, rel, what="secret file")
+        data = read_regular(self.root / rel, rel, what="secret file")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         return staged
 
     def write(self, rel: str, data: str) -> Path:

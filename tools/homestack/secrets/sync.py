@@ -2,9 +2,9 @@
 
 1. stage copies and re-wrap their data keys with `sops updatekeys` (several files per
    sops call, two calls at a time), rotating the data key where a recipient was removed;
-2. verify every copy: its metadata lists exactly the intended recipients, and the admin's
-   key opens it (in-process: its values are unchanged and the data key unwrapped from the
-   admin's new stanza authenticates the MAC; for rotated copies `sops decrypt`);
+2. verify every copy: its metadata lists exactly the intended recipients, its values are
+   unchanged, and `sops decrypt` opens it with the admin's key, checking its MAC, so a
+   file changed outside sops is refused rather than re-keyed;
 3. write a manifest (the commit point), then rename the copies into place.
 
 A run killed before the manifest exists changed nothing; one killed after it is rolled
@@ -26,8 +26,6 @@ from typing import TypeVar
 
 from homestack.errors import UserError
 from homestack.fsutil import atomic_write
-from homestack.secrets import verify
-from homestack.secrets.agekeys import AgeIdentity
 from homestack.secrets.model import SecretSpec, SecretsPlan
 from homestack.secrets.rules import render_rules
 from homestack.secrets.sops import Sops
@@ -142,21 +140,16 @@ def verify_staged(
     spec: SecretSpec,
     sops: Sops,
     original: SopsFile | None = None,
-    identities: Sequence[AgeIdentity] = (),
 ) -> None:
-    """The copy's metadata names exactly the intended recipients, and the admin key opens it.
-
-    With the ``original`` (re-keyed, not rotated) and the admin's ``identities`` this
-    runs in-process: same values and MAC as the original, and the data key unwrapped from
-    the admin's new stanza authenticates the MAC (and so decrypts every value). Otherwise,
-    or if that cannot be shown, `sops decrypt` checks the whole file.
-    """
+    """The copy's metadata names exactly the intended recipients, its values are the
+    ``original``'s (re-keyed, not rotated), and `sops decrypt` opens it with the admin's
+    key, which also verifies its MAC: a file changed outside sops is never re-keyed."""
     staged = read_sops_file(stage.path(spec.path))
     if staged.problems:
         raise UserError(f"{spec.path}: re-keyed copy is damaged: {staged.problems[0]}")
     if len(staged.key_groups) != 1 or set(staged.recipients) != set(spec.recipients):
         raise UserError(f"{spec.path}: re-keyed copy does not have the intended recipients")
-    if original is not None and identities:
+    if original is not None:
         unchanged = (staged.values_digest, staged.mac, staged.lastmodified) == (
             original.values_digest,
             original.mac,
@@ -164,14 +157,10 @@ def verify_staged(
         )
         if not unchanged:
             raise UserError(f"{spec.path}: re-keying changed its values")
-        try:
-            key = verify.data_key(staged, list(identities))
-            verify.open_mac(staged, key)
-        except verify.VerifyError:
-            pass  # e.g. the admin key is not an X25519 key sops would find: ask sops
-        else:
-            return
-    sops.decrypt(stage.path(spec.path), config=stage.config, shown_as=spec.path)
+    try:
+        sops.decrypt(stage.path(spec.path), config=stage.config, shown_as=spec.path)
+    except UserError as exc:
+        raise UserError(f"{exc}; not re-keyed, every file is unchanged") from exc
 
 
 def _counter(report: Progress, step: str, total: int) -> Callable[[int], None]:
@@ -220,11 +209,9 @@ def _rekey_and_verify(
         lambda _: tick(1),
     )
 
-    identities = verify.local_identities(sops.env)
-
     def check_copy(rel: str) -> None:
         original = None if rel in rotating else originals[rel]
-        verify_staged(stage, specs[rel], sops, original, identities)
+        verify_staged(stage, specs[rel], sops, original)
 
     tick = _counter(report, "verified", len(paths))
     _parallel(jobs, paths, check_copy, lambda _: tick(1))
