@@ -334,10 +334,18 @@ def make_server(homelab: Homelab) -> Any:
     try:
         from mcp.server.mcpserver import MCPServer  # noqa: PLC0415
         from mcp.server.mcpserver.exceptions import ToolError  # noqa: PLC0415
-    except ImportError as exc:
-        raise UserError(
-            "tools mcp: the `mcp` package is missing (pip install 'homestack-tools[agents]')"
-        ) from exc
+    except ImportError:
+        try:  # mcp 1.x (what an older nixpkgs packages) calls the same server FastMCP
+            from mcp.server.fastmcp import (  # type: ignore[attr-defined,no-redef]  # noqa: PLC0415
+                FastMCP as MCPServer,
+            )
+            from mcp.server.fastmcp.exceptions import (  # type: ignore[import-not-found,no-redef]  # noqa: PLC0415
+                ToolError,
+            )
+        except ImportError as exc:
+            raise UserError(
+                "tools mcp: the `mcp` package is missing (pip install 'homestack-tools[agents]')"
+            ) from exc
 
     server = MCPServer("homestack", instructions=INSTRUCTIONS)
 
