@@ -156,3 +156,20 @@ def test_a_damaged_line_is_reported_not_skipped(tmp_path: Path) -> None:
         handle.write("{not json\n")
     with pytest.raises(auditlog.UserError, match=r"audit.log:2: not a JSON line"):
         entries(path)
+
+
+def test_who_names_the_agents_ssh_keys_by_fingerprint(
+    tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ssh-add"
+    fake.write_text("#!/bin/sh\necho '256 SHA256:Zm9vYmFy alice@laptop (ED25519)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
+    person = auditlog.who()
+    assert person["ssh_keys"] == ["SHA256:Zm9vYmFy"]
+    assert person["age_recipient"] == "age1publicpart"
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    assert auditlog.who()["ssh_keys"] == []

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from homestack.errors import UserError
+from homestack.process import default_runner
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ _notes: dict[str, Any] = {}
 def annotate(**values: Any) -> None:
     """Attach values (the diff hash, whether it was approved) to the running command's line."""
     _notes.update(values)
+
+
+def begin() -> None:
+    """Forget notes left by an earlier command in this process."""
+    _notes.clear()
 
 
 def mutating(path: Sequence[str], args: Sequence[str]) -> bool:
@@ -129,7 +135,25 @@ def who() -> dict[str, Any]:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return {"user": user, "host": socket.gethostname(), "age_recipient": _age_recipient()}
+    return {
+        "user": user,
+        "host": socket.gethostname(),
+        "age_recipient": _age_recipient(),
+        "ssh_keys": _agent_keys(),
+    }
+
+
+def _agent_keys() -> list[str]:
+    """Fingerprints of the keys the SSH agent offers (what deploy's ssh signs with)."""
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return []
+    try:
+        listed = default_runner.run(["ssh-add", "-l"], check=False, timeout=5)
+    except UserError:  # no ssh-add, or the agent hangs
+        return []
+    if listed.returncode != 0:
+        return []
+    return [line.split()[1] for line in listed.stdout.splitlines() if len(line.split()) > 1]
 
 
 def append(path: Path, entry: Mapping[str, Any]) -> None:

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> Any:
     if not auditlog.mutating(path, rest):
         return _main(args)
     log = auditlog.log_path(_inventory_of(rest))
+    auditlog.begin()
     result = "ok"
     try:
         code = _main(args)
