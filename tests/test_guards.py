@@ -79,9 +79,8 @@ def test_refused_without_approval_accepted_with_it_and_not_replayable(
     refused = fleet.deploy()
     assert isinstance(refused.exception, UserError), refused.output
     assert "deploy refused: 1 guard(s) broken" in str(refused.exception)
-    assert "guard new-secret-access: proxy can now decrypt secrets/shared/pg-pocketid.yaml" in (
-        refused.output
-    )
+    assert "[guards] guard new-secret-access broken" in refused.output
+    assert "[guards]   proxy can now decrypt secrets/shared/pg-pocketid.yaml" in refused.output
     assert fleet.runner.calls == []  # nothing ran, not even validation
 
     diff = compare(deployed, new, old_label="deployed", new_label=str(repo))
@@ -117,7 +116,8 @@ def test_a_dry_run_shows_the_refusal_but_runs(repo: Path, monkeypatch: pytest.Mo
     fleet = Fleet(monkeypatch, repo, new)
     result = fleet.deploy("--dry-run")
     assert result.exit_code == 0, result.output
-    assert "# guards: guard state-is-kept: vpn's state homelab:tank/microvms/vpn" in result.output
+    assert "# guards: guard state-is-kept broken" in result.output
+    assert "# guards:   vpn's state homelab:tank/microvms/vpn" in result.output
     assert "# guards: refused: 1 guard(s) broken" in result.output
     assert json.loads((repo.parent / ".homestack" / "deployed.json").read_text())["plan"] == (
         deployed

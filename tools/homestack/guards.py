@@ -54,8 +54,8 @@ kinds = ["dataset-destroyed"]
 
 [[policy.guard]]
 name = "new-secret-access"
-why = "a machine or person that can decrypt a secret file can read every value in it"
-kinds = ["secret-gained", "secret-key-changed"]
+why = "whoever can decrypt a secret file reads every value in it"
+kinds = ["secret-gained", "secret-key-changed", "user-added", "user-admin", "user-key-changed"]
 """
 
 
@@ -173,6 +173,17 @@ class Violation:
         return {"guard": self.guard.name, "why": self.guard.why, "change": self.change.to_json()}
 
 
+def violation_lines(violations: Sequence[Violation]) -> list[str]:
+    """The broken guards for people: each guard once, with why, then its changes."""
+    out: list[str] = []
+    for name in dict.fromkeys(v.guard.name for v in violations):
+        mine = [v for v in violations if v.guard.name == name]
+        why = f" ({mine[0].guard.why})" if mine[0].guard.why else ""
+        out.append(f"guard {name} broken{why}:")
+        out += [f"  {v.change.summary}" for v in mine]
+    return out
+
+
 def check(
     diff: PlanDiff, guards: Sequence[Guard], old: Mapping[str, Any], new: Mapping[str, Any]
 ) -> list[Violation]:
@@ -260,7 +271,7 @@ class Verdict:
                 "checked; a complete deploy records what later ones are checked against"
             ]
         out = self.diff.lines()
-        out += [str(v) for v in self.violations]
+        out += violation_lines(self.violations)
         if self.violations and self.approved:
             out.append(
                 f"{len(self.violations)} guard(s) broken, approved for diff {self.diff.digest}"

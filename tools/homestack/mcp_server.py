@@ -86,7 +86,7 @@ class Homelab:
         return {
             **diff.to_json(),
             "guards": [v.to_json() for v in broken],
-            "summary": diff.lines() + [str(v) for v in broken],
+            "summary": diff.lines() + guards.violation_lines(broken),
         }
 
     def guards(self) -> list[dict[str, Any]]:

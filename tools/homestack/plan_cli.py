@@ -54,10 +54,8 @@ def diff(against: str, inventory_path: Path | None, as_json: bool) -> None:
             json.dumps({**result.to_json(), "guards": [v.to_json() for v in violations]}, indent=2)
         )
         return
-    for line in result.lines():
+    for line in result.lines() + guards.violation_lines(violations):
         click.echo(line)
-    for violation in violations:
-        click.echo(str(violation))
 
 
 @plan.command("approve", short_help="Print the token that approves this exact diff.")
@@ -82,10 +80,8 @@ def approve(against: str, expected: str | None, inventory_path: Path | None) -> 
     result, violations = _diff(inventory_path, against)
     if expected and not result.digest.startswith(expected.lower()):
         raise UserError(f"the diff is now {result.digest}, not {expected}: review it again")
-    for line in result.lines():
+    for line in result.lines() + guards.violation_lines(violations):
         click.echo(line)
-    for violation in violations:
-        click.echo(str(violation))
     auditlog.annotate(diff=result.digest)
     click.echo(f"approval token: {guards.approval_token(result.digest, create=True)}")
 

@@ -155,16 +155,13 @@ def _route_sources(plan: Plan) -> list[str]:
 
 
 def _secret_readers(plan: Plan) -> dict[str, dict[str, str | None]]:
-    """For each secret file: who can decrypt it (machines, "admin:NAME") -> its age key."""
+    """For each secret file: the machines that can decrypt it -> their age key. Admins
+    decrypt every file by design; a change of admins shows as a change of people."""
     keys = {n: m.get("ageKey") for n, m in _machines(plan).items()}
-    users = plan.get("users") or {}
-    out: dict[str, dict[str, str | None]] = {}
-    for path, spec in (plan.get("secrets") or {}).items():
-        readers: dict[str, str | None] = {m: keys.get(m) for m in spec.get("machines") or []}
-        for admin in spec.get("admins") or []:
-            readers[f"admin:{admin}"] = (users.get(admin) or {}).get("ageKey")
-        out[path] = readers
-    return out
+    return {
+        path: {m: keys.get(m) for m in spec.get("machines") or []}
+        for path, spec in (plan.get("secrets") or {}).items()
+    }
 
 
 def _unit_configs(plan: Plan) -> dict[tuple[str, str], Any]:
@@ -491,7 +488,8 @@ def _people_changes(old: Plan, new: Plan) -> Iterator[Change]:
         yield Change(
             "user-added",
             Risk.ACCESS,
-            f"{role} {name} added: may log in everywhere",
+            f"{role} {name} added: may log in everywhere"
+            + (" and decrypt every secret file" if b[name].get("admin") else ""),
             f"user:{name}",
             detail={"admin": bool(b[name].get("admin"))},
         )
@@ -507,7 +505,22 @@ def _people_changes(old: Plan, new: Plan) -> Iterator[Change]:
                 f"user:{name}",
             )
         if b[name].get("admin") and not a[name].get("admin"):
-            yield Change("user-admin", Risk.ACCESS, f"user {name} becomes an admin", f"user:{name}")
+            yield Change(
+                "user-admin",
+                Risk.ACCESS,
+                f"user {name} becomes an admin: may decrypt every secret file",
+                f"user:{name}",
+            )
+        if b[name].get("ageKey") and b[name].get("ageKey") != a[name].get("ageKey"):
+            admin = bool(b[name].get("admin"))
+            reads = "every secret file" if admin else "no secret file (not an admin)"
+            yield Change(
+                "user-key-changed",
+                Risk.ACCESS if admin else Risk.INFO,
+                f"user {name}: age key becomes {b[name]['ageKey']}: whoever holds it decrypts "
+                f"{reads}",
+                f"user:{name}",
+            )
 
 
 def compare(old: Plan, new: Plan, *, old_label: str = "old", new_label: str = "new") -> PlanDiff:
