@@ -78,7 +78,7 @@ def test_refused_without_approval_accepted_with_it_and_not_replayable(
 
     refused = fleet.deploy()
     assert isinstance(refused.exception, UserError), refused.output
-    assert "deploy refused: 1 guard(s) broken" in str(refused.exception)
+    assert "deploy refused: 1 change(s) break 1 guard in diff" in str(refused.exception)
     assert "[guards] guard new-secret-access broken" in refused.output
     assert "[guards]   proxy can now decrypt secrets/shared/pg-pocketid.yaml" in refused.output
     assert fleet.runner.calls == []  # nothing ran, not even validation
@@ -118,7 +118,7 @@ def test_a_dry_run_shows_the_refusal_but_runs(repo: Path, monkeypatch: pytest.Mo
     assert result.exit_code == 0, result.output
     assert "# guards: guard state-is-kept broken" in result.output
     assert "# guards:   vpn's state homelab:tank/microvms/vpn" in result.output
-    assert "# guards: refused: 1 guard(s) broken" in result.output
+    assert "# guards: refused: 1 change(s) break 1 guard;" in result.output
     assert json.loads((repo.parent / ".homestack" / "deployed.json").read_text())["plan"] == (
         deployed
     )  # a dry run records nothing

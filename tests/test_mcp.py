@@ -133,7 +133,7 @@ def test_an_agent_lists_proposes_and_cannot_deploy_unapproved(repo: Path, tmp_pa
     } <= out["tools"]
 
     risky = out["risky"].structured_content
-    assert risky["accepted"] is False and "refused: 1 guard(s) broken" in risky["why"]
+    assert risky["accepted"] is False and "refused: 1 change(s) break 1 guard;" in risky["why"]
     assert [g["guard"] for g in risky["guards"]] == ["database-stays-private"]
     assert risky["guards"][0]["change"]["source"] == "lan"
 
@@ -162,7 +162,7 @@ def test_an_agent_lists_proposes_and_cannot_deploy_unapproved(repo: Path, tmp_pa
 
     actions = [(e["command"], e["result"]) for e in auditlog.read(log)]
     assert actions == [
-        ("mcp propose_change", "refused: 1 guard(s) broken"),
+        ("mcp propose_change", "refused: 1 change(s) break 1 guard"),
         ("mcp propose_change", "ok"),
         ("mcp propose_change", "error: lib/ rejects the inventory"),
         ("mcp deploy", "refused: no approval for this diff"),

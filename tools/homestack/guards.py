@@ -173,6 +173,12 @@ class Violation:
         return {"guard": self.guard.name, "why": self.guard.why, "change": self.change.to_json()}
 
 
+def breaks(violations: Sequence[Violation]) -> str:
+    """ "3 change(s) break 1 guard" """
+    guards = {v.guard.name for v in violations}
+    return f"{len(violations)} change(s) break {len(guards)} guard{'s' if len(guards) > 1 else ''}"
+
+
 def violation_lines(violations: Sequence[Violation]) -> list[str]:
     """The broken guards for people: each guard once, with why, then its changes."""
     out: list[str] = []
@@ -273,12 +279,10 @@ class Verdict:
         out = self.diff.lines()
         out += violation_lines(self.violations)
         if self.violations and self.approved:
-            out.append(
-                f"{len(self.violations)} guard(s) broken, approved for diff {self.diff.digest}"
-            )
+            out.append(f"{breaks(self.violations)}, approved for diff {self.diff.digest}")
         elif self.violations:
             out.append(
-                f"refused: {len(self.violations)} guard(s) broken; after reviewing this "
+                f"refused: {breaks(self.violations)}; after reviewing this "
                 f"diff, a person runs `tools plan approve --against deployed --diff "
                 f"{self.diff.digest}` and deploys with --approve TOKEN"
             )
@@ -346,7 +350,7 @@ def before_deploy(
     if not verdict.allowed and not dry_run:
         assert verdict.diff is not None
         raise UserError(
-            f"deploy refused: {len(verdict.violations)} guard(s) broken by diff "
+            f"deploy refused: {breaks(verdict.violations)} in diff "
             f"{verdict.diff.digest[:12]}; nothing was deployed"
         )
     return verdict

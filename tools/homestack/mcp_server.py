@@ -159,19 +159,20 @@ class Homelab:
         old = self.plan()
         diff = compare(old, found.plan, old_label=str(self.inventory), new_label="proposal")
         judged = self._judged(diff, old, found.plan)
+        broken = guards.check(diff, guards.load_policy(self.inventory), old, found.plan)
         if not diff.changes:
             self._record("propose_change", title, "error: no change", diff.digest)
             return {"accepted": False, "why": "the proposal changes nothing", **judged}
-        if judged["guards"]:
+        if broken:
             self._record(
                 "propose_change",
                 title,
-                f"refused: {len(judged['guards'])} guard(s) broken",
+                f"refused: {guards.breaks(broken)}",
                 diff.digest,
             )
             return {
                 "accepted": False,
-                "why": f"refused: {len(judged['guards'])} guard(s) broken; only a person "
+                "why": f"refused: {guards.breaks(broken)}; only a person "
                 "can make this change (edit, `tools plan approve`, deploy)",
                 **judged,
             }
