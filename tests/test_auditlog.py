@@ -173,3 +173,14 @@ def test_who_names_the_agents_ssh_keys_by_fingerprint(
     assert person["age_recipient"] == "age1publicpart"
     monkeypatch.delenv("SSH_AUTH_SOCK")
     assert auditlog.who()["ssh_keys"] == []
+
+
+def test_no_inventory_no_log_and_no_directory_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOMESTACK_AUDIT_LOG", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit):
+        main(["certs", "-i", str(empty / "inventory.toml"), "issue"])
+    assert list(empty.iterdir()) == []

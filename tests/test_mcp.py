@@ -168,3 +168,46 @@ def test_an_agent_lists_proposes_and_cannot_deploy_unapproved(repo: Path, tmp_pa
         ("mcp deploy", "refused: no approval for this diff"),
     ]
     assert json.loads(log.read_text().splitlines()[1])["diff"] == harmless["hash"]
+
+
+def test_the_deploy_tool_runs_only_what_a_person_approved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MCP deploy action on a scripted fleet: refused without the person's token for
+    this diff, run with it, and then recorded as deployed."""
+    import copy
+
+    from test_deploy import Machines, make_plan
+    from test_guards import with_secrets
+
+    from homestack.mcp_server import Homelab
+    from homestack.plandiff import compare
+    from homestack.process import RecordingRunner
+
+    monkeypatch.setenv("HOMESTACK_APPROVAL_KEY", str(tmp_path / "approval.key"))
+    monkeypatch.setenv("HOMESTACK_AUDIT_LOG", str(tmp_path / "audit.log"))
+    inventory = tmp_path / "repo" / "inventory.toml"
+    inventory.parent.mkdir()
+    inventory.write_text("# the plan below stands for this file's\n")
+    deployed = with_secrets(make_plan())
+    guards.record_deployed(inventory, deployed)
+    new = copy.deepcopy(deployed)
+    new["guests"]["vpn"]["memory"] = 4096
+    runner = RecordingRunner(script=Machines())
+    homelab = Homelab(inventory, runner)
+    monkeypatch.setattr(homelab, "plan", lambda: new)
+
+    digest = compare(deployed, new).digest
+    refused = homelab.deploy(guards.approval_token("f" * 64, create=True), [])
+    assert refused["deployed"] is False and refused["diff"]["hash"] == digest
+    assert runner.calls == []
+
+    dry = homelab.deploy_dry_run([])
+    assert any("nixosConfigurations.vpn" in c for c in dry["commands"])
+    assert dry["diff"]["hash"] == digest and runner.calls == []
+
+    done = homelab.deploy(guards.approval_token(digest), [])
+    assert done["deployed"] is True, done
+    assert any("switch-to-configuration" in " ".join(c) for c in runner.calls)
+    record = json.loads((inventory.parent / ".homestack" / "deployed.json").read_text())
+    assert record["plan"] == new

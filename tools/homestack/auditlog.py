@@ -112,6 +112,14 @@ def log_path(inventory: Path) -> Path:
     return Path(inventory).resolve().parent / ".homestack" / "audit.log"
 
 
+def log_for(inventory: Path) -> Path | None:
+    """Where a command on ``inventory`` is logged; None when there is no such inventory
+    (nothing can have changed, and no directory is made beside a file that is not there)."""
+    if os.environ.get("HOMESTACK_AUDIT_LOG") or Path(inventory).is_file():
+        return log_path(inventory)
+    return None
+
+
 def _age_recipient() -> str | None:
     """The admin's age recipient from the comment age-keygen (and `tools secrets init`)
     writes above the identity; the identity itself is never parsed."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from homestack import auditlog
 from homestack.errors import CheckFailed, UserError
 
 # name -> (module, attribute, one-line help). Each module defines a click command or group.
@@ -104,15 +105,12 @@ def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors become one line on stderr and exit code 2. A mutating
     command (homestack.auditlog.MUTATING) leaves one line in the audit log, whatever its end."""
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        from homestack import auditlog  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - a build without the module
-        return _main(args)
     path, rest = _command_path(args)
-    if not auditlog.mutating(path, rest):
+    log = auditlog.log_for(_inventory_of(rest)) if auditlog.mutating(path, rest) else None
+    if log is None:
         return _main(args)
-    log = auditlog.log_path(_inventory_of(rest))
     auditlog.begin()
+    _last_error.clear()
     result = "ok"
     try:
         code = _main(args)

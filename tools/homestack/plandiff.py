@@ -581,7 +581,10 @@ def plan_at_revision(inventory: Path, rev: str, runner: Runner = default_runner)
         if out.returncode != 0:
             raise UserError(f"{rev}:{where}lib: {error_line(out.stderr, 'git archive failed')}")
         with tarfile.open(archive) as tar:
-            tar.extractall(base / "tree", filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4, and security backports
+                tar.extractall(base / "tree", filter="data")
+            else:  # git archive of our own repository: regular files and directories only
+                tar.extractall(base / "tree", members=[m for m in tar if m.isreg() or m.isdir()])  # noqa: S202
         copy = base / "tree" / where / inventory.name
         copy.write_text(shown.stdout)
         try:
