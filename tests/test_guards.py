@@ -194,6 +194,11 @@ def test_policy_toml_adds_guards_and_names_its_mistakes(repo: Path) -> None:
     (repo.parent / "policy.toml").write_text('[[policy.guard]]\nname = "x"\nkind = ["a"]\n')
     with pytest.raises(UserError, match=r"^policy.toml: policy.guard\[0\].kind: unknown key"):
         guards.load_policy(repo)
+    (repo.parent / "policy.toml").write_text(
+        '[[policy.guard]]\nname = "x"\nkinds = ["flow-open"]\n'
+    )
+    with pytest.raises(UserError, match=r"policy.guard\[0\].kinds: 'flow-open' is not a kind"):
+        guards.load_policy(repo)
 
 
 def test_the_approval_key_is_private_and_tokens_differ_per_key(

@@ -238,3 +238,15 @@ def test_people_who_gain_every_secret_are_access(plan: dict[str, Any]) -> None:
         ("user-key-changed", "user:alice", Risk.ACCESS),
     ]
     assert "decrypt every secret file" in diff.changes[0].summary
+
+
+def test_every_kind_reported_is_declared(plan: dict[str, Any]) -> None:
+    from homestack.plandiff import KINDS
+
+    other = copy.deepcopy(plan)
+    del other["guests"]["vpn"]
+    other["guests"]["db"]["ageKey"] = "age1other"
+    other["users"]["bob"] = {"admin": True, "sshKeys": [], "ageKey": "age1b"}
+    other["certificates"]["mode"] = "acme-dns01"
+    assert {c.kind for c in compare(plan, other).changes} <= set(KINDS)
+    assert {c.kind for c in compare(other, plan).changes} <= set(KINDS)

@@ -27,7 +27,14 @@ from typing import Any, Protocol, TypeVar
 
 from homestack.errors import UserError
 from homestack.fsutil import atomic_write
-from homestack.plandiff import Change, PlanDiff, compare, deployed_record, load_deployed
+from homestack.plandiff import (
+    KINDS,
+    Change,
+    PlanDiff,
+    compare,
+    deployed_record,
+    load_deployed,
+)
 from homestack.process import default_runner
 
 POLICY_FILE = "policy.toml"
@@ -89,6 +96,12 @@ class Guard:
                 raise UserError(f"{where}.{key}: must name at least one kind of change")
             return tuple(value)
 
+        unknown_kinds = sorted(set(names("kinds", required=True)) - set(KINDS))
+        if unknown_kinds:
+            raise UserError(
+                f"{where}.kinds: {unknown_kinds[0]!r} is not a kind of change "
+                f"(kinds: {', '.join(KINDS)})"
+            )
         name = data.get("name")
         if not isinstance(name, str) or not name:
             raise UserError(f"{where}.name: must be a non-empty string")

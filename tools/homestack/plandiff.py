@@ -36,6 +36,17 @@ class Risk(Enum):
 
 RISK_ORDER = {r: i for i, r in enumerate(Risk)}
 
+# Every kind of change compare() reports; guards select on these names.
+KINDS = (
+    "machine-added", "machine-removed", "machine-moved", "machine-changed",
+    "dataset-created", "dataset-resized", "dataset-destroyed",
+    "flow-opened", "flow-closed", "public-opened", "public-closed",
+    "route-added", "route-removed", "route-changed",
+    "secret-gained", "secret-lost", "secret-key-changed",
+    "user-added", "user-removed", "user-key-added", "user-admin", "user-key-changed",
+    "certificate-changed", "config-changed",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Change:
