@@ -112,6 +112,7 @@ def test_an_agent_lists_proposes_and_cannot_deploy_unapproved(repo: Path, tmp_pa
         out["explain"] = await call("explain", {})
         out["secrets"] = await call("secrets_check", {})
         out["artifacts"] = await call("plan", {"section": "artifacts"})
+        out["peek"] = await call("diff", {"against": "/etc/passwd"})
         return out
 
     out = anyio.run(session, repo, env, steps)
@@ -157,6 +158,7 @@ def test_an_agent_lists_proposes_and_cannot_deploy_unapproved(repo: Path, tmp_pa
     assert "does not approve this diff" in out["deploy"].structured_content["why"]
 
     assert not out["explain"].is_error and not out["secrets"].is_error
+    assert out["peek"].is_error and "give a git revision or `deployed`" in text_of(out["peek"])
     for text in responses:
         assert "AGE-SECRET-KEY" not in text and "PRIVATE KEY" not in text
 

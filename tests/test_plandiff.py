@@ -226,6 +226,10 @@ def test_the_old_side_from_a_git_revision_uses_that_revisions_lib(tmp_path: Path
         cli, ["plan", "diff", "-i", str(repo / "inventory.toml"), "--against", "no-such-rev"]
     )
     assert missing.exit_code != 0 and "no-such-rev" in str(missing.exception or missing.output)
+    option = CliRunner().invoke(
+        cli, ["plan", "diff", "-i", str(repo / "inventory.toml"), "--against=--output=/tmp/x"]
+    )
+    assert "not a git revision" in str(option.exception)
 
 
 def test_people_who_gain_every_secret_are_access(plan: dict[str, Any]) -> None:

@@ -75,6 +75,10 @@ class Homelab:
         return {"path": str(self.inventory), "text": self.inventory.read_text()}
 
     def diff(self, against: str) -> dict[str, Any]:
+        if against.endswith(".toml") or Path(against).exists():
+            # An agent compares with history or the deployed plan, not with files of its
+            # choosing elsewhere on this machine.
+            raise UserError(f"diff: {against}: give a git revision or `deployed`")
         old, label = resolve_against(self.inventory, against, self.runner)
         new = self.plan()
         return self._judged(

@@ -557,6 +557,8 @@ def plan_at_revision(inventory: Path, rev: str, runner: Runner = default_runner)
     """The plan of ``inventory`` as it was at git revision ``rev``, computed by the lib/ of
     that same revision: the plan that revision would have deployed, rendered artifacts
     included, even when lib/ changed since (a new lib may not accept an old inventory)."""
+    if not rev or rev.startswith("-"):  # git would read it as an option
+        raise UserError(f"{rev!r}: not a git revision")
     inventory = Path(inventory).resolve()
     repo = inventory.parent
     top = runner.run(["git", "-C", str(repo), "rev-parse", "--show-toplevel"], check=False)
