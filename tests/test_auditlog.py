@@ -173,6 +173,8 @@ def test_who_names_the_agents_ssh_keys_by_fingerprint(
     assert person["age_recipient"] == "age1publicpart"
     monkeypatch.delenv("SSH_AUTH_SOCK")
     assert auditlog.who()["ssh_keys"] == []
+    monkeypatch.setenv("SUDO_USER", "alice")
+    assert auditlog.who()["sudo_user"] == "alice"
 
 
 def test_no_inventory_no_log_and_no_directory_made(

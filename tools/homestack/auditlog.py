@@ -148,6 +148,7 @@ def who() -> dict[str, Any]:
         "host": socket.gethostname(),
         "age_recipient": _age_recipient(),
         "ssh_keys": _agent_keys(),
+        **({"sudo_user": os.environ["SUDO_USER"]} if os.environ.get("SUDO_USER") else {}),
     }
 
 
