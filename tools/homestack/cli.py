@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
+from homestack import auditlog
 from homestack.errors import CheckFailed, UserError
 
 # name -> (module, attribute, one-line help). Each module defines a click command or group.
@@ -25,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "deploy": ("homestack.deploy.cli", "deploy", "Build, switch, health-check, roll back."),
     "test": ("homestack.vmtest", "test", "Run the NixOS VM tests."),
     "provision": ("homestack.deploy.provision", "provision", "Install a fresh machine."),
+    "plan": ("homestack.plan_cli", "plan", "What a change means: diff two plans, approve one."),
+    "audit": ("homestack.plan_cli", "audit", "Print the audit log of mutating commands."),
+    "mcp": ("homestack.mcp_server", "mcp", "Serve the Model Context Protocol to agents (stdio)."),
 }
 
 
@@ -70,17 +75,84 @@ def cli() -> None:
     """Manage a Homestack homelab from its inventory.toml."""
 
 
+def _command_path(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``args`` into the subcommand path (["secrets", "set"]) and every other argument
+    (group options included), by walking the command tree as click will."""
+    command: click.Command = cli
+    ctx = click.Context(cli, resilient_parsing=True)
+    path: list[str] = []
+    at: set[int] = set()
+    i = 0
+    while isinstance(command, click.Group) and i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):
+            takes_value = "=" not in arg and any(
+                arg in p.opts and not getattr(p, "is_flag", False)
+                for p in command.params if isinstance(p, click.Option))
+            i += 2 if takes_value else 1
+            continue
+        sub = command.get_command(ctx, arg)
+        if sub is None:
+            break
+        path.append(arg)
+        at.add(i)
+        command = sub
+        i += 1
+    return path, [a for n, a in enumerate(args) if n not in at]
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2. A mutating
+    command (homestack.auditlog.MUTATING) leaves one line in the audit log, whatever its end."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    path, rest = _command_path(args)
+    log = auditlog.log_for(_inventory_of(rest)) if auditlog.mutating(path, rest) else None
+    if log is None:
+        return _main(args)
+    auditlog.begin()
+    _last_error.clear()
+    result = "ok"
+    try:
+        code = _main(args)
+        result = "ok" if not code else f"exit {code}"
+        return code
+    except SystemExit as exc:
+        result = "ok" if exc.code in (0, None) else _last_error.get("line", f"exit {exc.code}")
+        raise
+    except BaseException as exc:
+        result = f"error: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        auditlog.record(log, path, rest, result)
+
+
+def _inventory_of(args: list[str]) -> Path:
+    """The inventory a command names with -i/--inventory, else the one it would find."""
+    from homestack.inventory import find_inventory  # noqa: PLC0415
+
+    for i, arg in enumerate(args):
+        if arg in ("-i", "--inventory") and i + 1 < len(args):
+            return find_inventory(Path(args[i + 1]))
+        if arg.startswith("--inventory="):
+            return find_inventory(Path(arg.split("=", 1)[1]))
+    return find_inventory(None)
+
+
+_last_error: dict[str, str] = {}
+
+
+def _main(argv: list[str]) -> Any:
     try:
         return cli.main(args=argv, standalone_mode=False)
     except CheckFailed as exc:
         for finding in exc.findings:
             click.echo(finding, err=True)
         click.echo(f"error: {exc}", err=True)
+        _last_error["line"] = f"error: {exc}"
         sys.exit(exc.exit_code)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
+        _last_error["line"] = f"error: {exc}"
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

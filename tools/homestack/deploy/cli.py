@@ -16,6 +16,7 @@ from homestack.deploy.remote import DEFAULT_OPTIONS, Ssh
 from homestack.deploy.status import status as machine_status
 from homestack.deploy.steps import DeployOptions
 from homestack.errors import UserError
+from homestack.guards import guarded
 from homestack.process import Runner, default_runner
 
 
@@ -78,10 +79,13 @@ class _Printer:
                    "confirmed it healthy.")
 @click.option("-o", "--ssh-option", "ssh_options", multiple=True,
               help="Extra ssh option, as for ssh -o (repeatable).")
+@click.option("--approve", metavar="TOKEN",
+              help="Deploy a change that breaks a guard: the token `tools plan approve` "
+                   "printed for this exact diff.")
 def deploy(  # noqa: PLR0917 - click passes options by keyword
     machines: tuple[str, ...], dry_run: bool, build_only: bool, as_json: bool, yes: bool,
            inventory_path: Path | None, health_timeout: float, watchdog: int,
-           ssh_options: tuple[str, ...]) -> None:
+           ssh_options: tuple[str, ...], approve: str | None) -> None:
     """Build, switch, health-check and roll back MACHINEs (default: all), in the plan's order.
 
     \b
@@ -128,10 +132,15 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
             return False
         return click.confirm(question, default=False, err=True)
 
-    report = engine.deploy(plan, runner=run_with, flake=path.parent, selected=machines,
-                           options=options, ssh=ssh,
-                           validate=validator(plan, path, printer.progress),
-                           progress=printer.progress, confirm=confirm)
+    # The guards (homestack.guards) show the diff against what is deployed and refuse a
+    # change that breaks one unless --approve names that exact diff.
+    report = guarded(path, plan, approve=approve, dry_run=dry_run, build_only=build_only,
+                     selected=machines,
+                     echo=lambda line: printer.progress("guards", line),
+                     run=lambda: engine.deploy(plan, runner=run_with, flake=path.parent,
+                                               selected=machines, options=options, ssh=ssh,
+                                               validate=validator(plan, path, printer.progress),
+                                               progress=printer.progress, confirm=confirm))
     if as_json:
         click.echo(report.dumps())
     else:
