@@ -260,7 +260,8 @@ def test_an_unprivileged_user_gets_a_private_tmpfs_too() -> None:
     # as `nobody`: no CAP_SYS_ADMIN, so the launcher goes through a user namespace
     mountpoint = Path(tempfile.mkdtemp(prefix="homestack-test-"))  # reachable by nobody
     # nobody cannot enter a checkout under a closed home (Debian's /root is 0700), nor the
-    # virtualenv there: it runs a copy of the package with the interpreter the venv links to.
+    # virtualenv there: it runs a copy of the package with the system's interpreter (the
+    # one a Debian venv links to; a pyenv one may sit under /root too).
     code = Path(tempfile.mkdtemp(prefix="homestack-code-"))
     try:
         os.chown(mountpoint, 65534, 65534)
@@ -269,8 +270,9 @@ def test_an_unprivileged_user_gets_a_private_tmpfs_too() -> None:
                         ignore=shutil.ignore_patterns("__pycache__"))
         code.chmod(0o755)
         probe = 'stat -f -c %T "$TMPDIR"; touch "$TMPDIR/plain"; ls "$TMPDIR"'
+        system = Path("/usr/bin/python3")
         launcher = [
-            os.path.realpath(sys.executable),
+            str(system) if system.exists() else os.path.realpath(sys.executable),
             "-m",
             "homestack.secrets.privtmp",
             str(mountpoint),
