@@ -27,7 +27,10 @@ if [ "$1" = install ]; then
     echo "no policy" >> "$RECORD"
   fi
   echo "apt-get $*" >> "$RECORD"
-  echo "E: Unable to locate package $3" >&2
+  for pkg; do :; done
+  echo "Unpacking $pkg (1.0) ..."
+  echo "Setting up $pkg (1.0) ..."
+  [ "${APT_EXIT:-0}" = 0 ] || echo "E: Unable to locate package $pkg" >&2
   exit "${APT_EXIT:-0}"
 fi
 """
@@ -120,7 +123,8 @@ def test_the_policy_is_removed_when_apt_fails(repo: Path) -> None:
     result, record = bootstrap(repo, apt_exit=100)
     assert result.returncode == 1
     assert record[0] == "policy 101"
-    assert "E: Unable to locate package" in result.stderr  # apt's own words
+    assert "E: Unable to locate package jq" in result.stderr  # apt's own words
+    assert "bootstrap: apt failed (exit 100; its last lines are above)" in result.stderr
     assert not (repo.parent / "policy-rc.d").exists()
 
 
@@ -142,6 +146,8 @@ def test_each_phase_says_what_it_does_and_how_long_it_took(repo: Path) -> None:
     timed = [ln for ln in lines if re.search(r"\(\d+\.\d s\)$", ln)]
     assert len(timed) == 3, lines
     assert "installed 1 packages" in timed[0]
+    assert "bootstrap:     Setting up jq (1.0) ..." in lines  # apt's progress, as it goes
+    assert not any(ln.startswith("Unpacking") for ln in lines)  # the rest only in its log
     assert lines[-1] == "bootstrap: ready: .venv/bin/tools, .venv/bin/sops"
 
 
