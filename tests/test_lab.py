@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLE, requires_nix
+from conftest import EXAMPLE, REPO, requires_nix
 
 from homestack.lab import firewall, probes
 from homestack.lab.topology import Topology
@@ -109,11 +110,49 @@ def assert_nothing_left(env: dict[str, str]) -> None:
 
 def results(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     out = lab(env, "test", "--json", check=False)
+    assert "Traceback" not in out.stderr, out.stderr
     return out.returncode, json.loads(out.stdout)
 
 
+def root_listeners() -> set[tuple[str, str]]:
+    """(protocol, local address:port) of every listening socket in this (the root) namespace."""
+    found = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        lines = Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            if fields[3] == ("0A" if table.startswith("tcp") else "07"):
+                found.add((table, fields[1]))
+    return found
+
+
+def pids_in_lab() -> set[int]:
+    """Every live process inside one of this test's lab namespaces."""
+    inodes = {p.stat().st_ino for p in Path("/run/netns").glob(f"{PREFIX}*")}
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "ns" / "net").stat().st_ino in inodes:
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.add(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def proc_of(env: dict[str, str], role: str) -> int:
+    state = json.loads((Path(env["HOMESTACK_LAB_DIR"]) / "state.json").read_text())
+    pid: int = next(p["pid"] for p in state["procs"] if p["role"] == role)
+    return pid
+
+
 def test_example_inventory(env: dict[str, str]) -> None:
+    listening = root_listeners()
     up = lab(env, "up", "-i", str(EXAMPLE))
+    # Everything listens inside the lab's namespaces: nothing the machine's own services
+    # hold (sshd, a PostgreSQL, a DNS server) is taken, nothing new appears.
+    assert root_listeners() <= listening
     assert "PocketID stand-in" in up.stdout and "STAND-IN, not the real service" in up.stdout
     again = lab(env, "up", "-i", str(EXAMPLE))
     assert "already up" in again.stdout
@@ -135,9 +174,7 @@ def test_example_inventory(env: dict[str, str]) -> None:
     status = lab(env, "status")
     assert status.stdout.count("STAND-IN") == 2 and "STOPPED" not in status.stdout
     # A broken service makes the test fail with exit code 2.
-    state = json.loads((Path(env["HOMESTACK_LAB_DIR"]) / "state.json").read_text())
-    dnsmasq = next(p["pid"] for p in state["procs"] if p["role"] == "dnsmasq")
-    os.kill(dnsmasq, signal.SIGKILL)
+    os.kill(proc_of(env, "dnsmasq"), signal.SIGKILL)
     code, report = results(env)
     assert code == 2 and not report["ok"]
     assert any(not c["ok"] and c["group"] == "dns" for c in report["checks"])
@@ -250,3 +287,101 @@ def test_twenty_cycles_with_kill_leave_nothing(env: dict[str, str]) -> None:
         lab(env, "down")
         assert_nothing_left(env)
     assert killed >= 3, "the kill -9 cycles should mostly hit a running `up`"
+
+
+def test_an_unreachable_proxy_is_a_failed_check_not_a_crash(
+        env: dict[str, str], tmp_path: Path) -> None:
+    # 443 open to the guests only: the LAN client's connection is dropped (a timeout).
+    inventory = tmp_path / "inventory.toml"
+    closed = EXAMPLE.read_text().replace(
+        '{ from = ["lan", "guests"], port = 443, proto = "tcp" }',
+        '{ from = ["guests"], port = 443, proto = "tcp" }')
+    assert closed != EXAMPLE.read_text()
+    inventory.write_text(closed)
+    lab(env, "up", "-i", str(inventory))
+    code, report = results(env)
+    https = [c for c in report["checks"] if c["group"] == "https"]
+    assert code == 2 and https and not any(c["ok"] for c in https)
+    assert all("no answer from" in c["detail"] for c in https), https
+    assert all(c["ok"] for c in report["checks"] if c["group"] == "dns")
+    # Caddy killed: the connection is refused.
+    lab(env, "up", "--replace", "-i", str(EXAMPLE))
+    os.kill(proc_of(env, "caddy"), signal.SIGKILL)
+    code, report = results(env)
+    https = [c for c in report["checks"] if c["group"].startswith("https")]
+    assert code == 2 and https and not any(c["ok"] for c in https)
+    assert all("Connection refused" in c["detail"] for c in https), https
+    text = lab(env, "test", check=False)
+    assert text.returncode == 2 and "Traceback" not in text.stderr
+    assert "FAIL  https://id.home.arpa/" in text.stdout
+    lab(env, "down")
+    assert_nothing_left(env)
+
+
+def test_up_from_another_inventory_refuses_to_replace_a_running_lab(
+        env: dict[str, str], tmp_path: Path) -> None:
+    lab(env, "up", "-i", str(EXAMPLE))
+    before = lab(env, "status", "--json").stdout
+    other = tmp_path / "other.toml"
+    other.write_text(EXAMPLE.read_text())
+    refused = lab(env, "up", "-i", str(other), check=False)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"error: tools lab up: a lab from {EXAMPLE} is running; `tools lab down` it first, "
+        f"or run `tools lab up --replace -i {other}`\n")
+    assert lab(env, "status", "--json").stdout == before  # untouched, same processes
+    replaced = lab(env, "up", "--replace", "-i", str(other))
+    assert f"lab up from {other}" in replaced.stdout
+    lab(env, "down")
+    assert_nothing_left(env)
+
+
+def test_down_after_an_interrupted_up_counts_every_process_it_stopped(
+        env: dict[str, str]) -> None:
+    lab(env, "up", "-i", str(EXAMPLE))
+    # What a killed `up` leaves: not complete, and daemons started but not yet recorded.
+    state_file = Path(env["HOMESTACK_LAB_DIR"]) / "state.json"
+    state = json.loads(state_file.read_text())
+    state["complete"] = False
+    state["procs"] = [p for p in state["procs"] if p["role"] not in {"caddy", "postgresql"}]
+    state_file.write_text(json.dumps(state))
+    running = pids_in_lab()
+    assert len(running) > len(state["procs"])  # PostgreSQL alone runs several
+    out = lab(env, "down")
+    namespaces = len(state["namespaces"])
+    assert out.stdout.splitlines()[0] == (
+        f"lab down: removed {namespaces} namespaces, stopped {len(running)} processes")
+    assert_nothing_left(env)
+
+
+def test_the_lab_runs_from_a_checkout_other_users_cannot_enter(env: dict[str, str]) -> None:
+    # Debian's /root is 0700: the stand-ins (as nobody) and the daemons (as caddy,
+    # postgres) must not read anything from the checkout.
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("copies the checkout's files as git lists them: needs git and a checkout")
+    closed = Path(tempfile.mkdtemp(prefix="homestack-closed-"))
+    try:
+        assert closed.stat().st_mode & 0o777 == 0o700
+        clone = closed / "homestack"
+        files = subprocess.run(
+            ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
+             "--exclude-standard"], check=True, capture_output=True).stdout.split(b"\0")
+        for name in filter(None, (f.decode() for f in files)):
+            source = REPO / name
+            if source.is_file():
+                (clone / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, clone / name)
+        here = {**env, "PYTHONPATH": str(clone / "tools")}
+        where = subprocess.run(
+            [sys.executable, "-c", "import homestack.lab; print(homestack.lab.__file__)"],
+            env=here, check=True, capture_output=True, text=True, cwd=clone).stdout
+        assert where.startswith(str(clone)), where
+        for args in (["up"], ["test"], ["down"]):
+            result = subprocess.run(
+                [sys.executable, "-c", "from homestack.cli import main; main()", "lab", *args],
+                env=here, cwd=clone,
+                capture_output=True, text=True, check=False, timeout=120)
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        assert_nothing_left(env)
+    finally:
+        shutil.rmtree(closed)

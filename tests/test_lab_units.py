@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,12 @@ import pytest
 from conftest import EXAMPLE, requires_nix
 
 from homestack.errors import UserError
-from homestack.lab import firewall, matrix, overlay
+from homestack.lab import daemons, firewall, matrix, overlay
 from homestack.lab.lifecycle import _standin_config, all_ports
 from homestack.lab.state import LabPaths, LabState, Proc, load_state, save_state
 from homestack.lab.topology import Topology
 from homestack.plan import load_plan
+from homestack.process import Result
 
 CADDY = """# Rendered. Do not edit.
 
@@ -213,3 +216,45 @@ def test_guest_layer_is_responsible_only_for_flows_a_guest_takes_part_in(
     assert not guest[matrix.Flow("cloud-relay", "lan", 22, "tcp")]
     assert all(guarded_in(firewall.Mode.BRIDGE).values())
     assert all(guarded_in(firewall.Mode.GUEST, strict=True).values())
+
+
+NFT_ERROR = """/dev/stdin:3:13-17: Error: Service out of range
+  tcp dport 99999 drop
+            ^^^^^
+"""
+
+
+def test_a_failed_program_shows_its_whole_message_under_its_own_name() -> None:
+    args = ("ip", "netns", "exec", "hslab-proxy", "setpriv", "--reuid=0", "nft", "-f", "-")
+    message = daemons.failure_message(Result(args, 1, "", NFT_ERROR))
+    assert message == (
+        "nft (in hslab-proxy): exit code 1:\n"
+        "    /dev/stdin:3:13-17: Error: Service out of range\n"
+        "      tcp dport 99999 drop\n"
+        "                ^^^^^")
+
+
+def test_a_long_message_keeps_its_end_and_says_what_was_cut() -> None:
+    err = "".join(f"line {i}\n" for i in range(30))
+    message = daemons.failure_message(Result(("/usr/lib/postgresql/15/bin/initdb",), 1, "", err))
+    lines = message.splitlines()
+    assert lines[0] == "initdb: exit code 1:"
+    assert lines[1] == "    (… 18 earlier lines)"
+    assert lines[-1] == "    line 29" and len(lines) == 14
+
+
+def test_a_silent_failure_names_the_program_and_its_exit_code() -> None:
+    result = Result(("ip", "-n", "hslab-db", "-batch", "-"), 2, "", "")
+    assert daemons.failure_message(result) == "ip: exit code 2"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None,
+                    reason="nft needs root")
+def test_the_lab_runner_raises_nfts_own_message() -> None:
+    bad = "table inet t {\n chain c {\n  tcp dport 99999 drop\n }\n}\n"
+    with pytest.raises(UserError) as err:  # -c: checks the rule set, changes nothing
+        daemons.runner.run(["nft", "-c", "-f", "-"], check=True, input=bad)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "nft: exit code 1:"
+    assert "Error: " in lines[1] and lines[2].strip() == "tcp dport 99999 drop"
+    assert set(lines[3].strip()) == {"^"}

@@ -264,11 +264,20 @@ def test_falls_back_to_dev_shm_when_namespaces_are_refused(
 def test_an_unprivileged_user_gets_a_private_tmpfs_too() -> None:
     # as `nobody`: no CAP_SYS_ADMIN, so the launcher goes through a user namespace
     mountpoint = Path(tempfile.mkdtemp(prefix="homestack-test-"))  # reachable by nobody
+    # nobody cannot enter a checkout under a closed home (Debian's /root is 0700), nor the
+    # virtualenv there: it runs a copy of the package with the system's interpreter (the
+    # one a Debian venv links to; a pyenv one may sit under /root too).
+    code = Path(tempfile.mkdtemp(prefix="homestack-code-"))
     try:
         os.chown(mountpoint, 65534, 65534)
+        package = Path(sys.modules["homestack"].__file__ or "").parent
+        shutil.copytree(package, code / "homestack",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        code.chmod(0o755)
         probe = 'stat -f -c %T "$TMPDIR"; touch "$TMPDIR/plain"; ls "$TMPDIR"'
+        system = Path("/usr/bin/python3")
         launcher = [
-            sys.executable,
+            str(system) if system.exists() else os.path.realpath(sys.executable),
             "-m",
             "homestack.secrets.privtmp",
             str(mountpoint),
@@ -280,6 +289,8 @@ def test_an_unprivileged_user_gets_a_private_tmpfs_too() -> None:
             capture_output=True,
             text=True,
             check=False,
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": str(code)},
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["tmpfs", "plain"]
@@ -289,6 +300,7 @@ def test_an_unprivileged_user_gets_a_private_tmpfs_too() -> None:
         assert list(mountpoint.iterdir()) == []  # nothing reached the directory on disk
     finally:
         shutil.rmtree(mountpoint)
+        shutil.rmtree(code)
 
 
 def test_a_file_you_cannot_open_is_kept(

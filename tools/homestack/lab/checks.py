@@ -159,7 +159,7 @@ def _front_door(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology,
         ans = probes.https_get(client, proxy.address, fqdn, "/", cafile=None)
         ok = not ans.ok and "certificate" in ans.error
         return Check("https-untrusted", f"https://{fqdn}/ without the lab root", ok,
-                     ans.error if ok else f"accepted ({ans.status}) without our root")
+                     ans.error if not ans.ok else f"accepted ({ans.status}) without our root")
 
     jobs += [pool.submit(https, r) for r in plan.get("routes", [])]
     jobs += [pool.submit(untrusted, n) for n in route_names]

@@ -13,11 +13,10 @@ import click
 
 from homestack.errors import UserError
 from homestack.inventory import find_inventory
-from homestack.lab import browser, checks, lifecycle
+from homestack.lab import browser, checks, daemons, lifecycle
 from homestack.lab.state import LabPaths, load_state
 from homestack.lab.topology import Topology
 from homestack.plan import load_plan
-from homestack.process import default_runner
 
 NEEDED = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql")
 inventory_option = click.option(
@@ -64,15 +63,17 @@ def lab() -> None:
 @inventory_option
 @click.option("--cold", is_flag=True,
               help="Initialise PostgreSQL from scratch instead of copying the cached cluster.")
-def up(inventory_path: Path | None, cold: bool) -> None:
+@click.option("--replace", is_flag=True,
+              help="Take down a running lab built from another inventory first.")
+def up(inventory_path: Path | None, cold: bool, replace: bool) -> None:
     """Build the lab from the inventory's plan and start every daemon (idempotent)."""
     _preflight()
     started = time.monotonic()
     path = find_inventory(inventory_path).resolve()
     plan = load_plan(path)
     paths = LabPaths.from_env()
-    state = lifecycle.up(plan, paths, default_runner, inventory=str(path), cold=cold,
-                         log=click.echo)
+    state = lifecycle.up(plan, paths, daemons.runner, inventory=str(path), cold=cold,
+                         replace_other=replace, log=click.echo)
     (paths.root / "plan.json").write_text(json.dumps(plan))
     topo = Topology.from_plan(plan, paths.prefix)
     click.echo(f"lab up from {path} in {time.monotonic() - started:.2f} s")
@@ -102,9 +103,9 @@ def test(inventory_path: Path | None, as_json: bool, strict: bool, use_browser: 
     _preflight()
     paths = LabPaths.from_env()
     plan = _plan_for(paths, inventory_path)
-    report = checks.run(plan, paths, default_runner, strict=strict)
+    report = checks.run(plan, paths, daemons.runner, strict=strict)
     if use_browser or screenshot is not None:
-        report.checks += browser.lab_checks(plan, paths, default_runner, screenshot=screenshot)
+        report.checks += browser.lab_checks(plan, paths, daemons.runner, screenshot=screenshot)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
@@ -121,7 +122,7 @@ def down(purge_cache: bool) -> None:
     _preflight()
     started = time.monotonic()
     paths = LabPaths.from_env()
-    lifecycle.down(paths, default_runner, log=click.echo)
+    lifecycle.down(paths, daemons.runner, log=click.echo)
     if purge_cache:
         shutil.rmtree(paths.cache, ignore_errors=True)
     click.echo(f"lab down in {time.monotonic() - started:.2f} s")

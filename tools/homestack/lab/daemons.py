@@ -1,12 +1,15 @@
 """Starting the lab's long-running processes inside namespaces, and knowing when they are up.
 
 Each daemon is started as `ip netns exec NS [unshare --ipc] [setpriv ...] PROGRAM`: every
-step execs, so the PID we record is the daemon's own. Short commands go through the
-project's Runner; only these detached daemons are started here with Popen.
+step execs, so the PID we record is the daemon's own. Short commands go through `runner`,
+the project's Runner with two lab rules: every program starts in `/` (the daemons run as
+other users, who may not enter the checkout), and a failure shows the program's whole
+message, not only its last line (nft prints the message, the offending line, then carets).
 """
 
 from __future__ import annotations
 
+import os
 import pwd
 import subprocess
 import sys
@@ -17,11 +20,86 @@ from pathlib import Path
 
 from homestack.errors import UserError
 from homestack.lab.netns import is_gone
-from homestack.process import default_runner
+from homestack.process import Result, Runner
 
 _CAPS = ["--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
 # Popen objects of daemons started by this process; kept so Python does not warn about them.
 _children: list[subprocess.Popen[bytes]] = []
+
+
+# Wrappers the lab puts before a program (`ip netns exec NS`, `unshare --ipc`, `setpriv …`).
+_WRAPPERS = frozenset({"ip", "unshare", "setpriv"})
+_MESSAGE_LINES = 12  # enough for any message we have seen; a runaway log is cut
+
+
+def program_name(args: Sequence[str]) -> str:
+    """The program a wrapped command runs, and where: `nft (in hslab-proxy)`."""
+    rest, where = list(args), ""
+    while rest and rest[0] in _WRAPPERS:
+        if rest[0] == "ip" and rest[1:3] == ["netns", "exec"] and len(rest) > 3:
+            where, rest = rest[3], rest[4:]
+        elif rest[0] in {"unshare", "setpriv"}:
+            rest = rest[1:]
+            while rest and rest[0].startswith("-"):
+                rest = rest[1:]
+        else:
+            break
+    name = Path(rest[0]).name if rest else " ".join(args[:3])
+    return f"{name} (in {where})" if where else name
+
+
+def failure_message(result: Result) -> str:
+    """`PROGRAM (in NS): exit N` and the program's own message, indented, line for line."""
+    lines = [ln.rstrip() for ln in result.stderr.splitlines() if ln.strip()]
+    if not lines:
+        lines = [ln.rstrip() for ln in result.stdout.splitlines() if ln.strip()]
+    head = f"{program_name(result.args)}: exit code {result.returncode}"
+    if not lines:
+        return head
+    cut = lines[-_MESSAGE_LINES:]
+    if len(cut) < len(lines):
+        cut = [f"(… {len(lines) - len(cut)} earlier lines)", *cut]
+    return head + ":\n" + "\n".join(f"    {ln}" for ln in cut)
+
+
+class LabRunner(Runner):
+    """The project's Runner, run from `/`, keeping a failed program's whole message."""
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool,
+        input: str | bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        capture: bool = True,
+    ) -> Result:
+        result = super().run(args, check=False, input=input, env=env,
+                             cwd="/" if cwd is None else cwd, timeout=timeout, capture=capture)
+        if check and result.returncode != 0:
+            raise UserError(failure_message(result))
+        return result
+
+    def spawn(
+        self, args: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a long-running program detached from us: stdin from /dev/null, stdout and
+        stderr appended to ``log``, in its own session, in `/`. The caller owns it."""
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                list(args),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd="/",
+                env=None if env is None else {**os.environ, **env},
+            )
+
+
+runner = LabRunner()
 
 
 @dataclass(frozen=True)
@@ -57,20 +135,21 @@ def spawn(netns: str, args: Sequence[str], *, log: Path, user: str | None = None
     if user is not None:
         cmd += setpriv(user, bind_low_ports=bind_low_ports)
     cmd += list(args)
-    proc = default_runner.spawn(cmd, log=log, env=env)
+    proc = runner.spawn(cmd, log=log, env=env)
     _children.append(proc)
     return Started(proc.pid, start_time(proc.pid), log)
 
 
-def python_program(path: Path, *args: str) -> list[str]:
-    """Run a standard-library-only script of this package, isolated from site packages.
+def python_program(script: Path, *args: str) -> list[str]:
+    """Run a standard-library-only script, isolated from site packages.
 
-    The system's python3 is preferred: the script runs as `nobody`, who may not be able to
-    reach this process's interpreter (a virtualenv under a private home directory).
+    ``script`` must be a copy in the lab's run directory, and the system's python3 is
+    preferred: the script runs as `nobody`, who may not reach the checkout or this
+    process's interpreter (both may sit under a private home directory such as /root).
     """
     system = Path("/usr/bin/python3")
-    python = str(system) if system.exists() else sys.executable
-    return [python, "-I", str(path), *args]
+    python = str(system) if system.exists() else os.path.realpath(sys.executable)
+    return [python, "-I", str(script), *args]
 
 
 def _listening(pid: int, proto: str, port: int) -> bool:

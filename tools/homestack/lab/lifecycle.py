@@ -58,10 +58,20 @@ def _dir(path: Path, owner: str | None = None, mode: int = 0o755) -> Path:
 
 
 def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str = "",
-       cold: bool = False, log: Callable[[str], None] = print) -> LabState:
-    """Build the lab for ``plan``; a complete, running lab for the same inventory is kept."""
+       cold: bool = False, replace_other: bool = False,
+       log: Callable[[str], None] = print) -> LabState:
+    """Build the lab for ``plan``; a complete, running lab for the same inventory is kept.
+
+    A lab built from another inventory is taken down only with ``replace_other``: someone
+    may be using it.
+    """
     topo = Topology.from_plan(plan, paths.prefix)
     existing = load_state(paths)
+    if (existing and existing.complete and existing.inventory != inventory
+            and not replace_other):
+        raise UserError(f"tools lab up: a lab from {existing.inventory or 'another inventory'} "
+                        "is running; `tools lab down` it first, or run `tools lab up "
+                        f"--replace -i {inventory}`")
     if existing and existing.complete and existing.inventory == inventory and healthy(existing):
         if existing.mode != firewall.Mode.BOTH.value:  # a `test` was interrupted
             firewall.apply_mode(runner, firewall.rulesets(plan, topo), firewall.Mode.BOTH)
@@ -81,12 +91,17 @@ def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str 
     state = state.with_files([str(paths.netns_dir(topo.client.netns))])
     save_state(paths, state)
     rec = _Recorder(paths, state, threading.Lock())
+    # The daemons read what we write as their own users: a private umask (077) must not
+    # close the files to them. Secrets get their own modes explicitly.
+    umask = os.umask(0o022)
     try:
         _build(plan, topo, paths, runner, rec, cold=cold)
     except BaseException:
         # A failed (or interrupted) bring-up leaves nothing behind; the error says why.
         down(paths, runner, log=lambda _msg: None)
         raise
+    finally:
+        os.umask(umask)
     return rec.state
 
 
@@ -168,7 +183,10 @@ def _write_files(plan: dict[str, Any], topo: Topology, paths: LabPaths) -> dict[
         shutil.chown(f, "postgres", "postgres")
 
     _dir(paths.root / "logs")
-    _dir(paths.root / "standins")
+    # `nobody` runs the stand-ins: it reads this copy, never the checkout (which may sit in
+    # a home directory closed to other users, such as Debian's /root).
+    shutil.copyfile(Path(__file__).with_name("standins.py"),
+                    _dir(paths.root / "standins") / "standins.py")
     return {"root": certs.root, "chain": certs.chain, "key": certs.key,
             "caddy": caddy_dir, "dnsmasq": dns_dir, "postgresql": pg_dir, "passwords": pw_file}
 
@@ -330,7 +348,7 @@ def _standin(guest: Machine, cfg: dict[str, Any], paths: LabPaths, rec: _Recorde
     cfg_file = paths.root / "standins" / f"{guest.name}.json"
     cfg_file.write_text(json.dumps(cfg))
     started = daemons.spawn(
-        guest.netns, daemons.python_program(Path(__file__).with_name("standins.py"),
+        guest.netns, daemons.python_program(paths.root / "standins" / "standins.py",
                                             str(cfg_file)),
         log=paths.root / "logs" / f"standin-{guest.name}.log", user="nobody",
         bind_low_ports=True,
@@ -350,19 +368,25 @@ def _alive(proc: Proc) -> bool:
 
 
 def down(paths: LabPaths, runner: Runner, *, log: Callable[[str], None] = print) -> int:
-    """Remove everything the lab made; return how many namespaces were deleted."""
+    """Remove everything the lab made; return how many namespaces were deleted.
+
+    The count of stopped processes is exact: every process that ran inside a lab namespace
+    (a daemon, its workers, or a command of a killed `up` that was never recorded) or was
+    recorded by `up`, counted once.
+    """
     state = load_state(paths)
     names = set(netns.listed(paths.prefix))
     if state is not None:
         names |= set(state.namespaces)
     procs = [p for p in (state.procs if state else ()) if _alive(p)]
+    stopped = {p.pid for p in procs} | set(netns.pids_in(_inodes(names)))
     for p in procs:  # SIGQUIT: PostgreSQL's immediate shutdown; its data is thrown away
         netns.kill_all([p.pid], signal.SIGQUIT if p.role == "postgresql" else signal.SIGTERM)
     netns.kill_all(netns.wait_gone([p.pid for p in procs], 0.3))
     removed = 0
     for _ in range(3):  # again, in case a command of a killed `up` was still finishing
-        inodes = [i for i in (netns.inode(n) for n in names) if i is not None]
-        stray = netns.pids_in(inodes)
+        stray = netns.pids_in(_inodes(names))
+        stopped.update(stray)
         netns.kill_all(stray)
         netns.kill_all(netns.wait_gone(stray, 1.0))
         present = [n for n in sorted(names) if netns.exists(n)]
@@ -380,8 +404,12 @@ def down(paths: LabPaths, runner: Runner, *, log: Callable[[str], None] = print)
         if not names:
             break
         time.sleep(0.05)
-    log(f"lab down: removed {removed} namespaces, stopped {len(procs)} processes")
+    log(f"lab down: removed {removed} namespaces, stopped {len(stopped)} processes")
     return removed
+
+
+def _inodes(names: set[str]) -> list[int]:
+    return [i for i in (netns.inode(n) for n in names) if i is not None]
 
 
 def status(paths: LabPaths) -> list[dict[str, Any]]:

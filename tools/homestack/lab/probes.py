@@ -137,8 +137,9 @@ def https_get(src_netns: str, address: str, host: str, path: str, *,
     ctx = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
     if cafile:
         ctx.load_verify_locations(cafile=cafile)
-    raw = socket.create_connection((address, 443), timeout=timeout)
-    try:
+    raw: socket.socket | None = None
+    try:  # a proxy that is down or filtered is a failed check, not a crash
+        raw = socket.create_connection((address, 443), timeout=timeout)
         with ctx.wrap_socket(raw, server_hostname=host) as tls:
             tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
                         "User-Agent: homestack-lab\r\n\r\n".encode())
@@ -150,10 +151,13 @@ def https_get(src_netns: str, address: str, host: str, path: str, *,
                 data += chunk
     except ssl.SSLCertVerificationError as exc:
         return HttpsAnswer(False, 0, "", f"certificate rejected: {exc.verify_message}")
+    except TimeoutError:
+        return HttpsAnswer(False, 0, "", f"no answer from {address}:443 within {timeout:g} s")
     except (OSError, ssl.SSLError) as exc:
-        return HttpsAnswer(False, 0, "", str(exc))
+        return HttpsAnswer(False, 0, "", f"{address}:443: {exc.strerror or exc}")
     finally:
-        raw.close()
+        if raw is not None:
+            raw.close()
     head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
     try:
         status = int(head[0].split()[1])
