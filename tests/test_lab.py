@@ -267,26 +267,33 @@ def test_one_more_guest_and_flow(env: dict[str, str], tmp_path: Path) -> None:
     assert_nothing_left(env)
 
 
-def test_twenty_cycles_with_kill_leave_nothing(env: dict[str, str]) -> None:
-    rng = random.Random(6)  # noqa: S311 - kill times, not secrets
-    killed = 0
-    for cycle in range(20):
-        if cycle % 4 == 1:
-            # kill -9 of `up` part-way through: the next `down` must still clean up.
-            proc = subprocess.Popen([TOOLS, "lab", "up", "-i", str(EXAMPLE)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.15, 0.9))
-            if proc.poll() is None:
-                killed += 1
-            proc.kill()
-            proc.wait()
-        else:
-            lab(env, "up", "-i", str(EXAMPLE))
-            code, report = results(env)
-            assert code == 0, (cycle, [c for c in report["checks"] if not c["ok"]])
-        lab(env, "down")
-        assert_nothing_left(env)
-    assert killed >= 3, "the kill -9 cycles should mostly hit a running `up`"
+# One test item a cycle, so a run shows its progress instead of going quiet for a minute.
+_RNG = random.Random(6)  # noqa: S311 - kill times, not secrets
+_KILL_AT = [_RNG.uniform(0.15, 0.9) for _ in range(20)]
+_KILLS_TRIED: list[int] = []
+_KILLS_LANDED: list[int] = []
+
+
+@pytest.mark.parametrize("cycle", range(20))
+def test_twenty_cycles_with_kill_leave_nothing(env: dict[str, str], cycle: int) -> None:
+    if cycle % 4 == 1:
+        # kill -9 of `up` part-way through: the next `down` must still clean up.
+        proc = subprocess.Popen([TOOLS, "lab", "up", "-i", str(EXAMPLE)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(_KILL_AT[cycle])
+        _KILLS_TRIED.append(cycle)
+        if proc.poll() is None:
+            _KILLS_LANDED.append(cycle)
+        proc.kill()
+        proc.wait()
+    else:
+        lab(env, "up", "-i", str(EXAMPLE))
+        code, report = results(env)
+        assert code == 0, (cycle, [c for c in report["checks"] if not c["ok"]])
+    lab(env, "down")
+    assert_nothing_left(env)
+    if cycle == 19 and len(_KILLS_TRIED) == 5:
+        assert len(_KILLS_LANDED) >= 3, "the kill -9 cycles should mostly hit a running `up`"
 
 
 def test_an_unreachable_proxy_is_a_failed_check_not_a_crash(
