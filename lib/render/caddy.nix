@@ -1,5 +1,5 @@
 # The Caddyfile for the proxy guest: one site per route name, TLS from the wildcard
-# certificate (private-ca) or DNS-01 (acme-dns01), plain HTTP redirected to HTTPS.
+# certificate (private-ca) or the one security.acme obtained by DNS-01 (acme-dns01), plain HTTP redirected to HTTPS.
 # Site blocks only: global options belong to whoever runs Caddy (the NixOS module, the lab).
 let
   u = import ../util.nix;
@@ -10,16 +10,9 @@ let
   bind = plan.guests.${plan.proxy}.address;
   names = plan.certificates.routeNames;
   routesByName = builtins.groupBy (r: r.fqdn) plan.routes;
-  tls =
-    if plan.certificates.mode == "acme-dns01" then
-      [
-        "\ttls {"
-        "\t\tdns cloudflare {env.CLOUDFLARE_API_TOKEN}"
-        "\t\tresolvers 1.1.1.1"
-        "\t}"
-      ]
-    else
-      [ "\ttls ${plan.certificates.certFile} ${plan.certificates.keyFile}" ];
+  # Both modes serve files: the private CA's leaf, or what security.acme (lego, DNS-01)
+  # obtained; the plan says where each lives. Stock Caddy needs no DNS plugin for this.
+  tls = [ "\ttls ${plan.certificates.certFile} ${plan.certificates.keyFile}" ];
   upstream = r: if r.h2c then "h2c://${r.upstream}" else r.upstream;
   site =
     fqdn:
