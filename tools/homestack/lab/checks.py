@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from homestack.errors import UserError
-from homestack.lab import firewall, matrix, probes
+from homestack.lab import acme, firewall, matrix, probes
 from homestack.lab.lifecycle import all_ports
 from homestack.lab.state import LabPaths, LabState, load_state, save_state
 from homestack.lab.topology import Topology
@@ -74,6 +74,10 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
     with ThreadPoolExecutor(max_workers=256) as pool:
         front = _front_door(pool, plan, topo, cafile)
         report.checks += [f.result() for f in front]
+        if acme.enabled(plan):  # certificate, TXT clean-up, one renewal (it restarts Caddy)
+            report.checks += [Check("acme", name, ok, detail) for name, ok, detail
+                              in acme.check(plan, paths, runner, topo, state)]
+            state = load_state(paths) or state
         try:
             for mode in MODES:
                 firewall.apply_mode(runner, rules, mode)
