@@ -12,13 +12,15 @@
 let
   inherit (config.homestack) plan;
   certs = plan.certificates;
-  acme = certs.acme;
+  # Absent in private-ca mode; attribute names below must still evaluate there.
+  acme = certs.acme or { };
+  certName = acme.certName or "homestack";
   caddy = config.services.caddy;
 in
 lib.mkIf (certs.mode == "acme-dns01") {
   security.acme = {
     acceptTerms = true;
-    certs.${acme.certName} = {
+    certs.${certName} = {
       domain = lib.head certs.names;
       extraDomainNames = lib.tail certs.names;
       email = certs.acmeEmail;
@@ -34,13 +36,13 @@ lib.mkIf (certs.mode == "acme-dns01") {
   };
 
   # Decrypted for systemd's LoadCredential (read as root), not for any service user.
-  sops.secrets."cloudflare/api-token".restartUnits = [ "acme-${acme.certName}.service" ];
+  sops.secrets."cloudflare/api-token".restartUnits = [ "acme-${certName}.service" ];
 
   # Caddy starts only once a certificate (first the module's self-signed one) is there.
   homestack.persist = [ "/var/lib/acme" ];
 
   systemd.services.caddy = {
-    wants = [ "acme-finished-${acme.certName}.target" ];
-    after = [ "acme-selfsigned-${acme.certName}.service" ];
+    wants = [ "acme-finished-${certName}.target" ];
+    after = [ "acme-selfsigned-${certName}.service" ];
   };
 }

@@ -48,9 +48,9 @@ SERVICES = "198.51.100.10"
 NAMESERVER = "ns.homestack-lab.test"
 CLOUDFLARE_API = "api.cloudflare.com"
 PEBBLE_PORT, PEBBLE_MANAGEMENT = 14000, 15000
-# Short enough that lego's `renew --days <validMinDays>` (the NixOS timer's command) renews
-# at once; Pebble 2.4 reads `certificateValidityPeriod` (seconds) from its config.
-VALIDITY_SECONDS = 3600
+# Shorter than validMinDays, so lego's `renew --days <validMinDays>` (the NixOS timer's
+# command) renews at once; Pebble 2.4 reads `certificateValidityPeriod` (seconds).
+VALIDITY_SECONDS = 10 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -437,10 +437,11 @@ def api_calls(paths: LabPaths) -> list[tuple[str, str]]:
     return [(d["method"], d["path"]) for d in map(json.loads, lines)]
 
 
-def _challenge_txt(client_ns: str, plan: dict[str, Any]) -> list[str]:
-    """TXT answers for _acme-challenge.<domain> at the zone's authority (from the proxy)."""
+def _challenge_txt(proxy_ns: str, plan: dict[str, Any]) -> list[str]:
+    """TXT answers for _acme-challenge.<domain> at the zone's authority, asked where lego
+    asks (the proxy)."""
     name = f"_acme-challenge.{plan['domain']}"
-    return list(_in_netns(client_ns, lambda: resolve_txt(SERVICES, name)))
+    return list(_in_netns(proxy_ns, lambda: resolve_txt(SERVICES, name)))
 
 
 def resolve_txt(server: str, name: str, timeout: float = 2.0) -> list[str]:
@@ -516,8 +517,12 @@ def check(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
         return cert
 
     def cleaned(label: str) -> None:
-        left = [r for r in standin_records(paths, plan) if r["type"] == "TXT"]
-        txt = _challenge_txt(topo.client.netns, plan)
+        try:
+            left = [r for r in standin_records(paths, plan) if r["type"] == "TXT"]
+            txt = _challenge_txt(proxy.netns, plan)
+        except (OSError, ValueError) as exc:
+            results.append((label, False, f"cannot ask the zone: {exc}"))
+            return
         calls = api_calls(paths)
         created = sum(1 for m, _ in calls if m == "POST")
         deleted = sum(1 for m, _ in calls if m == "DELETE")

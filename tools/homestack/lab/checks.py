@@ -202,7 +202,8 @@ def _logins(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, runn
 
 def render(report: Report, topo: Topology, plan: dict[str, Any]) -> str:
     out = []
-    for group in ("dns", "https", "https-untrusted", "browser", "browser-control", "postgresql"):
+    for group in ("dns", "https", "https-untrusted", "acme", "browser", "browser-control",
+                  "postgresql"):
         rows = [c for c in report.checks if c.group == group]
         if not rows:
             continue
