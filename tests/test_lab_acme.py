@@ -223,3 +223,13 @@ def test_lab_obtains_serves_and_renews_a_pebble_wildcard(env: dict[str, str]) ->
     assert down.returncode == 0, down.stderr
     assert not list(Path("/run/netns").glob(f"{PREFIX}*")), "a lab namespace is left"
     assert not list(Path("/etc/netns").glob(f"{PREFIX}*")), "a resolver file is left"
+    run_dir = env["HOMESTACK_LAB_DIR"]
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if proc.name.isdigit() and run_dir in cmdline:
+            left.append(cmdline)
+    assert left == [], f"processes left: {left}"

@@ -367,7 +367,7 @@ def up(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner, *,
     # too) solves a fresh DNS-01 challenge instead of reusing a valid authorization.
     started = daemons.spawn(
         guest.netns, ["pebble", "-config", str(standin / "pebble.json"),
-                      "-dnsserver", f"{SERVICES}:53", "-strict"],
+                      "-dnsserver", f"{SERVICES}:53"],
         log=logs / "pebble.log", user="nobody",
         env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"})
     rec.add(started, "pebble", guest, "pebble")
@@ -533,7 +533,7 @@ def check(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
 
     first = served("wildcard served by Caddy, Pebble's root the only trust anchor")
     cleaned("TXT challenge records cleaned up")
-    out = run_lego(plan, paths, runner, topo, "renew")
+    run_lego(plan, paths, runner, topo, "renew")
     renewed = x509.load_pem_x509_certificate((lab.out / "fullchain.pem").read_bytes())
     state = _reload_caddy(paths, topo, state)
     after = served("renewed certificate served after reloading Caddy")
@@ -543,8 +543,6 @@ def check(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
                     f"{plan['certificates']['acme']['validMinDays']})", changed,
                     f"serial {first.serial_number if first else 0:x} -> "
                     f"{renewed.serial_number:x}, valid until "
-                    f"{renewed.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-                    + ("" if "Server responded with a certificate" in out or changed
-                       else "; lego did not renew")))
+                    f"{renewed.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"))
     cleaned("TXT challenge records cleaned up after the renewal")
     return results
