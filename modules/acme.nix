@@ -2,11 +2,14 @@
 # the plan's certificate names (`*.<domain>`, `<domain>`) by DNS-01 and renews them on its
 # timer; Caddy serves the files and is reloaded after each renewal. No custom Caddy build.
 #
-# Options and the lego command line they make were read in nixpkgs'
-# nixos/modules/security/acme/default.nix: `--accept-tos --path . -d <domain> --email <e>
-# --key-type <t> --dns <provider> --dns.resolvers <r> [-d <extra>…] run`, and
-# `… renew --no-random-sleep --days <validMinDays>`; credentialFiles become systemd
-# credentials exported as `<NAME>=%d/<NAME>`. The lab runs lego with exactly these flags
+# Options, units and the lego command line were read in nixpkgs'
+# nixos/modules/security/acme/default.nix (commit c9634190fe, the version with `profile`
+# that ../shared/reference/nixos-options.json lists): `acme-<cert>.service` puts a
+# self-signed certificate in place, `acme-order-renew-<cert>.service` runs
+# `lego --accept-tos --path . --email <e> --dns <provider> --dns.resolvers <r>
+# --server <s> --key-type <t> -d <domain> [-d <extra>…] run`, later `… renew
+# --no-random-sleep --days <validMinDays>`; credentialFiles become systemd credentials
+# exported as `<NAME>=%d/<NAME>`. The lab runs lego with these flags
 # (tools/homestack/lab/acme.py).
 { config, lib, ... }:
 let
@@ -36,13 +39,14 @@ lib.mkIf (certs.mode == "acme-dns01") {
   };
 
   # Decrypted for systemd's LoadCredential (read as root), not for any service user.
-  sops.secrets."cloudflare/api-token".restartUnits = [ "acme-${certName}.service" ];
+  sops.secrets."cloudflare/api-token".restartUnits = [ "acme-order-renew-${certName}.service" ];
 
-  # Caddy starts only once a certificate (first the module's self-signed one) is there.
+  # The account key and the certificates survive reboots.
   homestack.persist = [ "/var/lib/acme" ];
 
+  # Caddy starts once a certificate is in place (first acme-<cert>'s self-signed one).
   systemd.services.caddy = {
-    wants = [ "acme-finished-${certName}.target" ];
-    after = [ "acme-selfsigned-${certName}.service" ];
+    wants = [ "acme-${certName}.service" ];
+    after = [ "acme-${certName}.service" ];
   };
 }

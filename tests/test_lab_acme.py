@@ -37,10 +37,9 @@ def test_lego_command_line_is_the_nixos_modules(plan: dict[str, Any]) -> None:
     """The flags of security.acme's commonOpts + runOpts/renewOpts, from the plan's values."""
     server = "https://198.51.100.10:14000/dir"
     assert acme.lego_argv(plan, server, "run") == [
-        "lego", "--accept-tos", "--path", ".", "-d", "*.home.example.com",
-        "--email", "hostmaster@home.example.com", "--key-type", "ec256",
+        "lego", "--accept-tos", "--path", ".", "--email", "hostmaster@home.example.com",
         "--dns", "cloudflare", "--dns.resolvers", "1.1.1.1:53", "--server", server,
-        "-d", "home.example.com", "run"]
+        "--key-type", "ec256", "-d", "*.home.example.com", "-d", "home.example.com", "run"]
     renew = acme.lego_argv(plan, server, "renew", provider="exec")
     assert renew[-4:] == ["renew", "--no-random-sleep", "--days", "30"]
     assert renew[renew.index("--dns") + 1] == "exec"

@@ -6,8 +6,9 @@ to the proxy guest, nothing else): Pebble (the ACME server), the zone's authorit
 (dns_authority.py, also on 1.1.1.1, the resolver the plan gives lego), and the Cloudflare
 API stand-in (cloudflare_standin.py) as `api.cloudflare.com`, whose certificate comes from a
 CA made for this run. lego runs in the proxy namespace with the command line NixOS's
-security.acme module builds (nixos/modules/security/acme/default.nix), plus the lab's
-server URL and trust for the lab CA. Nothing reaches outside the lab's namespaces.
+security.acme module builds (nixos/modules/security/acme/default.nix at c9634190fe:
+commonOpts, then runOpts/renewOpts), with the lab's server URL and trust for the lab CA.
+Nothing reaches outside the lab's namespaces.
 """
 
 from __future__ import annotations
@@ -183,12 +184,11 @@ def lego_argv(plan: dict[str, Any], server: str, action: str, *,
     certs = plan["certificates"]
     acme = certs["acme"]
     names = list(certs["names"])
-    argv = ["lego", "--accept-tos", "--path", ".", "-d", names[0], "--email",
-            certs["acmeEmail"], "--key-type", acme["keyType"],
-            "--dns", provider or acme["dnsProvider"],
-            "--dns.resolvers", acme["dnsResolver"], "--server", server]
-    for extra in names[1:]:
-        argv += ["-d", extra]
+    argv = ["lego", "--accept-tos", "--path", ".", "--email", certs["acmeEmail"],
+            "--dns", provider or acme["dnsProvider"], "--dns.resolvers", acme["dnsResolver"],
+            "--server", server, "--key-type", acme["keyType"]]
+    for name in names:
+        argv += ["-d", name]
     if action == "run":
         return [*argv, "run"]
     return [*argv, "renew", "--no-random-sleep", "--days", str(acme["validMinDays"])]
