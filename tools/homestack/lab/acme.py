@@ -533,7 +533,11 @@ def check(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
 
     first = served("wildcard served by Caddy, Pebble's root the only trust anchor")
     cleaned("TXT challenge records cleaned up")
-    run_lego(plan, paths, runner, topo, "renew")
+    try:
+        run_lego(plan, paths, runner, topo, "renew")
+    except UserError as exc:
+        results.append(("renewal", False, str(exc)))
+        return results
     renewed = x509.load_pem_x509_certificate((lab.out / "fullchain.pem").read_bytes())
     state = _reload_caddy(paths, topo, state)
     after = served("renewed certificate served after reloading Caddy")
