@@ -463,7 +463,27 @@ let
         # Where `tools ca init` / `tools certs issue` keep them in the repository.
         caSource = "certs/ca.crt";
         certSource = "certs/wildcard.crt";
-      };
+      }
+      # acme-dns01: NixOS's security.acme (lego) obtains the certificate into
+      # /var/lib/acme/<certName>/ (modules/acme.nix); Caddy serves those files.
+      // (
+        if mode == "acme-dns01" then
+          {
+            certFile = "/var/lib/acme/${domain}/fullchain.pem";
+            keyFile = "/var/lib/acme/${domain}/key.pem";
+            acme = {
+              certName = domain;
+              dnsProvider = "cloudflare";
+              # The proxy's own resolver (dnsmasq) answers the domain locally, so lego asks
+              # a public resolver where the zone's SOA and NS live.
+              dnsResolver = "1.1.1.1:53";
+              keyType = "ec256";
+              validMinDays = 30;
+            };
+          }
+        else
+          { }
+      );
     network = {
       inherit (net) cidr;
       inherit prefix gateway;

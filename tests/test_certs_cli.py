@@ -181,10 +181,9 @@ def test_acme_dns01_mode(repo: Path) -> None:
     set_inventory_value(repo / "inventory.toml", ["domain"], "home.example.org")
     set_inventory_value(repo / "inventory.toml", ["certificates", "acme_email"], "a@example.org")
     note = (
-        "certificates.mode = acme-dns01: Caddy obtains and renews *.home.example.org, "
-        "home.example.org from "
-        "Let's Encrypt itself (DNS-01 via Cloudflare, token in secrets/proxy.yaml "
-        "[cloudflare/api-token])\n"
+        "certificates.mode = acme-dns01: the proxy obtains and renews *.home.example.org, "
+        "home.example.org itself through security.acme (lego, DNS-01 via Cloudflare, token in "
+        "secrets/proxy.yaml [cloudflare/api-token]); Caddy serves the files\n"
     )
     for command in (["certs", "issue"], ["certs", "renew"]):
         result = tools(repo, *command)

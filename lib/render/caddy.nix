@@ -1,5 +1,5 @@
 # The Caddyfile for the proxy guest: one site per route name, TLS from the wildcard
-# certificate (private-ca) or DNS-01 (acme-dns01), plain HTTP redirected to HTTPS.
+# certificate (private-ca) or the one security.acme obtained by DNS-01 (acme-dns01), plain HTTP redirected to HTTPS.
 # Site blocks only: global options belong to whoever runs Caddy (the NixOS module, the lab).
 # Every token taken from the plan is quoted (lib/quote.nix); names and addresses are also
 # checked, because Caddy reads meaning into a site address or an upstream beyond its text.
@@ -16,18 +16,11 @@ let
   # A site address is more than a token to Caddy (a comma splits it, "(x)" makes a snippet,
   # a scheme or port changes the site): only a DNS name is rendered.
   site' = scheme: fqdn: q.caddy "route ${q.show fqdn}" (scheme + q.dnsName "route name" fqdn);
-  tls =
-    if plan.certificates.mode == "acme-dns01" then
-      [
-        "\ttls {"
-        "\t\tdns cloudflare {env.CLOUDFLARE_API_TOKEN}"
-        "\t\tresolvers 1.1.1.1"
-        "\t}"
-      ]
-    else
-      # Fixed paths from lib/plan.nix, not from the inventory; the lab replaces these two
-      # tokens as they are (tools/homestack/lab/overlay.py).
-      [ "\ttls ${plan.certificates.certFile} ${plan.certificates.keyFile}" ];
+  # Both modes serve files: the private CA's leaf, or what security.acme (lego, DNS-01)
+  # obtained; the plan says where each lives. Stock Caddy needs no DNS plugin for this.
+  # Fixed paths from lib/plan.nix, not from the inventory; the lab replaces these two
+  # tokens as they are (tools/homestack/lab/overlay.py).
+  tls = [ "\ttls ${plan.certificates.certFile} ${plan.certificates.keyFile}" ];
   # "<IPv4>:<port>", nothing else: a scheme, a path or a placeholder would change where
   # the proxy sends requests.
   upstream =

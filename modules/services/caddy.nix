@@ -1,7 +1,8 @@
 # Caddy on the proxy guest: terminates TLS for the domain with the plan's Caddyfile and
 # reverse-proxies each route to its guest. private-ca mode serves the wildcard leaf from
 # `tools certs issue` (certificate in the repository, key in the proxy's sops file);
-# acme-dns01 mode lets Caddy obtain it through Cloudflare DNS-01.
+# acme-dns01 mode serves what security.acme obtains by Cloudflare DNS-01 (../acme.nix).
+# Both run stock `pkgs.caddy`: no DNS plugin, no custom build.
 {
   config,
   lib,
@@ -9,7 +10,6 @@
   ...
 }:
 let
-  inherit (lib) mkOption types;
   inherit (config.homestack) plan root;
   certs = plan.certificates;
   privateCa = certs.mode == "private-ca";
@@ -19,44 +19,19 @@ let
   etcName = path: lib.removePrefix "/etc/" path;
 in
 {
-  options.homestack.caddy.package = mkOption {
-    type = types.nullOr types.package;
-    default = null;
-    example = lib.literalExpression ''
-      pkgs.caddy.withPlugins {
-        plugins = [ "github.com/caddy-dns/cloudflare@<version>" ];
-        hash = "sha256-…";
-      }
-    '';
-    description = ''
-      The Caddy to run; null means `pkgs.caddy`, which is enough in private-ca mode.
-      acme-dns01 mode needs a Caddy with the Cloudflare DNS plugin (plain `pkgs.caddy` fails
-      at start with "module not registered: dns.providers.cloudflare"): set it in
-      guests/<proxy>/default.nix as in the example. Every plugin needs an `@version`, and
-      the hash is learnt from the first build, which needs network access.
-    '';
-  };
+  imports = [ ../acme.nix ];
 
   config = {
-    assertions = [
-      {
-        assertion = privateCa || config.homestack.caddy.package != null;
-        message = "certificates.mode = \"acme-dns01\" needs Caddy with the Cloudflare DNS plugin: set homestack.caddy.package = pkgs.caddy.withPlugins { plugins = [ \"github.com/caddy-dns/cloudflare@<version>\" ]; hash = \"…\"; } in the proxy guest (docs/nixos.md)";
-      }
-    ];
-
     # Not an assertion: the example must evaluate before anyone has made a CA. Caddy
     # then fails to start until the certificate exists.
     warnings = lib.optional (privateCa && !builtins.pathExists leaf) "certificates: certs/wildcard.crt is missing; run `tools ca init` and `tools certs issue`, then rebuild";
 
     services.caddy = {
       enable = true;
-      package = if config.homestack.caddy.package != null then config.homestack.caddy.package else pkgs.caddy;
+      package = pkgs.caddy;
       # The plan's Caddyfile holds site blocks only; the module's generated file puts its
-      # global block (the ACME account email, the log level) in front of them.
+      # global block (the log level) in front of them.
       extraConfig = plan.artifacts.caddyfile;
-      email = lib.mkIf (!privateCa) certs.acmeEmail;
-      environmentFile = lib.mkIf (!privateCa) config.sops.templates."caddy.env".path;
     };
 
     environment.etc = lib.mkIf privateCa {
@@ -64,21 +39,12 @@ in
       ${etcName certs.caFile} = lib.mkIf (builtins.pathExists ca) { source = ca; };
     };
 
-    sops.secrets = if privateCa then {
-      # keyFile is /run/secrets/tls/key: sops-nix's default path for the name "tls/key".
+    # keyFile is /run/secrets/tls/key: sops-nix's default path for the name "tls/key".
+    sops.secrets = lib.mkIf privateCa {
       "tls/key" = {
         owner = config.services.caddy.user;
         group = config.services.caddy.group;
         restartUnits = [ "caddy.service" ];
-      };
-    } else {
-      "cloudflare/api-token".restartUnits = [ "caddy.service" ];
-    };
-    sops.templates = lib.mkIf (!privateCa) {
-      "caddy.env" = {
-        content = "CLOUDFLARE_API_TOKEN=${config.sops.placeholder."cloudflare/api-token"}\n";
-        owner = config.services.caddy.user;
-        group = config.services.caddy.group;
       };
     };
 

@@ -44,9 +44,9 @@ def load_settings(ctx: click.Context) -> CertSettings:
 
 def _acme_note(settings: CertSettings) -> str:
     return (
-        f"certificates.mode = {settings.mode.value}: Caddy obtains and renews "
-        f"{', '.join(settings.names)} from Let's Encrypt itself (DNS-01 via Cloudflare, "
-        f"token in {settings.acme_token})"
+        f"certificates.mode = {settings.mode.value}: the proxy obtains and renews "
+        f"{', '.join(settings.names)} itself through security.acme (lego, DNS-01 via "
+        f"Cloudflare, token in {settings.acme_token}); Caddy serves the files"
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from homestack.errors import UserError
-from homestack.lab import firewall, matrix, probes
+from homestack.lab import acme, firewall, matrix, probes
 from homestack.lab.lifecycle import all_ports
 from homestack.lab.state import LabPaths, LabState, load_state, save_state
 from homestack.lab.topology import Topology
@@ -75,6 +75,10 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
     with ThreadPoolExecutor(max_workers=256) as pool:
         front = _front_door(pool, plan, topo, cafile)
         report.checks += [f.result() for f in front]
+        if acme.enabled(plan):  # certificate, TXT clean-up, one renewal (it restarts Caddy)
+            report.checks += [Check("acme", name, ok, detail) for name, ok, detail
+                              in acme.check(plan, paths, runner, topo, state)]
+            state = load_state(paths) or state
         try:
             for mode in MODES:
                 firewall.apply_mode(runner, rules, mode)
@@ -199,7 +203,8 @@ def _logins(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, runn
 
 def render(report: Report, topo: Topology, plan: dict[str, Any]) -> str:
     out = []
-    for group in ("dns", "https", "https-untrusted", "browser", "browser-control", "postgresql"):
+    for group in ("dns", "https", "https-untrusted", "acme", "browser", "browser-control",
+                  "postgresql"):
         rows = [c for c in report.checks if c.group == group]
         if not rows:
             continue

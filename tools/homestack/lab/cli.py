@@ -166,6 +166,8 @@ def _print_status(rows: list[dict[str, Any]], topo: Topology | None) -> None:
     for r in procs:
         what = ("STAND-IN, not the real service" if r.get("standin")
                 else "listener for the other plan ports" if r["role"] == "standin"
+                else "real Pebble, the lab's ACME CA" if r["role"] == "pebble"
+                else "lego's real provider (--dns exec)" if r["role"] == "lego-dns"
                 else "real daemon, rendered config")
         name = r["name"] if r["role"] != "standin" or r.get("standin") else "port listener"
         click.echo(f"{name:<20} {what:<34} {r['pid']:>7}  {r['netns']:<18} "

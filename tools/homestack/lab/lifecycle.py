@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from homestack.errors import UserError
-from homestack.lab import daemons, firewall, netns, overlay, pki
+from homestack.lab import acme, daemons, firewall, netns, overlay, pki
 from homestack.lab.state import LabPaths, LabState, Proc, load_state, save_state
 from homestack.lab.topology import Machine, Topology
 from homestack.process import Runner
@@ -109,6 +109,8 @@ def _build(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner
            rec: _Recorder, *, cold: bool) -> None:
     netns.create(runner, topo)
     files = _write_files(plan, topo, paths)
+    if acme.enabled(plan):  # Pebble, lego and the stand-ins obtain the certificate first
+        files = acme.up(plan, topo, paths, runner, rec=rec, files=files)
     _client_resolver(plan, topo, paths)
     rules = firewall.rulesets(plan, topo)
     firewall.apply_mode(runner, rules, firewall.Mode.BOTH)
