@@ -41,6 +41,7 @@ in
 
     sops.secrets.${secret} = {
       owner = config.services.headscale.user;
+      group = config.services.headscale.group;
       restartUnits = [ "headscale.service" ];
     };
   };
