@@ -39,6 +39,9 @@ in
 
     environment.etc.${lib.removePrefix "/etc/" policyPath}.text = plan.artifacts.headscale.policy;
 
+    # listen_addr is the guest's address; do not depend on networkd having set it yet.
+    boot.kernel.sysctl."net.ipv4.ip_nonlocal_bind" = 1;
+
     sops.secrets.${secret} = {
       owner = config.services.headscale.user;
       group = config.services.headscale.group;
