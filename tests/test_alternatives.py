@@ -390,3 +390,17 @@ def test_nixos_shape_is_clean_on_the_fixture(name: str) -> None:
             f"{machine}: ok - 0 unknown option names, 0 values rejected, 0 assertions false"
             in result.stdout
         )
+
+
+def test_a_hostile_route_cannot_add_to_a_traefik_rule() -> None:
+    """Rendering is safe on its own: a backtick would end the rule's literal and let the
+    rest become a matcher of its own (Host(`x`) || ...), so lib refuses it even when
+    validation is bypassed."""
+    expr = (
+        "let p = (import ./lib).mkPlan ./tests/inventories/alternatives/traefik.toml;"
+        " r = builtins.head p.routes;"
+        ' bad = r // { path = "/a`) || PathPrefix(`/"; };'
+        " in (import ./lib/render/traefik.nix).render (p // { routes = [ bad ]; })"
+    )
+    err = nix_error(expr)
+    assert "not a name or path Traefik's rule syntax can hold" in err
