@@ -24,8 +24,8 @@ let
   other = {
     "wireguard/private-key" = { format = "wireguard-key"; generator = "wireguard"; };
     "netbird/setup-key" = { format = "uuid"; generator = "manual"; };
-    # Issued by Headscale (`headscale preauthkeys create`, docs/alternatives.md): it keeps
-    # only a hash, so a key cannot be made elsewhere and imported.
+    # Issued by Headscale (`headscale preauthkeys create`, docs/alternatives.md): it makes
+    # its keys itself and has no command to take one made elsewhere.
     "headscale/preauth-key" = { format = "token"; generator = "manual"; };
     "tls/key" = { format = "pem-key"; generator = "certs"; };
     "cloudflare/api-token" = { format = "token"; generator = "manual"; };
