@@ -230,8 +230,11 @@ def matrix_for_mesh_clients(plan: dict[str, Any]) -> set[tuple[str, str, int, st
 
 
 def tags_of(plan: dict[str, Any]) -> dict[str, str]:
+    """The tag each host running the Tailscale client (the hypervisors) joins with."""
     return {
-        h: nix_eval(f'(import ./lib/render/headscale.nix).hostTag "{h}"') for h in plan["hosts"]
+        h: nix_eval(f'(import ./lib/render/headscale.nix).hostTag "{h}"')
+        for h, host in plan["hosts"].items()
+        if host["role"] == "hypervisor"
     }
 
 

@@ -128,7 +128,12 @@ let
       groups = {
         "group:admins" = map userRef plan.admins;
       };
-      tagOwners = listToAttrs (map (h: { name = hostTag h; value = [ "group:admins" ]; }) (attrNames plan.hosts));
+      # The hosts that run the mesh client: the hypervisors (modules/hypervisor.nix).
+      tagOwners = listToAttrs (
+        map (h: { name = hostTag h; value = [ "group:admins" ]; }) (
+          filter (h: plan.hosts.${h}.role == "hypervisor") (attrNames plan.hosts)
+        )
+      );
       acls = map (proto: {
         action = "accept";
         src = [ "group:admins" ];
