@@ -191,10 +191,12 @@ def test_headscale_config_follows_the_plan(headscale: dict[str, Any]) -> None:
     forwards = {(f["guest"], f["port"], f["proto"]) for f in headscale["relay"]["forwards"]}
     assert ("vpn", stun, "udp") in forwards
     assert config["derp"]["server"]["ipv4"] == headscale["relay"]["publicAddress"]
-    # Loopback-only listeners match the catalogue's loopback ports.
+    # The only loopback listener is the metrics server, as the catalogue says; remote gRPC
+    # stays off (it needs TLS on Headscale or grpc_allow_insecure).
     loopback = {p["port"] for p in vpn["listening"] if p["scope"] == "loopback"}
-    assert {int(config["metrics_listen_addr"].rsplit(":", 1)[1]),
-            int(config["grpc_listen_addr"].rsplit(":", 1)[1])} == loopback  # fmt: skip
+    assert {int(config["metrics_listen_addr"].rsplit(":", 1)[1])} == loopback
+    assert config["grpc_allow_insecure"] is False
+    assert config["tls_cert_path"] is None
     assert config["database"]["type"] == "sqlite"
     assert config["database"]["sqlite"]["path"].startswith(vpn["persist"][0] + "/")
 

@@ -51,7 +51,8 @@ let
       server_url = "https://${q.dnsName "route name" server.fqdn}";
       listen_addr = "${address}:${toString ports.http}";
       metrics_listen_addr = "127.0.0.1:${toString ports.metrics}";
-      grpc_listen_addr = "127.0.0.1:${toString ports.grpc}";
+      # Not bound: remote gRPC needs TLS here or grpc_allow_insecure (hscontrol/app.go).
+      grpc_listen_addr = "127.0.0.1:50443";
       grpc_allow_insecure = false;
       # TLS ends at the proxy.
       tls_cert_path = null;

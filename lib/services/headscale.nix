@@ -7,8 +7,10 @@
 #   its default 127.0.0.1:8080 (the module's address/port defaults) is moved to the guest's
 #   address so the proxy reaches it.
 # - metrics_listen_addr: 127.0.0.1:9090 by default, kept on loopback.
-# - grpc_listen_addr: 127.0.0.1:50443 by default (remote CLI), kept on loopback; the local
-#   CLI uses the unix socket the module sets (/run/headscale/headscale.sock).
+# - grpc_listen_addr (127.0.0.1:50443 by default) is bound only with TLS on Headscale itself
+#   or grpc_allow_insecure (hscontrol/app.go, Serve); neither is set, so no remote gRPC
+#   listener exists. The CLI uses the unix socket the module sets (/run/headscale/headscale.sock).
+# - /debug/pprof/ is served on listen_addr's own router (createRouter), not a port of its own.
 # - derp.server.stun_listen_addr: 0.0.0.0:3478/udp when the embedded DERP server is on.
 #
 # Database: SQLite on the guest's state (/var/lib/headscale), not the db guest. Headscale
@@ -23,10 +25,9 @@
   ports = [
     { name = "http"; port = 8080; proto = "tcp"; }
     { name = "metrics"; port = 9090; proto = "tcp"; scope = "loopback"; }
-    { name = "grpc"; port = 50443; proto = "tcp"; scope = "loopback"; }
     { name = "stun"; port = 3478; proto = "udp"; }
   ];
-  # /health answers 200 once the database is reachable (hscontrol/handlers.go HealthHandler).
+  # GET /health (hscontrol/app.go, createRouter; HealthHandler checks the database).
   health = [
     { kind = "http"; port = 8080; path = "/health"; }
   ];

@@ -38,6 +38,8 @@ in
     };
 
     environment.etc.${lib.removePrefix "/etc/" policyPath}.text = plan.artifacts.headscale.policy;
+    # Headscale reads the policy at start (and on SIGHUP): a changed policy restarts it.
+    systemd.services.headscale.restartTriggers = [ plan.artifacts.headscale.policy ];
 
     # listen_addr is the guest's address; do not depend on networkd having set it yet.
     boot.kernel.sysctl."net.ipv4.ip_nonlocal_bind" = 1;
