@@ -2,10 +2,10 @@
 # without its upstreams (a missing one answers 502), so it needs nothing at run time.
 #
 # Ports: the entry points the plan's static configuration declares (lib/render/traefik.nix:
-# web 80, websecure 443). Traefik binds nothing else unless asked: the API/dashboard and
-# the `traefik` entry point (:8080) exist only with `api` or `ping`/`metrics` configured
-# on it (traefik/traefik pkg/config/static/static_config.go, SetEffectiveConfiguration),
-# and the rendered static configuration sets neither.
+# web 80, websecure 443). Traefik binds nothing else unless asked: its internal `traefik`
+# entry point (:8080) is added only for an insecure API, ping or Prometheus metrics on it,
+# or an insecure REST provider (traefik/traefik pkg/config/static/static_config.go,
+# SetEffectiveConfiguration), and the rendered static configuration sets none of them.
 {
   description = "Traefik, the TLS reverse proxy";
   kind = "ingress";
