@@ -67,6 +67,12 @@
         self = ./.;
       };
       nestedVmTests = import ./tests/nixos/nested.nix;
+      # The alternatives (Traefik, Headscale), each on the example switched to it.
+      alternativeVmTests = import ./tests/nixos/alternatives.nix {
+        inherit pkgs sops-nix homestackLib;
+        homestackModules = modules;
+        self = ./.;
+      };
 
       # The `tools` command with the programs it drives on its PATH.
       tools = pkgs.python3Packages.buildPythonApplication {
@@ -181,7 +187,7 @@
 
       # The NixOS VM tests (tests/nixos) that an ordinary KVM builder runs, and the plan of
       # the example inventory, validated and with every artifact rendered.
-      checks.${system} = removeAttrs vmTests nestedVmTests // {
+      checks.${system} = removeAttrs vmTests nestedVmTests // alternativeVmTests // {
         plan = pkgs.writeText "homestack-plan.json" (builtins.toJSON plan);
       };
     };

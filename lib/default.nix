@@ -14,7 +14,10 @@ let
     postgresql = import ./render/postgresql.nix;
     nftables = import ./render/nftables.nix;
     wireguard = import ./render/wireguard.nix;
+    traefik = import ./render/traefik.nix;
+    headscale = import ./render/headscale.nix;
   };
+  alternatives = import ./alternatives.nix;
   inherit (builtins) attrNames filter elem head;
 
   withArtifacts =
@@ -26,11 +29,32 @@ let
       dnsGuests = running "dnsmasq";
       hostsWith = role: filter (h: base.hosts.${h}.role == role) (attrNames base.hosts);
       forRender = base // { dnsGuestNames = dnsGuests; };
+      # Which ingress the proxy guest runs (lib/alternatives.nix).
+      ingress =
+        if base.proxy == null then null else head (filter (s: elem s alternatives.ingressServices) base.guests.${base.proxy}.services);
+      traefik =
+        let
+          t = render.traefik.render base;
+          problems = render.traefik.problems t;
+        in
+        if problems == [ ] then t else throw (builtins.concatStringsSep "\n" problems);
     in
     base
     // {
+      inherit ingress;
       artifacts = {
-        caddyfile = render.caddy base;
+        caddyfile = if ingress == "caddy" then render.caddy base else "";
+        # Traefik's static and dynamic configuration (JSON, which Traefik reads as YAML).
+        traefik = if ingress == "traefik" then traefik else null;
+        # Headscale's settings and its ACL policy file (HuJSON).
+        headscale =
+          if base.mesh != null && base.mesh.server == "headscale" then
+            {
+              config = render.headscale.config base { };
+              policy = render.headscale.policyFile base;
+            }
+          else
+            null;
         dnsmasq = if dnsGuests == [ ] then null else render.dnsmasq forRender;
         pgHba = if pgServer == null then null else render.postgresql.hba base pgServer;
         postgresqlInit = if pgServer == null then null else render.postgresql.init base pgServer;
@@ -103,7 +127,9 @@ let
     };
 in
 {
-  inherit services errorsOf inspect;
+  inherit services errorsOf inspect alternatives;
+  # The check of a Traefik configuration ({ static, dynamic }) that Traefik lacks.
+  traefikProblems = render.traefik.problems;
   schema = import ./schema.nix;
   # The inventory's JSON Schema, derived from schema.nix (inventory.schema.json).
   jsonSchema = import ./jsonschema.nix;

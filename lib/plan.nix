@@ -4,6 +4,7 @@ let
   u = import ./util.nix;
   services = import ./services.nix;
   secretsLib = import ./secrets.nix;
+  alternatives = import ./alternatives.nix;
   inherit (builtins)
     attrNames
     elem
@@ -85,8 +86,9 @@ let
   routes = concatMap routesOfGuest guestNames;
   routeNameSet = u.toSet (map (r: r.name) routes);
 
-  proxyGuests = filter (g: elem "caddy" inv.guests.${g}.services) guestNames;
-  proxy = if proxyGuests == [ ] then null else head proxyGuests;
+  # The guest running the ingress (caddy or traefik) and the mesh server (lib/alternatives.nix).
+  choice = alternatives.choice inv;
+  proxy = choice.proxy;
   proxyAddress = if proxy == null then null else inv.guests.${proxy}.address;
   dnsGuests = filter (g: elem "dnsmasq" inv.guests.${g}.services) guestNames;
 
@@ -190,7 +192,7 @@ let
       ++ u.optionals (runs "dnsmasq") (both53 "dnsmasq forwards other names upstream")
       # acme-dns01: Let's Encrypt and the Cloudflare API over HTTPS, and the DNS-01
       # propagation check, which asks the domain's authoritative servers directly.
-      ++ u.optionals (runs "caddy" && (certCfg.mode or "private-ca") == "acme-dns01") (
+      ++ u.optionals (builtins.any runs alternatives.ingressServices && (certCfg.mode or "private-ca") == "acme-dns01") (
         [ (egressFlow g "internet" 443 "tcp" "ACME and the Cloudflare API (acme-dns01)") ]
         ++ both53 "DNS-01 propagation check (acme-dns01)"
       )
@@ -203,14 +205,12 @@ let
     in
     map (k: head byKey.${k}) (u.uniqueOrdered (map egressKey rawEgress));
 
-  # The NetBird client on the hypervisors, when the inventory runs a NetBird server with a
-  # route: its interface and WireGuard port, which the hosts' input chains name.
+  # The mesh client on the hypervisors (NetBird's, or Tailscale's for Headscale), when the
+  # inventory runs a mesh server with a route: its interface and WireGuard port, which the
+  # hosts' input chains name.
   mesh =
-    if builtins.any (r: elem "netbird-server" inv.guests.${r.guest}.services) routes then
-      {
-        interface = "nb-homestack";
-        port = 51821;
-      }
+    if choice.mesh != null && builtins.any (r: r.guest == choice.meshGuest) routes then
+      alternatives.clients.${choice.mesh} // { server = choice.mesh; guest = choice.meshGuest; }
     else
       null;
 
@@ -233,7 +233,7 @@ let
       [ (rule "lan" 22 "tcp" "SSH from the LAN") ]
       ++ u.optionals (mesh != null) [
         (rule "mesh" 22 "tcp" "SSH from the mesh")
-        (rule "lan" mesh.port "udp" "the NetBird client's WireGuard")
+        (rule "lan" mesh.port "udp" mesh.reason)
       ]
       ++ map (e: rule e.from e.port e.proto e.reason) (filter (e: e.to == h) egress)
     else
@@ -266,7 +266,11 @@ let
             filter (p: p.name == n.port) (services.${n.service}.ports or [ ])
             ++ [ { port = 0; proto = "tcp"; } ]
           );
-          via = if n.through == null then [ ] else filter (o: elem n.through inv.guests.${o}.services) guestNames;
+          # `through = "ingress"`: whichever proxy the stack runs.
+          via =
+            if n.through == null then [ ]
+            else if n.through == "ingress" then u.optional (proxy != null) proxy
+            else filter (o: elem n.through inv.guests.${o}.services) guestNames;
         in
         if n.ifDatabases && own == [ ] then
           [ ]

@@ -14,6 +14,7 @@
 let
   u = import ./util.nix;
   services = import ./services.nix;
+  alternatives = import ./alternatives.nix;
   inherit (builtins) attrNames elem filter listToAttrs mapAttrs;
 
   # Secret names each service's module reads from its machine's own file.
@@ -23,6 +24,9 @@ let
   other = {
     "wireguard/private-key" = { format = "wireguard-key"; generator = "wireguard"; };
     "netbird/setup-key" = { format = "uuid"; generator = "manual"; };
+    # Issued by Headscale (`headscale preauthkeys create`, docs/alternatives.md): it makes
+    # its keys itself and has no command to take one made elsewhere.
+    "headscale/preauth-key" = { format = "token"; generator = "manual"; };
     "tls/key" = { format = "pem-key"; generator = "certs"; };
     "cloudflare/api-token" = { format = "token"; generator = "manual"; };
     "ssh_host_ed25519_key" = { format = "openssh-ed25519"; generator = "ssh-host-key"; };
@@ -75,13 +79,15 @@ in
       guestKeys =
         g:
         u.concatMap (s: secretKeys.${s} or [ ]) guests.${g}.services
-        ++ u.optionals (elem "caddy" guests.${g}.services) (
+        ++ u.optionals (builtins.any (s: elem s alternatives.ingressServices) guests.${g}.services) (
           if mode == "acme-dns01" then [ "cloudflare/api-token" ] else [ "tls/key" ]
         );
       hostKeys =
         h:
         u.optional (hosts.${h}.wireguard != null) "wireguard/private-key"
-        ++ u.optional (hosts.${h}.role == "hypervisor") "netbird/setup-key";
+        ++ u.optional (hosts.${h}.role == "hypervisor") (
+          if (alternatives.choice inv).mesh == "headscale" then "headscale/preauth-key" else "netbird/setup-key"
+        );
     in
     listToAttrs (
       map (h: file "secrets/${h}.yaml" [ h ] (hostKeys h) "secrets of host ${h}") (attrNames hosts)

@@ -14,6 +14,9 @@ let
     name: s:
     {
       description = s.description or name;
+      # "ingress" (the proxy: caddy, traefik), "mesh" (the mesh server: netbird-server,
+      # headscale) or null; lib/alternatives.nix picks the stack's choice from it.
+      kind = s.kind or null;
       module = s.module or "${name}.nix";
       units = s.units or [ "${name}.service" ];
       ports = map (p: { proto = "tcp"; scope = "any"; } // p) (s.ports or [ ]);

@@ -10,6 +10,7 @@ let
   u = import ./util.nix;
   schema = import ./schema.nix;
   services = import ./services.nix;
+  alternatives = import ./alternatives.nix;
   certnames = import ./certnames.nix;
   inherit (builtins)
     attrNames
@@ -182,7 +183,7 @@ in
       guestSet = u.toSet guestNames;
 
       running = s: filter (g: elem s guests.${g}.services) guestNames;
-      proxies = running "caddy";
+      proxies = filter (g: builtins.any (s: elem s alternatives.ingressServices) guests.${g}.services) guestNames;
       pgServers = running "postgresql";
       dnsServers = running "dnsmasq";
 
@@ -217,7 +218,7 @@ in
       topology =
         optional (length hypervisors > 1) "hosts.${showKey (builtins.elemAt hypervisors 1)}.role: one hypervisor is supported (hosts.${showKey (head hypervisors)} is one already): guests of several would share one gateway address"
         ++ optional (length relays > 1) "hosts.${showKey (builtins.elemAt relays 1)}.role: one relay is supported (hosts.${showKey (head relays)} is one already)"
-        ++ optional (length proxies > 1) "guests.${showKey (builtins.elemAt proxies 1)}.services: one guest may run caddy (guests.${showKey (head proxies)} does already): the plan has one proxy"
+        ++ optional (length proxies > 1) "guests.${showKey (builtins.elemAt proxies 1)}.services: one guest may run the ingress (${u.showList alternatives.ingressServices}; guests.${showKey (head proxies)} does already): the plan has one proxy"
         ++ optional (length pgServers > 1) "guests.${showKey (builtins.elemAt pgServers 1)}.services: one guest may run postgresql (guests.${showKey (head pgServers)} does already): the plan has one database server"
         ++ optional (length dnsServers > 1) "guests.${showKey (builtins.elemAt dnsServers 1)}.services: one guest may run dnsmasq (guests.${showKey (head dnsServers)} does already): the plan has one DNS server"
         ++ optional (guestNames != [ ] && hypervisors == [ ]) "hosts: no host has role = \"hypervisor\", so nothing can run the guests";
@@ -360,7 +361,7 @@ in
             ++ optional (guestSet ? ${r.name} && r.name != name) "${q}.name: ${r.name} clashes with guest ${r.name} (its DNS name)"
             ++ optional (hostSet ? ${r.name}) "${q}.name: ${r.name} clashes with host ${r.name}"
             ++ optional (stringLength r.name + 1 + stringLength domain > 253) "${q}.name: ${r.name}.${domain} is longer than 253 characters"
-            ++ optional (proxies == [ ]) "${q}: no guest runs caddy, so nothing serves this route"
+            ++ optional (proxies == [ ]) "${q}: no guest runs an ingress (${u.showList alternatives.ingressServices}), so nothing serves this route"
           ) (g.routes or [ ])
         )
         ++ concatLists (
@@ -440,7 +441,8 @@ in
         ++ dupErrors "database" dbs (a: b: "guests.${showKey a.owner}.databases: database ${a.value} is also owned by guests.${showKey b.owner}")
         ++ dupErrors "public" publics (a: b: "guests.${showKey a.owner}.public: port ${a.value} is also forwarded to guests.${showKey b.owner}");
     in
-    topology ++ userErrors ++ certErrors ++ netErrors ++ hostErrors ++ guestErrors ++ crossErrors;
+    topology ++ userErrors ++ certErrors ++ netErrors ++ hostErrors ++ guestErrors ++ crossErrors
+    ++ alternatives.errors inv;
 in
     if shape != [ ] then shape else rules;
 }

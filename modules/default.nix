@@ -16,6 +16,7 @@ in
   guest-firewall = ./guest-firewall.nix; # the guest's nftables rule set from the plan
   nftables = ./nftables.nix; # loads the plan's rendered tables without flushing others'
   netbird-client = ./services/netbird-client.nix;
+  tailscale-client = ./services/tailscale-client.nix; # for a Headscale mesh (docs/alternatives.md)
 }
 # service modules, named as in the inventory's `services`
 // builtins.mapAttrs (_: s: ./services + "/${s.module}") catalogue

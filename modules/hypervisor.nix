@@ -38,6 +38,7 @@ in
   imports = [
     ./wireguard.nix
     ./services/netbird-client.nix
+    ./services/tailscale-client.nix
   ];
 
   options.homestack.hypervisor.guests = mkOption {

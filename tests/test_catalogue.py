@@ -55,7 +55,9 @@ def example() -> dict[str, Any]:
 
 
 def test_every_entry_is_complete_and_has_its_module(catalogue: dict[str, Any]) -> None:
-    assert set(catalogue) == {"caddy", "dnsmasq", "netbird-server", "pocket-id", "postgresql"}
+    assert set(catalogue) == {
+        "caddy", "dnsmasq", "headscale", "netbird-server", "pocket-id", "postgresql", "traefik",
+    }  # fmt: skip
     for name, entry in catalogue.items():
         assert (REPO / "modules" / "services" / entry["module"]).is_file(), name
         assert entry["units"] and all(u.endswith(".service") for u in entry["units"]), name
@@ -212,7 +214,7 @@ def test_a_need_through_the_proxy_needs_a_route_to_the_provider() -> None:
     errors = plan_errors(inv)
     assert errors == [
         "guests.auth.routes: netbird-server on vpn needs pocket-id (OIDC discovery at start) "
-        "through caddy on proxy, but no route of auth reaches pocket-id's port 1411/tcp"
+        "through ingress on proxy, but no route of auth reaches pocket-id's port 1411/tcp"
     ]
 
 
@@ -384,6 +386,7 @@ def test_netbird_and_the_proxy_cannot_share_a_guest() -> None:
     """Both run a Caddy: their admin APIs (localhost:2019) clash, which the plan says."""
     inv = example()
     inv["guests"]["proxy"]["services"] = ["caddy", "dnsmasq", "netbird-server"]
+    del inv["guests"]["vpn"]  # the stack has one mesh server
     errors = plan_errors(inv)
     assert (
         "guests.proxy.services: port 2019/tcp is bound by both caddy (admin) and "

@@ -194,6 +194,8 @@ GUEST_SERVICES = {
     "caddy": ("services", "caddy"),
     "dnsmasq": ("services", "dnsmasq"),
     "postgresql": ("services", "postgresql"),
+    "headscale": ("services", "headscale"),
+    "traefik": ("services", "traefik"),
 }
 
 

@@ -5,6 +5,7 @@
 # (caddyserver/caddy caddyconfig/httpcaddyfile and admin.go: DefaultAdminListen).
 {
   description = "Caddy, the TLS reverse proxy";
+  kind = "ingress";
   module = "caddy.nix";
   units = [ "caddy.service" ];
   ports = [

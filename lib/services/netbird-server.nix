@@ -18,6 +18,7 @@
 #   (caddyserver/caddy admin.go, DefaultAdminListen) as the proxy's does.
 {
   description = "NetBird management, signal, relay and dashboard";
+  kind = "mesh";
   module = "netbird-server.nix";
   units = [
     "netbird-management.service"
@@ -57,7 +58,7 @@
   # resolves the issuer's name through dnsmasq and reaches PocketID through the proxy.
   needs = [
     { service = "postgresql"; port = "postgresql"; ifDatabases = true; why = "its database"; }
-    { service = "pocket-id"; port = "http"; through = "caddy"; why = "OIDC discovery at start"; }
+    { service = "pocket-id"; port = "http"; through = "ingress"; why = "OIDC discovery at start"; }
     { service = "dnsmasq"; port = "dns"; why = "resolves the issuer's name"; }
   ];
 }

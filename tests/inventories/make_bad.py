@@ -514,6 +514,20 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
         "guests.proxy2.services",
         lambda i: new_guest(i, "proxy2", ["caddy"]),
     ),
+    "caddy-and-traefik": (
+        "guests.proxy2.services",
+        lambda i: new_guest(i, "proxy2", ["traefik"]),
+    ),
+    "two-mesh-servers": (
+        "guests.vpn2.services",
+        lambda i: new_guest(i, "vpn2", ["headscale"]),
+    ),
+    "headscale-route-named-mesh": (
+        "guests.vpn.routes",
+        lambda i: guest(i, "vpn").update(
+            services=["headscale"], routes=[{"name": "mesh", "port": 8080}], databases=[]
+        ),
+    ),
     "two-dns-servers": (
         "guests.proxy.services",
         lambda i: guest(i, "db").update(services=["postgresql", "dnsmasq"]),
