@@ -35,7 +35,7 @@ def plan() -> dict[str, Any]:
 @requires_nix
 def test_lego_command_line_is_the_nixos_modules(plan: dict[str, Any]) -> None:
     """The flags of security.acme's commonOpts + runOpts/renewOpts, from the plan's values."""
-    server = "https://198.51.100.10:14000/dir"
+    server = "https://198.51.100.11/dir"
     assert acme.lego_argv(plan, server, "run") == [
         "lego", "--accept-tos", "--path", ".", "--email", "hostmaster@home.example.com",
         "--dns", "cloudflare", "--dns.resolvers", "1.1.1.1:53", "--server", server,

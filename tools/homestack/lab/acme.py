@@ -43,12 +43,16 @@ from homestack.lab.topology import Machine, Topology
 from homestack.process import Runner
 
 MODE = "acme-dns01"
-# TEST-NET-2 (RFC 5737) for the link between the proxy and the lab's "internet".
+# TEST-NET-2 (RFC 5737) for the link between the proxy and the lab's ACME "internet"
+# (topology.ACME_LINK: the internet stand-in then takes another range).
 PROXY_SIDE = "198.51.100.2"
 SERVICES = "198.51.100.10"
+# The ACME server has an address of its own and speaks HTTPS on 443, as Let's Encrypt does:
+# the proxy's egress in acme-dns01 mode is HTTPS and DNS to the internet, nothing else.
+ACME_SERVER = "198.51.100.11"
 NAMESERVER = "ns.homestack-lab.test"
 CLOUDFLARE_API = "api.cloudflare.com"
-PEBBLE_PORT, PEBBLE_MANAGEMENT = 14000, 15000
+PEBBLE_PORT, PEBBLE_MANAGEMENT = 443, 15000
 # Shorter than validMinDays, so lego's `renew --days <validMinDays>` (the NixOS timer's
 # command) renews at once; Pebble 2.4 reads `certificateValidityPeriod` (seconds).
 VALIDITY_SECONDS = 10 * 24 * 3600
@@ -126,7 +130,8 @@ def _lab_ca(lab: AcmeLab) -> tuple[Path, Path]:
             .not_valid_before(now).not_valid_after(later)
             .add_extension(x509.SubjectAlternativeName([
                 x509.DNSName(CLOUDFLARE_API),
-                x509.IPAddress(ipaddress.ip_address(SERVICES))]), critical=False)
+                x509.IPAddress(ipaddress.ip_address(SERVICES)),
+                x509.IPAddress(ipaddress.ip_address(ACME_SERVER))]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
@@ -148,7 +153,8 @@ def _link(runner: Runner, plan: dict[str, Any], proxy: Machine, ns: str) -> None
                check=True)
     resolver = _resolver(plan)
     lines = ["link set lo up", f"link add eth0 type veth peer name acme0 netns {proxy.netns}",
-             f"addr add {SERVICES}/24 dev eth0", f"addr add {resolver}/32 dev eth0",
+             f"addr add {SERVICES}/24 dev eth0", f"addr add {ACME_SERVER}/24 dev eth0",
+             f"addr add {resolver}/32 dev eth0",
              "link set eth0 up"]
     runner.run(["ip", "-n", ns, "-batch", "-"], check=True, input="\n".join(lines) + "\n")
     lines = [f"addr add {PROXY_SIDE}/24 dev acme0", "link set acme0 up",
@@ -168,7 +174,7 @@ def _in_netns(ns: str, fn: Any) -> Any:
 
 def _fetch_pebble_root(lab: AcmeLab, ns: str) -> None:
     ctx = ssl.create_default_context(cafile=str(lab.lab_ca))
-    url = f"https://{SERVICES}:{PEBBLE_MANAGEMENT}/roots/0"
+    url = f"https://{ACME_SERVER}:{PEBBLE_MANAGEMENT}/roots/0"
 
     def get() -> bytes:
         with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
@@ -251,7 +257,7 @@ def lego_env(paths: LabPaths) -> dict[str, str]:
 
 
 def _server() -> str:
-    return f"https://{SERVICES}:{PEBBLE_PORT}/dir"
+    return f"https://{ACME_SERVER}/dir"
 
 
 def run_lego(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
@@ -339,8 +345,8 @@ def up(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner, *,
                        "records": str(lab.records), "requests": str(lab.requests),
                        "address": SERVICES, "cert": str(cert), "key": str(key)},
         "pebble": {"pebble": {
-            "listenAddress": f"{SERVICES}:{PEBBLE_PORT}",
-            "managementListenAddress": f"{SERVICES}:{PEBBLE_MANAGEMENT}",
+            "listenAddress": f"{ACME_SERVER}:{PEBBLE_PORT}",
+            "managementListenAddress": f"{ACME_SERVER}:{PEBBLE_MANAGEMENT}",
             "certificate": str(cert), "privateKey": str(key),
             "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
@@ -368,7 +374,7 @@ def up(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner, *,
     started = daemons.spawn(
         guest.netns, ["pebble", "-config", str(standin / "pebble.json"),
                       "-dnsserver", f"{SERVICES}:53"],
-        log=logs / "pebble.log", user="nobody",
+        log=logs / "pebble.log", user="nobody", bind_low_ports=True,
         env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"})
     rec.add(started, "pebble", guest, "pebble")
     daemons.wait_listening(started, "pebble", [("tcp", PEBBLE_PORT), ("tcp", PEBBLE_MANAGEMENT)])

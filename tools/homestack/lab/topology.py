@@ -23,6 +23,11 @@ INTERNET = "internet"
 # used. The internet stand-in takes a documentation range, which counts as public.
 _LAN_CANDIDATES = ("172.31.254.0/24", "10.254.254.0/24", "192.168.254.0/24", "172.30.254.0/24")
 _INTERNET_CANDIDATES = ("198.51.100.0/24", "203.0.113.0/24", "192.0.2.0/24")
+ACME_LINK = "198.51.100.0/24"
+
+
+def _acme_mode(plan: dict[str, Any]) -> bool:
+    return bool((plan.get("certificates") or {}).get("mode") == "acme-dns01")
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,10 @@ class Topology:
         if plan.get("tunnel"):
             taken.append(ipaddress.ip_network(plan["tunnel"]["cidr"], strict=False))
         lan_net = _first_free(_LAN_CANDIDATES, taken)
-        internet_net = _first_free(_INTERNET_CANDIDATES, [*taken, lan_net])
+        # acme-dns01: the ACME server and the Cloudflare stand-in sit on their own link from
+        # the proxy (lab/acme.py, 198.51.100.0/24); the internet stand-in keeps clear of it.
+        acme_link = [ipaddress.ip_network(ACME_LINK)] if _acme_mode(plan) else []
+        internet_net = _first_free(_INTERNET_CANDIDATES, [*taken, lan_net, *acme_link])
         hosts_list = list(lan_net.hosts())
         internet_hosts = list(internet_net.hosts())
         relay = plan.get("relay")
