@@ -21,7 +21,6 @@ generation puts every guest back too, and that survives the next switch and boot
 
 from __future__ import annotations
 
-import re
 from enum import Enum
 
 PROFILE = "/nix/var/nix/profiles/system"
@@ -32,7 +31,6 @@ RUNNING = "/run/current-system"
 SYSTEMD_RUN = ("systemd-run", "--wait", "--collect", "--no-ask-password", "--pipe", "--quiet",
                "--service-type=exec")
 LOCK = "/run/homestack-deploy.lock"  # held by `tools deploy --local` (GitOps) on the host
-_STORE = re.compile(r"/nix/store/[0-9a-z]{32}-[^/\s]+")
 
 
 class Action(Enum):
@@ -50,9 +48,9 @@ class Disarmed(Enum):
 
 
 def store_path(text: str) -> str | None:
-    """The store path in ``text`` (a `readlink -f` answer), or None."""
-    match = _STORE.search(text)
-    return match.group(0) if match else None
+    """The path a `readlink -f` printed, or None."""
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines and lines[0].strip() else None
 
 
 def running() -> list[str]:

@@ -273,8 +273,8 @@ class MachineRun:
         for guest in self.m.guests:
             link = f"{STATE_DIR}/{guest}/booted"
             result = self.remote.run(["readlink", link])
-            if result.returncode == 0 and result.stdout.strip():
-                self.ctx.booted[guest] = result.stdout.strip()
+            # "" for a guest not booted yet (a new one): it has no previous runner
+            self.ctx.booted[guest] = result.stdout.strip() if result.returncode == 0 else ""
 
     def commit(self) -> None:
         """Make the new system the boot default (the watchdog is confirmed gone)."""
@@ -286,7 +286,7 @@ class MachineRun:
     def check_guest(self) -> MachineReport:
         """A guest was switched by its hypervisor's generation: restart it if that did not,
         and check it. It has no rollback of its own (see the module's docstring)."""
-        self.previous = self.ctx.booted.get(self.m.name, self.previous)
+        self.previous = self.ctx.booted.get(self.m.name, self.previous) or None
         declared = self.remote.run(["readlink", self.m.current_link]).stdout.strip()
         if declared != self.new:
             return self.report(
@@ -304,6 +304,7 @@ class MachineRun:
                 "previous generation (see docs/deploy.md)", f"{failure.check}: {failure.detail}")
         if self.previous == self.new:
             return self.report(Outcome.UNCHANGED, f"already runs {self.new}")
+        self.say("switched, healthy")
         return self.report(Outcome.SWITCHED, f"runs {self.new} (with {self.m.hypervisor})")
 
     def roll_back(self, reason: str) -> MachineReport:
