@@ -217,6 +217,8 @@ def test_host_switch_keeps_the_boot_default_until_healthy() -> None:
     _, calls = run(selected=["cloud-relay"])
     relay = f"cloud-relay-{STAMP}"
     assert on(calls, "root@relay") == [
+        (f"systemd-run --unit=homestack-deploy-lock '--description=Homestack deploy by {STAMP}' "
+         "--property=RuntimeMaxSec=2100 --collect /run/current-system/sw/bin/sleep infinity"),
         "readlink -f /run/current-system",
         (f"systemd-run --unit=homestack-rollback-{relay} --on-active=900 "
          "--timer-property=AccuracySec=1s --collect "
@@ -228,6 +230,7 @@ def test_host_switch_keeps_the_boot_default_until_healthy() -> None:
         "readlink -f /run/current-system",
         "nix-env -p /nix/var/nix/profiles/system --set /nix/store/new-cloud-relay",
         f"{SWITCH}{relay}-boot /nix/store/new-cloud-relay/bin/switch-to-configuration boot",
+        "systemctl stop homestack-deploy-lock.service",
     ]
     copy = index(calls, "copy --to ssh://root@relay /nix/store/new-cloud-relay")
     assert copy < index(calls, "readlink -f /run/current-system")
@@ -235,8 +238,7 @@ def test_host_switch_keeps_the_boot_default_until_healthy() -> None:
 
 def after_hypervisor(calls: list[tuple[str, ...]]) -> list[str]:
     cmds = on(calls, "root@homelab")
-    return cmds[cmds.index(f"{SWITCH}homelab-{STAMP}-boot "
-                           "/nix/store/new-homelab/bin/switch-to-configuration boot") + 1:]
+    return cmds[cmds.index("systemctl stop homestack-deploy-lock.service") + 1:]
 
 
 def test_hypervisor_probes_every_guest_before_its_generation_is_the_boot_default() -> None:
@@ -390,11 +392,12 @@ def test_host_failure_after_the_switch_rolls_back(rule: Rule) -> None:
             "nix-env -p /nix/var/nix/profiles/system --set /nix/store/old-homelab",
             f"{SWITCH}homelab-{STAMP}-rollback-boot "
             "/nix/store/old-homelab/bin/switch-to-configuration boot"]
-        assert cmds[-1] == "timeout 300 systemctl is-system-running --wait"  # disarmed before
+        assert cmds[-2] == "timeout 300 systemctl is-system-running --wait"  # disarmed before
     else:  # the boot default was never touched; the rollback is verified, then disarmed
         assert not any(c.startswith("nix-env") for c in cmds)
         assert "timeout 300 systemctl is-system-running --wait" in cmds[start + 1:]
-        assert cmds[-1] == f"systemctl stop homestack-rollback-homelab-{STAMP}.timer"
+        assert cmds[-2] == f"systemctl stop homestack-rollback-homelab-{STAMP}.timer"
+    assert cmds[-1] == "systemctl stop homestack-deploy-lock.service"
     assert not report.ok
 
 

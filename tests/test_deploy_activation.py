@@ -61,6 +61,7 @@ class Hypervisor:
     current: dict[str, str] = field(default_factory=dict)
     booted: dict[str, str] = field(default_factory=dict)
     timers: dict[str, list[str]] = field(default_factory=dict)
+    units: set[str] = field(default_factory=set)  # other transient units (the deploy lock)
     watchdog_ran: dict[str, bool] = field(default_factory=dict)
     online: bool = True
     drop_on: str | None = None  # the session drops while this runs (not the watchdog's arming)
@@ -84,6 +85,7 @@ class Hypervisor:
 
     def reboot(self) -> None:
         self.timers.clear()
+        self.units.clear()
         self.activate(self.boot_default)
 
     def fire(self) -> None:
@@ -138,8 +140,16 @@ class Hypervisor:
             return 0, (self.current if link == "current" else self.booted)[guest] + "\n"
         if w[0] == "systemd-run" and "--wait" not in w:
             unit = next(a for a in w if a.startswith("--unit=")).removeprefix("--unit=")
+            if unit in self.timers or unit in self.units:
+                return 1, ""  # Unit … already exists
+            if "--on-active" not in " ".join(w):
+                self.units.add(unit)
+                return 0, ""
             start = next(i for i, a in enumerate(w) if not a.startswith("-") and i > 0)
             self.timers[unit] = w[start:]
+            return 0, ""
+        if w[:2] == ["systemctl", "stop"] and w[2].endswith(".service"):
+            self.units.discard(w[2].removesuffix(".service"))
             return 0, ""
         if w[0] == "systemd-run":
             start = next(i for i, a in enumerate(w) if i > 0 and not a.startswith("-"))
@@ -296,3 +306,18 @@ def test_previous_is_what_runs_not_the_profile_link() -> None:
     assert outcome(report, "homelab") is Outcome.ROLLED_BACK, report.summary()
     assert machine.running == OLD
     assert machine.boot_default == other  # a deploy that failed did not touch it
+
+
+def test_one_deploy_at_a_time_per_host() -> None:
+    """Why: nothing stopped GitOps and `tools deploy` from switching one host at once."""
+    machine = Hypervisor(broken={NEW})
+    machine.units.add("homestack-deploy-lock")  # GitOps is deploying
+    report = deploy(machine)
+    homelab = next(m for m in report.machines if m.name == "homelab")
+    assert homelab.outcome is Outcome.FAILED
+    assert "another deploy" in homelab.state
+    assert machine.running == OLD and not machine.timers
+    assert not any("switch-to-configuration" in c for c in machine.seen)
+    machine.units.clear()  # it finished: the lock is free again, and released after us
+    deploy(machine)
+    assert "homestack-deploy-lock" not in machine.units

@@ -30,7 +30,11 @@ RUNNING = "/run/current-system"
 # vanished laptop does not stop it half-way.
 SYSTEMD_RUN = ("systemd-run", "--wait", "--collect", "--no-ask-password", "--pipe", "--quiet",
                "--service-type=exec")
-LOCK = "/run/homestack-deploy.lock"  # held by `tools deploy --local` (GitOps) on the host
+# One deploy at a time per host, whether from a laptop or from GitOps: a transient unit
+# of this name is the lock (systemd refuses a second unit of the same name, atomically).
+# It holds nothing open, so a vanished laptop's lock ends with its RuntimeMaxSec.
+LOCK_UNIT = "homestack-deploy-lock"
+LOCKED = "another deploy (tools deploy or GitOps) is running on this host"
 
 
 class Action(Enum):
@@ -105,6 +109,22 @@ def set_profile(system: str) -> list[str]:
 def commit(system: str, unit: str) -> list[list[str]]:
     """Make ``system`` the boot default: only once it is healthy and the watchdog is gone."""
     return [set_profile(system), switch(system, Action.BOOT, unit)]
+
+
+def lock(owner: str, seconds: int) -> list[str]:
+    """Take the host's deploy lock for at most ``seconds``; fails if someone holds it."""
+    return ["systemd-run", f"--unit={LOCK_UNIT}", f"--description=Homestack deploy by {owner}",
+            f"--property=RuntimeMaxSec={seconds}", "--collect",
+            f"{RUNNING}/sw/bin/sleep", "infinity"]
+
+
+def unlock() -> list[str]:
+    return ["systemctl", "stop", f"{LOCK_UNIT}.service"]
+
+
+def revision() -> list[str]:
+    """The Git revision the running system was built from (system.configurationRevision)."""
+    return [f"{RUNNING}/sw/bin/nixos-version", "--configuration-revision"]
 
 
 def profile_system() -> list[str]:

@@ -10,6 +10,7 @@ hypervisor, in the plan's order, and goes back with its hypervisor's generation.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
 from collections.abc import Callable
@@ -140,6 +141,8 @@ class MachineRun:
         self.snapshot = name
 
     def copy(self) -> None:
+        if self.ctx.ssh.local:  # built on this very machine
+            return
         self.say(f"copy {self.new} to {self.m.target}")
         result = self.ctx.runner.run(
             copy_command(self.m.target, self.new), check=False,
@@ -214,7 +217,30 @@ class MachineRun:
                 f" {self.ctx.options.watchdog} s after the switch")
 
     # -- the procedure ---------------------------------------------------------------
-    def run(self) -> MachineReport:  # noqa: PLR0911 - one return per end state
+    def run(self) -> MachineReport:
+        """The procedure, under the host's deploy lock (guests: their hypervisor's)."""
+        if self.is_guest:
+            return self.steps()
+        try:
+            taken = self.remote.run(activation.lock(self.ctx.stamp, self.lock_seconds))
+        except ConnectionLost as exc:
+            return self.report(Outcome.FAILED, "not switched; could not reach it", str(exc))
+        if taken.returncode != 0:
+            self.log.add("lock", False, activation.LOCKED)
+            return self.report(Outcome.FAILED, f"not switched; {activation.LOCKED}",
+                               f"{activation.LOCKED} (unit {activation.LOCK_UNIT})")
+        try:
+            return self.steps()
+        finally:
+            with contextlib.suppress(ConnectionLost):  # else it ends by itself (RuntimeMaxSec)
+                self.remote.run(activation.unlock())
+
+    @property
+    def lock_seconds(self) -> int:
+        o = self.ctx.options
+        return o.watchdog + 2 * o.system_timeout + 600
+
+    def steps(self) -> MachineReport:  # noqa: PLR0911 - one return per end state
         try:
             self.take_snapshot()
             self.copy()
