@@ -50,10 +50,12 @@ class Hypervisor:
     """One NixOS hypervisor running microvm.nix guests (see the module docstring)."""
 
     # store path of a host system -> runner of each guest it declares
-    systems: dict[str, dict[str, str]] = field(default_factory=lambda: {
-        OLD: {g: f"/nix/store/old-{g}" for g in GUESTS},
-        NEW: {g: f"/nix/store/new-{g}" for g in GUESTS},
-    })
+    systems: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {
+            OLD: {g: f"/nix/store/old-{g}" for g in GUESTS},
+            NEW: {g: f"/nix/store/new-{g}" for g in GUESTS},
+        }
+    )
     broken: set[str] = field(default_factory=set)  # systems / runners that fail their checks
     generations: list[str] = field(default_factory=lambda: [OLD])
     profile: int = 1  # the boot default: generations[profile - 1]
@@ -209,9 +211,15 @@ def deploy(machine: Hypervisor, **options: Any) -> engine.DeployReport:
         return Result(call, code, out, "")
 
     opts = DeployOptions(health_timeout=0, poll_interval=0, **options)
-    return engine.deploy(make_plan(), runner=RecordingRunner(script=script), flake=Path("/f"),
-                         selected=["homelab", *GUESTS], options=opts,
-                         clock=Clock(sleep=lambda _: None), stamp=STAMP)
+    return engine.deploy(
+        make_plan(),
+        runner=RecordingRunner(script=script),
+        flake=Path("/f"),
+        selected=["homelab", *GUESTS],
+        options=opts,
+        clock=Clock(sleep=lambda _: None),
+        stamp=STAMP,
+    )
 
 
 def outcome(report: engine.DeployReport, name: str) -> Outcome:
@@ -279,8 +287,7 @@ def test_a_guest_failing_its_probe_rolls_back_through_the_hypervisor() -> None:
     report = deploy(machine)
     assert not report.ok
     assert outcome(report, "homelab") is Outcome.ROLLED_BACK, report.summary()
-    assert "192.168.100.20" in (next(m for m in report.machines if m.name == "homelab").error
-                                or "")
+    assert "192.168.100.20" in (next(m for m in report.machines if m.name == "homelab").error or "")
     assert machine.booted["db"] == "/nix/store/old-db"
     assert machine.running == OLD and machine.boot_default == OLD
 

@@ -28,8 +28,15 @@ RUNNING = "/run/current-system"
 # nixos-rebuild runs switch-to-configuration the same way (nixpkgs#39118: killed with the
 # SSH session otherwise); the unit is its own process tree, so a dropped session or a
 # vanished laptop does not stop it half-way.
-SYSTEMD_RUN = ("systemd-run", "--wait", "--collect", "--no-ask-password", "--pipe", "--quiet",
-               "--service-type=exec")
+SYSTEMD_RUN = (
+    "systemd-run",
+    "--wait",
+    "--collect",
+    "--no-ask-password",
+    "--pipe",
+    "--quiet",
+    "--service-type=exec",
+)
 # One deploy at a time per host, whether from a laptop or from GitOps: a transient unit
 # of this name is the lock (systemd refuses a second unit of the same name, atomically).
 # It holds nothing open, so a vanished laptop's lock ends with its RuntimeMaxSec.
@@ -79,9 +86,15 @@ def arm(previous: str, unit: str, seconds: int) -> list[str]:
 
     Its service's only command is an absolute store path; `test` is enough because the
     boot default is still ``previous`` while the watchdog is armed."""
-    return ["systemd-run", f"--unit={unit}", f"--on-active={seconds}",
-            "--timer-property=AccuracySec=1s", "--collect",
-            f"{previous}/bin/switch-to-configuration", Action.TEST.value]
+    return [
+        "systemd-run",
+        f"--unit={unit}",
+        f"--on-active={seconds}",
+        "--timer-property=AccuracySec=1s",
+        "--collect",
+        f"{previous}/bin/switch-to-configuration",
+        Action.TEST.value,
+    ]
 
 
 def stop_timer(unit: str) -> list[str]:
@@ -113,9 +126,15 @@ def commit(system: str, unit: str) -> list[list[str]]:
 
 def lock(owner: str, seconds: int) -> list[str]:
     """Take the host's deploy lock for at most ``seconds``; fails if someone holds it."""
-    return ["systemd-run", f"--unit={LOCK_UNIT}", f"--description=Homestack deploy by {owner}",
-            f"--property=RuntimeMaxSec={seconds}", "--collect",
-            f"{RUNNING}/sw/bin/sleep", "infinity"]
+    return [
+        "systemd-run",
+        f"--unit={LOCK_UNIT}",
+        f"--description=Homestack deploy by {owner}",
+        f"--property=RuntimeMaxSec={seconds}",
+        "--collect",
+        f"{RUNNING}/sw/bin/sleep",
+        "infinity",
+    ]
 
 
 def unlock() -> list[str]:
