@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,15 +89,16 @@ class Host:
         class Machine(Runner):
             def run(
                 self,
-                args,
+                args: Sequence[str],
                 *,
-                check,
-                input=None,
-                env=None,
-                cwd=None,  # type: ignore[no-untyped-def]
-                timeout=None,
-                capture=True,
+                check: bool,
+                input: str | bytes | None = None,
+                env: Mapping[str, str] | None = None,
+                cwd: str | os.PathLike[str] | None = None,
+                timeout: float | None = None,
+                capture: bool = True,
             ) -> Result:
+                del input, env, cwd, timeout, capture
                 return host.answer(tuple(args), check=check)
 
         settings = gitops.Settings(
