@@ -217,7 +217,7 @@ def test_host_switch_keeps_the_boot_default_until_healthy() -> None:
     _, calls = run(selected=["cloud-relay"])
     relay = f"cloud-relay-{STAMP}"
     assert on(calls, "root@relay") == [
-        (f"systemd-run --unit=homestack-deploy-lock '--description=Homestack deploy by {STAMP}' "
+        (f"systemd-run --unit=homestack-deploy-lock '--description=Homestack deploy {STAMP}' "
          "--property=RuntimeMaxSec=2100 --collect /run/current-system/sw/bin/sleep infinity"),
         "readlink -f /run/current-system",
         (f"systemd-run --unit=homestack-rollback-{relay} --on-active=900 "
@@ -528,7 +528,7 @@ def test_dry_run_prints_the_same_commands_a_deploy_runs() -> None:
         # same program, same machine, same step; only run-time values are placeholders
         assert shlex.split(line)[-1].split()[0] == text(call).split()[0] or call[0] != "ssh"
     assert any("@homelab-toplevel@" in p for p in printed)
-    assert any("@homelab-running@/bin/switch-to-configuration test" in p for p in printed)
+    assert any("@running-system@/bin/switch-to-configuration test" in p for p in printed)
 
 
 # --- quoting ------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def lock(owner: str, seconds: int) -> list[str]:
     return [
         "systemd-run",
         f"--unit={LOCK_UNIT}",
-        f"--description=Homestack deploy by {owner}",
+        f"--description=Homestack deploy {owner}",
         f"--property=RuntimeMaxSec={seconds}",
         "--collect",
         f"{RUNNING}/sw/bin/sleep",

@@ -241,8 +241,7 @@ class DryRunRunner(Runner):
         remote = shlex.split(args[-1])
         where = args[args.index("--") - 1]
         if remote[:2] == ["readlink", "-f"]:  # what runs: the previous system until a switch
-            host = where.rsplit("@", 1)[-1]
-            return self.activated.get(where, f"@{host}-running@") + "\n"
+            return self.activated.get(where, "@running-system@") + "\n"
         if remote[:1] == ["systemd-run"] and remote[-1] == "test" and "--wait" in remote:
             self.activated[where] = remote[-2].removesuffix("/bin/switch-to-configuration")
         # the hypervisor's switch links `current` and restarts the guest (microvm.nix)
