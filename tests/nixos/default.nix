@@ -292,9 +292,18 @@ in
       homelab.succeed("zpool create -f ${plan.hosts.homelab.zfs.pool} /dev/vdb")
 
       with subtest("the guest's dataset and host key are in place before it boots"):
-          homelab.succeed("systemctl start microvm@db.service")
+          # the units that prepare the guest, started alone: the guest is not running yet
+          homelab.succeed("systemctl reset-failed")
+          homelab.succeed("systemctl start homestack-host-key-db.service")
+          homelab.fail("systemctl is-active --quiet microvm@db.service")
           homelab.succeed("zfs list ${plan.guests.db.state.dataset}")
           homelab.succeed("test -s ${plan.guests.db.state.hostPath}/etc/ssh/ssh_host_ed25519_key")
+          # and the guest's unit waits for them (what a cold boot relies on)
+          after = homelab.succeed("systemctl show --property=After --value microvm@db.service")
+          requires = homelab.succeed("systemctl show --property=Requires --value microvm@db.service")
+          for unit in ("homestack-state-db.service", "homestack-host-key-db.service"):
+              assert unit in after.split() and unit in requires.split(), (unit, after, requires)
+          homelab.succeed("systemctl start microvm@db.service")
 
       with subtest("the db MicroVM boots and answers on its address"):
           homelab.wait_for_unit("microvm@db.service", timeout=1200)
