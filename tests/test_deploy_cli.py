@@ -169,3 +169,31 @@ def test_inventory_short_option(tmp_path: Path, capsys: pytest.CaptureFixture[st
         main(["deploy", "--dry-run", "-i", str(tmp_path / "missing.toml")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: {tmp_path}/missing.toml: no such inventory file\n"
+
+
+def test_local_deploys_this_host_and_its_guests_without_ssh(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = RecordingRunner(script=Machines())
+    monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
+    result = invoke(["--local", "homelab"])
+    assert result.exit_code == 0, result.output
+    assert not any(c[0] in ("ssh", "nix") and "copy" in c for c in runner.calls)
+    assert not any(c[0] == "ssh" for c in runner.calls)
+    assert ("systemctl", "is-active", "microvm@proxy.service") in runner.calls
+    for name in ("homelab", "db", "auth", "vpn", "proxy"):
+        assert f"\n{name} " in "\n" + result.stderr, result.stderr
+    assert "cloud-relay" not in result.stderr
+
+
+def test_local_needs_the_one_host_it_runs_on(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from homestack.cli import main
+
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deploy", "--local", "db"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: /flake/inventory.toml: tools deploy --local: name the one host this is "
+        "(one of cloud-relay, homelab)\n")
