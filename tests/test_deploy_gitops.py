@@ -30,7 +30,8 @@ from test_deploy_activation import GUESTS, NEW, OLD, Hypervisor
 from homestack.deploy import gitops
 from homestack.deploy.health import Clock
 from homestack.deploy.steps import DeployOptions
-from homestack.process import Result, Runner
+from homestack.errors import UserError
+from homestack.process import RecordingRunner, Result, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ROOT / "tests" / "keys"
@@ -244,7 +245,8 @@ def test_a_guest_failing_its_probe_is_rolled_back_and_not_retried(host: Host) ->
     assert host.machine.booted["db"] == "/nix/store/old-db"
     host.machine.seen.clear()
     again = host.run()
-    assert again.state is gitops.State.ROLLED_BACK and "not tried again" not in again.message
+    assert again.state is gitops.State.ROLLED_BACK
+    assert again.message == "rolled back before; waiting for a new commit"
     assert untouched(host)  # the same commit is not deployed again
 
 
@@ -277,6 +279,31 @@ def test_a_deploy_holding_the_lock_makes_gitops_wait(host: Host) -> None:
     assert status.state is gitops.State.WAITING
     assert host.machine.running == OLD
     assert not (host.state / "failed").exists()
+
+
+def test_an_invalid_inventory_in_a_commit_is_recorded_not_a_crash(host: Host) -> None:
+    rev = host.commit("typo", "alice")
+
+    def bad_plan(path: Path) -> dict[str, object]:
+        raise UserError(f"{path}: guests.db.address: 192.168.101.5 is outside the guest network")
+
+    settings = gitops.Settings(
+        machine="homelab",
+        repository=str(host.origin),
+        branch="main",
+        state_dir=host.state,
+        allowed_signers=host.t / "allowed_signers",
+    )
+    runner = RecordingRunner(script=lambda a: host.answer(a, check=False))
+    status = gitops.GitOps(
+        settings,
+        runner=runner,
+        load_plan=bad_plan,
+        deploy=lambda *_: pytest.fail("must not deploy"),
+    ).run()
+    assert (status.state, status.rev) == (gitops.State.FAILED, rev)
+    assert "guests.db.address" in host.status()["message"]
+    assert status.exit_code == gitops.EX_HANDLED
 
 
 # --- the module ---------------------------------------------------------------------------

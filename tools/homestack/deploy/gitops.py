@@ -22,6 +22,7 @@ from homestack.deploy import activation, engine, health
 from homestack.deploy.remote import Local
 from homestack.deploy.report import DeployReport, Outcome
 from homestack.deploy.steps import DeployOptions
+from homestack.errors import UserError
 from homestack.fsutil import atomic_write
 from homestack.process import Runner, error_line
 
@@ -110,7 +111,11 @@ class GitOps:
         return False, detail
 
     def run(self) -> Status:
-        status = self._run()
+        self.rev = ""
+        try:
+            status = self._run()
+        except UserError as exc:  # the commit's inventory is invalid, say
+            status = Status(State.FAILED, self.rev, str(exc))
         self.record(status)
         return status
 
@@ -134,6 +139,7 @@ class GitOps:
                 State.WAITING, "", f"cannot fetch {self.s.repository} {self.s.branch}: {detail}"
             )
         _, rev, _ = self.git("rev-parse", BRANCH_REF)
+        self.rev = rev
         running = self.running_revision()
         if rev == running:
             return Status(State.UNCHANGED, rev, "already deployed")
