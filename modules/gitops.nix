@@ -141,7 +141,11 @@ in
         config.systemd.package
       ]
       ++ lib.optional (host.zfs or null != null) config.boot.zfs.package;
-      environment.GIT_SSH_COMMAND = sshCommand;
+      environment = {
+        GIT_SSH_COMMAND = sshCommand;
+        # nix and git want a home; nixpkgs' auto-upgrade service sets the same
+        HOME = "/root";
+      };
       preStart = lib.optionalString (cfg.knownHosts != null) ''
         install -m 0600 ${pkgs.writeText "gitops-known-hosts" cfg.knownHosts} ${stateDir}/known_hosts
       '';
