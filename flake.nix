@@ -50,6 +50,8 @@
               ;
           };
           root = ./.;
+          revision = self.rev or null;
+          tools = self.packages.${system}.tools;
         };
       machines = machinesOf plan self.nixosConfigurations;
 

@@ -1,7 +1,9 @@
 # GitOps pull mode: the host fetches the repository itself with its own read-only deploy
-# key (a sops secret), refuses any commit not signed by an admin of the inventory, and
-# switches to it on a timer, with the same health checks and rollback as `tools deploy`.
-# What it did last is in /var/lib/homestack/gitops/status.json (`tools deploy status`).
+# key (a sops secret), refuses any commit not signed by an admin of the inventory or not
+# descending from the revision it runs (system.configurationRevision), and deploys it to
+# itself and its guests on a timer with `tools gitops`: the deploy engine of `tools deploy`,
+# run locally (tools/homestack/deploy/gitops.py). What it did last is in
+# /var/lib/homestack/gitops/status.json (`tools deploy status`).
 {
   config,
   lib,
@@ -18,6 +20,13 @@ let
   cfg = config.homestack.gitops;
   inherit (config.homestack) plan machine;
   host = config.homestack.host;
+  # Exit status of `tools gitops` for an outcome it handled and recorded (refused, failed,
+  # rolled back) and for "try again later": neither leaves the unit failed, which would
+  # make the system "degraded" and fail the next deploy's health check.
+  handled = [
+    3
+    75
+  ];
   stateDir = "/var/lib/homestack/gitops";
 
   # `git verify-commit` with SSH signatures: one "<principal> <key>" line per admin key.
@@ -27,19 +36,6 @@ let
     ) plan.admins
   );
 
-  # The guests of this hypervisor, in the plan's deploy order.
-  guests = lib.filter (g: lib.elem g (host.guests or [ ])) (lib.flatten plan.deployOrder);
-
-  # One shell test per health endpoint of a guest, run from this host: the probe's argv
-  # from the plan (lib/services/ via lib/plan.nix), the one `tools deploy` runs too.
-  endpoint = _: h: lib.escapeShellArgs h.argv;
-
-  guestChecks = lib.concatMapStrings (g: ''
-    [ -n "$failed_guest" ] || check_guest ${g} ${
-      lib.escapeShellArg (lib.concatStringsSep " && " (map (endpoint g) plan.guests.${g}.health))
-    }
-  '') guests;
-
   sshCommand = lib.concatStringsSep " " [
     "ssh -i ${config.sops.secrets.${cfg.deployKeySecret}.path}"
     "-o IdentitiesOnly=yes -o BatchMode=yes"
@@ -47,123 +43,24 @@ let
     "-o StrictHostKeyChecking=${if cfg.knownHosts == null then "accept-new" else "yes"}"
   ];
 
-  script = ''
-    set -uo pipefail
-    profile=/nix/var/nix/profiles/system
-    repo=${stateDir}/repo
-    nix() { command nix --extra-experimental-features 'nix-command flakes' "$@"; }
-
-    status() { # state rev message
-      jq -n --arg host ${machine} --arg state "$1" --arg rev "$2" --arg message "$3" \
-        --arg generation "$(readlink "$profile")" --arg time "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-        '{host: $host, state: $state, rev: $rev, message: $message,
-          generation: $generation, time: $time}' > ${stateDir}/status.json.new
-      mv ${stateDir}/status.json.new ${stateDir}/status.json
-      echo "homestack-gitops: $1 $2: $3"
-    }
-
-    wait_for() { # seconds command...: retry until it succeeds
-      local deadline=$(( $(date +%s) + $1 )); shift
-      until "$@"; do
-        [ "$(date +%s)" -ge "$deadline" ] && return 1
-        sleep 2
-      done
-    }
-
-    healthy() {
-      timeout ${toString cfg.healthTimeout} systemctl is-system-running --wait || return 1
-      for g in ${lib.escapeShellArgs guests}; do
-        wait_for ${toString cfg.healthTimeout} systemctl is-active --quiet "microvm@$g.service" || return 1
-      done
-    }
-
-    # A guest whose runner changed is restarted (in the plan's order) and checked; if its
-    # service does not answer it goes back to the runner it was booted from.
-    check_guest() { # guest endpoint-test
-      local dir=/var/lib/microvms/$1 old
-      old=$(readlink "$dir/booted" || true)
-      [ "$old" = "$(readlink "$dir/current")" ] && return 0
-      systemctl restart "microvm@$1.service"
-      if wait_for ${toString cfg.healthTimeout} systemctl is-active --quiet "microvm@$1.service" \
-        && wait_for ${toString cfg.healthTimeout} bash -c "$2"; then
-        return 0
-      fi
-      if [ -n "$old" ]; then
-        ln -sfn "$old" "$dir/current"
-        systemctl restart "microvm@$1.service"
-      fi
-      failed_guest=$1
-      return 1
-    }
-
-    export GIT_SSH_COMMAND=${lib.escapeShellArg sshCommand}
-    # The fetched head goes to its own branch (never the checked-out one), which the
-    # build below reads with `git+file://…?ref=…&rev=…`.
-    [ -d "$repo/.git" ] || git init --quiet "$repo"
-    if ! git -C "$repo" fetch --quiet --force ${lib.escapeShellArg cfg.repository} \
-      ${lib.escapeShellArg "+refs/heads/${cfg.branch}:refs/heads/homestack-deploy"}; then
-      status failed "" "cannot fetch ${cfg.repository} ${cfg.branch}"
-      exit 1
-    fi
-    rev=$(git -C "$repo" rev-parse refs/heads/homestack-deploy)
-    last=$(cat ${stateDir}/deployed 2>/dev/null || true)
-    if [ "$rev" = "$last" ]; then
-      status unchanged "$rev" "already deployed"
-      exit 0
-    fi
-    # A commit that failed once is not retried every few minutes: push a fix.
-    if [ "$rev" = "$(cat ${stateDir}/failed 2>/dev/null || true)" ]; then
-      echo "homestack-gitops: $rev failed before; waiting for a new commit"
-      exit 0
-    fi
-    if ! git -C "$repo" -c gpg.format=ssh -c gpg.ssh.allowedSignersFile=${allowedSigners} \
-      verify-commit "$rev"; then
-      status refused "$rev" "commit is not signed by an admin of the inventory"
-      exit 1
-    fi
-    # A signed but older commit would roll the host back: only move forward.
-    if [ -n "$last" ] && ! git -C "$repo" merge-base --is-ancestor "$last" "$rev"; then
-      status refused "$rev" "not a descendant of the deployed commit $last"
-      exit 1
-    fi
-
-    # The steps of `nixos-rebuild switch`, split so that a failed build (nothing changed)
-    # is told apart from a failed switch (rolled back).
-    if ! new=$(nix build --no-link --print-out-paths \
-      "git+file://$repo?ref=homestack-deploy&rev=$rev#nixosConfigurations.${machine}.config.system.build.toplevel"); then
-      echo "$rev" > ${stateDir}/failed
-      status failed "$rev" "build failed; nothing was switched"
-      exit 1
-    fi
-    prev=$(readlink "$profile"); prev=''${prev#system-}; prev=''${prev%-link}
-    failed_guest=""
-    if nix-env -p "$profile" --set "$new" && "$profile/bin/switch-to-configuration" switch \
-      && healthy; then
-      ${guestChecks}
-      if [ -z "$failed_guest" ]; then
-        echo "$rev" > ${stateDir}/deployed
-        status switched "$rev" "healthy"
-        exit 0
-      fi
-      why="guest $failed_guest is unhealthy (it was put back on its previous runner)"
-    else
-      why="switch or health check failed"
-    fi
-    echo "$rev" > ${stateDir}/failed
-    if nix-env -p "$profile" --switch-generation "$prev" \
-      && "$profile/bin/switch-to-configuration" switch; then
-      # Guests already restarted on a new runner go back to what this generation declares.
-      for g in ${lib.escapeShellArgs guests}; do
-        dir=/var/lib/microvms/$g
-        [ "$(readlink "$dir/booted")" = "$(readlink "$dir/current")" ] \
-          || systemctl restart "microvm@$g.service"
-      done
-      status rolled-back "$rev" "$why; back on generation $prev"
-    else
-      status failed "$rev" "$why; ROLLBACK to generation $prev FAILED: check by hand"
-    fi
-    exit 1
-  '';
+  # The deploy engine itself (`tools gitops` runs `tools deploy`'s code on this host):
+  # health probes, order, snapshots, lock and rollback exist once, in tools/homestack/deploy.
+  gitops = lib.escapeShellArgs [
+    "${cfg.package}/bin/tools"
+    "gitops"
+    "--machine"
+    machine
+    "--repository"
+    cfg.repository
+    "--branch"
+    cfg.branch
+    "--state-dir"
+    stateDir
+    "--allowed-signers"
+    "${allowedSigners}"
+    "--health-timeout"
+    (toString cfg.healthTimeout)
+  ];
 in
 {
   options.homestack.gitops = {
@@ -199,6 +96,12 @@ in
       default = 300;
       description = "Seconds each health check may take to pass before the switch is rolled back.";
     };
+    package = mkOption {
+      type = types.nullOr types.package;
+      default = null;
+      defaultText = lib.literalExpression "self.packages.x86_64-linux.tools (set by modules/machines.nix)";
+      description = "The Homestack tools package whose deploy engine GitOps runs.";
+    };
   };
 
   config = mkIf cfg.enable {
@@ -207,6 +110,10 @@ in
         assertion = host != null;
         message = "homestack.gitops: ${machine} is a guest; GitOps runs on hosts (its hypervisor deploys it)";
       }
+      {
+        assertion = cfg.package != null;
+        message = "homestack.gitops.package: ${machine} has GitOps on but no tools package; set it to the flake's packages.x86_64-linux.tools";
+      }
     ];
 
     sops.secrets.${cfg.deployKeySecret} = { };
@@ -214,26 +121,39 @@ in
     systemd.tmpfiles.rules = [ "d ${stateDir} 0700 root root -" ];
 
     systemd.services.homestack-gitops = {
-      description = "Homestack GitOps: fetch, verify, switch, check, roll back";
+      description = "Homestack GitOps: fetch, verify, deploy with the deploy engine";
       after = [ "network-online.target" ];
       wants = [ "network-online.target" ];
-      # It switches the system itself: a switch must never restart or stop it mid-way.
+      # It switches the system itself: a switch must never restart or stop it mid-way, even
+      # one whose configuration renames or disables this unit. nixpkgs' own upgrade
+      # service does the same (nixos/modules/tasks/auto-upgrade.nix).
       restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+      # What the engine runs on this machine (tools/homestack/deploy/steps.py): nix-env and
+      # nix build, systemd-run/systemctl, zfs snapshots, the probes' curl and bash.
       path = [
         config.nix.package
         pkgs.git
         pkgs.openssh
-        pkgs.jq
         pkgs.curl
         pkgs.bash
         pkgs.coreutils
         config.systemd.package
-      ];
+      ]
+      ++ lib.optional (host.zfs or null != null) config.boot.zfs.package;
+      environment = {
+        GIT_SSH_COMMAND = sshCommand;
+        # nix and git want a home; nixpkgs' auto-upgrade service sets the same
+        HOME = "/root";
+      };
       preStart = lib.optionalString (cfg.knownHosts != null) ''
         install -m 0600 ${pkgs.writeText "gitops-known-hosts" cfg.knownHosts} ${stateDir}/known_hosts
       '';
-      inherit script;
-      serviceConfig.Type = "oneshot";
+      script = "exec ${gitops}";
+      serviceConfig = {
+        Type = "oneshot";
+        SuccessExitStatus = handled;
+      };
     };
 
     systemd.timers.homestack-gitops = {

@@ -8,6 +8,9 @@
   inputs,
   root,
   configurations,
+  # the flake's own revision (null for a dirty tree) and tools package, for GitOps
+  revision ? null,
+  tools ? null,
 }:
 let
   own = dir: lib.optional (builtins.pathExists dir) dir;
@@ -23,6 +26,8 @@ let
         machine = name;
       };
       nixpkgs.hostPlatform = lib.mkDefault system;
+      # What GitOps compares a new commit with: it must descend from this one.
+      system.configurationRevision = lib.mkIf (revision != null) revision;
     }
   ];
 
@@ -40,7 +45,10 @@ let
       modules =
         base name h.system
         ++ roles.${h.role}
-        ++ [ homestackModules.gitops ]
+        ++ [
+          homestackModules.gitops
+          { homestack.gitops.package = lib.mkDefault tools; }
+        ]
         # the hypervisor runs the very systems `nixos-rebuild --flake .#<guest>` builds
         ++ lib.optional (h.role == "hypervisor") {
           homestack.guestConfigurations = lib.getAttrs h.guests configurations;

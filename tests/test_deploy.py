@@ -29,8 +29,10 @@ from homestack.errors import UserError
 from homestack.process import RecordingRunner, Result
 
 STAMP = "20260101T000000Z"
-SWITCH = "/nix/var/nix/profiles/system/bin/switch-to-configuration switch"
+SYSTEMD_RUN = "systemd-run --wait --collect --no-ask-password --pipe --quiet --service-type=exec"
+SWITCH = f"{SYSTEMD_RUN} --unit=homestack-switch-"  # + machine-stamp …/switch-to-configuration
 RUNNING = "timeout 300 systemctl is-system-running"
+HOSTS = {"root@relay": "cloud-relay", "root@homelab": "homelab"}
 
 
 def _guest(name: str, address: str, health: list[dict[str, Any]],
@@ -96,12 +98,18 @@ class Rule:
 
 @dataclass
 class Machines:
-    """A scripted fleet: answers as healthy machines would, except where a rule says."""
+    """A scripted fleet: answers as healthy machines would, except where a rule says.
+
+    What runs follows the switches (`switch-to-configuration test` of a system makes it
+    run, and on the hypervisor points every guest at that generation's runner, as
+    microvm.nix does); tests/test_deploy_activation.py models the rest."""
 
     rules: list[Rule] = field(default_factory=list)
     on_hypervisor: str = "auth\ndb\nproxy\nvpn\n"
     lock: threading.Lock = field(default_factory=threading.Lock)
     seen: list[str] = field(default_factory=list)
+    running: dict[str, str] = field(
+        default_factory=lambda: {t: f"/nix/store/old-{h}" for t, h in HOSTS.items()})
 
     def __call__(self, call: tuple[str, ...]) -> Result | None:  # noqa: PLR0911 - a fake ssh
         cmd = text(call)
@@ -119,10 +127,14 @@ class Machines:
             built = [{"drvPath": f"/nix/store/{name}.drv",
                       "outputs": {"out": f"/nix/store/new-{name}"}}]
             return Result(call, 0, json.dumps(built) + "\n", "")
-        if cmd == "readlink /nix/var/nix/profiles/system":
-            return Result(call, 0, "system-41-link\n", "")
+        where = target(call) or ""
+        if "/bin/switch-to-configuration test" in cmd and "--on-active" not in cmd:
+            self.running[where] = cmd.split()[-2].removesuffix("/bin/switch-to-configuration")
+        if cmd == "readlink -f /run/current-system":
+            return Result(call, 0, self.running.get(where, "") + "\n", "")
         if cmd.startswith("readlink /var/lib/microvms/"):
-            return Result(call, 0, f"/nix/store/old-{cmd.split('/')[-2]}\n", "")
+            age = self.running.get(where, "/nix/store/old-").split("/")[-1].split("-")[0]
+            return Result(call, 0, f"/nix/store/{age}-{cmd.split('/')[-2]}\n", "")
         if cmd == "ls -1 /var/lib/microvms":
             return Result(call, 0, self.on_hypervisor, "")
         if cmd.startswith("zfs list -H -o name "):  # every dataset exists
@@ -201,55 +213,72 @@ def test_full_deploy_switches_everything_in_order() -> None:
     assert calls[0] == ("validate",)
     assert not any(c[0] == "tools" for c in calls)  # the library, never a `tools` on PATH
     assert max(builds) < min(i for i, c in enumerate(calls) if c[0] == "ssh")
-    # a wave starts only when the one before finished
-    last_host = max(index(calls, "systemctl stop homestack-rollback-homelab-"),
-                    index(calls, "systemctl stop homestack-rollback-cloud-relay-"))
-    assert index(calls, "ln -sfn /nix/store/new-db") > last_host
-    db_done = index(calls, "systemctl stop homestack-rollback-db-")
-    assert index(calls, "ln -sfn /nix/store/new-auth") > db_done
-    assert index(calls, "ln -sfn /nix/store/new-vpn") > db_done
-    proxy = index(calls, "ln -sfn /nix/store/new-proxy")
-    assert proxy > index(calls, "systemctl stop homestack-rollback-auth-")
-    assert proxy > index(calls, "systemctl stop homestack-rollback-vpn-")
+    # a wave starts only when the one before finished: the hypervisor's generation is the
+    # boot default before any guest is looked at
+    last_host = max(index(calls, "nix-env -p /nix/var/nix/profiles/system --set", "root@homelab"),
+                    index(calls, "nix-env -p /nix/var/nix/profiles/system --set", "root@relay"))
+    assert index(calls, "readlink /var/lib/microvms/db/current") > last_host
+    db_done = max(i for i, c in enumerate(calls) if "/dev/tcp/192.168.100.20/5432" in text(c))
+    assert max(i for i, c in enumerate(calls) if "/dev/tcp/192.168.100.11/33073" in text(c)) > (
+        db_done)
+    assert max(i for i, c in enumerate(calls) if "/dev/tcp/192.168.100.2/443" in text(c)) > max(
+        i for i, c in enumerate(calls) if "192.168.100.10:1411" in text(c))
 
 
-def test_host_switch_is_the_nixos_rebuild_sequence() -> None:
+def test_host_switch_keeps_the_boot_default_until_healthy() -> None:
     _, calls = run(selected=["cloud-relay"])
+    relay = f"cloud-relay-{STAMP}"
     assert on(calls, "root@relay") == [
-        "readlink /nix/var/nix/profiles/system",
-        (f"systemd-run --unit=homestack-rollback-cloud-relay-{STAMP} --on-active=900 "
-         "--timer-property=AccuracySec=1s /bin/sh -c 'nix-env -p /nix/var/nix/profiles/system "
-         "--switch-generation 41 && /nix/var/nix/profiles/system/bin/switch-to-configuration "
-         "switch'"),
-        "nix-env -p /nix/var/nix/profiles/system --set /nix/store/new-cloud-relay",
-        "/nix/var/nix/profiles/system/bin/switch-to-configuration switch",
+        (f"systemd-run --unit=homestack-deploy-lock '--description=Homestack deploy {STAMP}' "
+         "--property=RuntimeMaxSec=2100 --collect /run/current-system/sw/bin/sleep infinity"),
+        "readlink -f /run/current-system",
+        (f"systemd-run --unit=homestack-rollback-{relay} --on-active=900 "
+         "--timer-property=AccuracySec=1s --collect "
+         "/nix/store/old-cloud-relay/bin/switch-to-configuration test"),
+        f"{SWITCH}{relay} /nix/store/new-cloud-relay/bin/switch-to-configuration test",
         "timeout 300 systemctl is-system-running --wait",
-        f"systemctl stop homestack-rollback-cloud-relay-{STAMP}.timer",
+        f"systemctl stop homestack-rollback-{relay}.timer",
+        f"systemctl show --property=ActiveState --value homestack-rollback-{relay}.service",
+        "readlink -f /run/current-system",
+        "nix-env -p /nix/var/nix/profiles/system --set /nix/store/new-cloud-relay",
+        f"{SWITCH}{relay}-boot /nix/store/new-cloud-relay/bin/switch-to-configuration boot",
+        "systemctl stop homestack-deploy-lock.service",
     ]
     # what it runs is read first, so every report can say it from what was seen
     copy = index(calls, "copy --to ssh://root@relay /nix/store/new-cloud-relay")
-    assert index(calls, "readlink /nix/var/nix/profiles/system", "root@relay") < copy
+    assert index(calls, "readlink -f /run/current-system", "root@relay") < copy
 
 
 def after_hypervisor(calls: list[tuple[str, ...]]) -> list[str]:
     cmds = on(calls, "root@homelab")
-    return cmds[cmds.index(f"systemctl stop homestack-rollback-homelab-{STAMP}.timer") + 1:]
+    return cmds[cmds.index("systemctl stop homestack-deploy-lock.service") + 1:]
 
 
-def test_guest_switch_points_current_at_the_new_runner_and_checks_its_service() -> None:
-    _, calls = run(selected=["auth"])
+def test_hypervisor_probes_every_guest_before_its_generation_is_the_boot_default() -> None:
+    _, calls = run(selected=["homelab"])
+    cmds = on(calls, "root@homelab")
+    probes = [i for i, c in enumerate(cmds) if "192.168.100." in c]
+    assert len(probes) == 4
+    # in the plan's order: db, then auth and vpn, then proxy
+    assert "192.168.100.20" in cmds[probes[0]] and "192.168.100.2/" in cmds[probes[-1]]
+    assert max(probes) < cmds.index(
+        "nix-env -p /nix/var/nix/profiles/system --set /nix/store/new-homelab")
+
+
+def test_guest_is_checked_on_the_runner_its_hypervisor_declares() -> None:
+    report, calls = run(selected=["auth"])
+    assert outcome(report, "auth") is Outcome.SWITCHED
+    auth = next(m for m in report.machines if m.name == "auth")
+    assert auth.previous == "/nix/store/old-auth"  # booted before the hypervisor switched
     assert after_hypervisor(calls) == [
         "readlink /var/lib/microvms/auth/booted",
-        (f"systemd-run --unit=homestack-rollback-auth-{STAMP} --on-active=900 "
-         "--timer-property=AccuracySec=1s /bin/sh -c 'ln -sfn /nix/store/old-auth "
-         "/var/lib/microvms/auth/current && systemctl restart microvm@auth.service'"),
-        "ln -sfn /nix/store/new-auth /var/lib/microvms/auth/current",
-        "systemctl restart microvm@auth.service",
+        "readlink /var/lib/microvms/auth/current",
+        "readlink /var/lib/microvms/auth/booted",  # booted by the hypervisor's switch already
         "systemctl is-active microvm@auth.service",
         ("curl --fail --silent --show-error --max-time 5 --output /dev/null "
          "http://192.168.100.10:1411/.well-known/openid-configuration"),
-        f"systemctl stop homestack-rollback-auth-{STAMP}.timer",
     ]
+    assert not any("ln -sfn" in text(c) for c in calls)
 
 
 def test_guest_already_current_is_not_restarted() -> None:
@@ -285,8 +314,7 @@ def test_snapshots_come_before_any_switch_and_are_taken_once() -> None:
     assert len(snaps) == 1  # the hypervisor's switch can restart every guest: all at once
     assert text(calls[snaps[0]]) == "zfs snapshot -r " + " ".join(
         f"tank/microvms/{g}@homestack-{STAMP}" for g in ("auth", "db", "proxy", "vpn"))
-    assert snaps[0] < index(calls, "nix-env -p /nix/var/nix/profiles/system --set", "root@homelab")
-    assert snaps[0] < index(calls, "ln -sfn /nix/store/new-")
+    assert snaps[0] < index(calls, f"{SWITCH}homelab", "root@homelab")
 
 
 def test_a_new_guest_without_a_dataset_yet_is_not_snapshotted() -> None:
@@ -352,57 +380,69 @@ def test_copy_failure_leaves_the_host_untouched() -> None:
     assert {outcome(report, g) for g in ("db", "auth", "vpn", "proxy")} == {Outcome.NOT_STARTED}
 
 
-ROLLBACK_HOST = ["nix-env -p /nix/var/nix/profiles/system --switch-generation 41",
-                 "/nix/var/nix/profiles/system/bin/switch-to-configuration switch"]
+ROLLBACK_HOMELAB = (f"{SWITCH}homelab-{STAMP}-rollback "
+                    "/nix/store/old-homelab/bin/switch-to-configuration test")
 
 
 @pytest.mark.parametrize("rule", [
-    Rule("nix-env -p /nix/var/nix/profiles/system --set", 1, "root@homelab"),
-    Rule(SWITCH, 4, "root@homelab", times=1),
+    Rule(f"{SWITCH}homelab", 4, "root@homelab", times=1),
     Rule(RUNNING, 1, "root@homelab", times=1, stdout="degraded\n"),
-    Rule("systemctl is-active microvm@vpn.service", 3, "root@homelab", stdout="failed\n"),
-    Rule(SWITCH, 255, "root@homelab", times=1),  # connection lost
+    Rule("systemctl is-active microvm@vpn.service", 3, "root@homelab", times=1,
+         stdout="failed\n"),
+    Rule("*/dev/tcp/192.168.100.20/5432", 1, "root@homelab", times=1),
+    Rule(f"{SWITCH}homelab", 255, "root@homelab", times=1),  # connection lost
     Rule(RUNNING, 255, "root@homelab", times=1),
-], ids=["set-profile", "switch", "system-degraded", "guest-unit", "lost-in-switch",
-        "lost-in-health"])
+    Rule("nix-env -p /nix/var/nix/profiles/system --set /nix/store/new", 1, "root@homelab"),
+], ids=["switch", "system-degraded", "guest-unit", "guest-probe", "lost-in-switch",
+        "lost-in-health", "boot-default"])
 def test_host_failure_after_the_switch_rolls_back(rule: Rule) -> None:
     report, calls = run([rule], ["homelab"])
     homelab = report.machines[0]
     assert homelab.outcome is Outcome.ROLLED_BACK, homelab
-    assert "generation 41" in homelab.state
+    assert "/nix/store/old-homelab" in homelab.state
     cmds = on(calls, "root@homelab")
-    start = cmds.index(ROLLBACK_HOST[0])
-    assert cmds[start:start + 2] == ROLLBACK_HOST
-    # the rollback is verified, then the watchdog is disarmed
-    assert cmds[start + 2] == "timeout 300 systemctl is-system-running --wait"
-    assert cmds[-1] == f"systemctl stop homestack-rollback-homelab-{STAMP}.timer"
+    start = cmds.index(ROLLBACK_HOMELAB)
+    if rule.pattern.startswith("nix-env"):  # the boot default may have moved: put back too
+        assert cmds[start + 1:start + 3] == [
+            "nix-env -p /nix/var/nix/profiles/system --set /nix/store/old-homelab",
+            f"{SWITCH}homelab-{STAMP}-rollback-boot "
+            "/nix/store/old-homelab/bin/switch-to-configuration boot"]
+        assert cmds[-2] == "timeout 300 systemctl is-system-running --wait"  # disarmed before
+    else:  # the boot default was never touched; the rollback is verified, then disarmed
+        assert not any(c.startswith("nix-env") for c in cmds)
+        assert "timeout 300 systemctl is-system-running --wait" in cmds[start + 1:]
+        assert cmds[-2] == f"systemctl stop homestack-rollback-homelab-{STAMP}.timer"
+    assert cmds[-1] == "systemctl stop homestack-deploy-lock.service"
     assert not report.ok
 
 
 @pytest.mark.parametrize("rule", [
-    Rule("ln -sfn /nix/store/new-db", 1),
-    Rule("systemctl restart microvm@db.service", 1, times=1),
-    Rule("systemctl is-active microvm@db.service", 3, times=1, stdout="activating\n",
-         after="systemctl restart microvm@db.service"),
-    Rule("*/dev/tcp/192.168.100.20/5432", 1),
-    Rule("systemctl restart microvm@db.service", 255, times=1),
-], ids=["link", "restart", "unit", "endpoint", "lost"])
-def test_guest_failure_rolls_back_to_the_previous_runner(rule: Rule) -> None:
+    Rule("systemctl is-active microvm@db.service", 3, stdout="failed\n",
+         after="readlink /var/lib/microvms/db/current"),
+    Rule("*/dev/tcp/192.168.100.20/5432", 1, after="readlink /var/lib/microvms/db/current"),
+], ids=["unit", "endpoint"])
+def test_guest_failing_after_its_hypervisor_is_reported_not_relinked(rule: Rule) -> None:
     report, calls = run([rule], ["db", "proxy"])
     assert outcome(report, "homelab") is Outcome.SWITCHED
     db = report.machines[1]
-    assert db.outcome is Outcome.ROLLED_BACK, db
-    assert "/nix/store/old-db" in db.state and "healthy" in db.state
-    cmds = on(calls, "root@homelab")
-    start = cmds.index("ln -sfn /nix/store/old-db /var/lib/microvms/db/current")
-    assert cmds[start + 1] == "systemctl restart microvm@db.service"
+    assert db.outcome is Outcome.FAILED, db
+    assert "goes back with homelab's previous generation" in db.state
+    assert not any("ln -sfn" in text(c) for c in calls)  # microvm.nix would undo it
     assert outcome(report, "proxy") is Outcome.NOT_STARTED
 
 
+def test_guest_not_declared_by_its_hypervisor_is_not_switched() -> None:
+    report, _ = run([Rule("readlink /var/lib/microvms/db/current", 0,
+                          stdout="/nix/store/other-db\n")], ["db"])
+    db = report.machines[1]
+    assert db.outcome is Outcome.FAILED
+    assert "deploy homelab with it" in (db.error or "")
+
+
 def test_rollback_that_cannot_connect_says_the_state_is_unknown() -> None:
-    switch_back = "nix-env -p /nix/var/nix/profiles/system --switch-generation"
+    back = f"{SWITCH}cloud-relay-{STAMP}-rollback"
     report, _ = run([Rule(RUNNING, 1, "root@relay", times=1),
-                     Rule(switch_back, 255, "root@relay")], ["cloud-relay"])
+                     Rule(back, 255, "root@relay")], ["cloud-relay"])
     relay = report.machines[0]
     assert relay.outcome is Outcome.UNKNOWN
     assert "may still run /nix/store/new-cloud-relay" in relay.state
@@ -410,9 +450,9 @@ def test_rollback_that_cannot_connect_says_the_state_is_unknown() -> None:
 
 
 def test_rollback_that_fails_is_reported_as_unknown() -> None:
-    switch_back = "nix-env -p /nix/var/nix/profiles/system --switch-generation"
+    back = f"{SWITCH}cloud-relay-{STAMP}-rollback"
     report, _ = run([Rule(RUNNING, 1, "root@relay", times=1),
-                     Rule(switch_back, 1, "root@relay")], ["cloud-relay"])
+                     Rule(back, 1, "root@relay")], ["cloud-relay"])
     assert report.machines[0].outcome is Outcome.UNKNOWN
     assert "rollback failed" in report.machines[0].state
 
@@ -430,7 +470,7 @@ def test_connection_lost_before_the_switch_changes_nothing() -> None:
     report, calls = run([Rule("zfs list", 255, "root@homelab")], ["db"])
     homelab = report.machines[0]
     assert homelab.outcome is Outcome.FAILED
-    assert homelab.state == "not switched; still runs generation 41"
+    assert homelab.state == "not switched; still runs /nix/store/old-homelab"
     assert not any("nix-env" in text(c) for c in calls)
 
 
@@ -453,13 +493,12 @@ def test_an_unreachable_machine_is_unknown_never_guessed() -> None:
     assert not any("copy" in c for c in runner.calls)
 
 
-def test_first_install_of_a_guest_has_nothing_to_roll_back_to() -> None:
-    report, calls = run([Rule("readlink /var/lib/microvms/db/booted", 1),
-                         Rule("*/dev/tcp/192.168.100.20/5432", 1)], ["db"])
+def test_first_install_of_a_guest_is_checked_like_any_other() -> None:
+    # a new guest has no `booted` before its hypervisor's switch starts it
+    report, _ = run([Rule("readlink /var/lib/microvms/db/booted", 1, times=1)], ["db"])
     db = report.machines[1]
-    assert db.outcome is Outcome.UNKNOWN
-    assert "no previous version" in db.state
-    assert not any("systemd-run" in c for c in after_hypervisor(calls))
+    assert db.outcome is Outcome.SWITCHED, db
+    assert db.previous is None
 
 
 # --- guests that left the inventory -------------------------------------------------------
@@ -480,7 +519,7 @@ def test_stale_guest_is_removed_after_confirmation_with_a_final_snapshot() -> No
         "rm -rf --one-file-system /var/lib/microvms/old",
     ]
     # only once the hypervisor runs its new configuration (which no longer declares it)
-    assert stop > cmds.index(f"systemctl stop homestack-rollback-homelab-{STAMP}.timer")
+    assert stop > cmds.index("nix-env -p /nix/var/nix/profiles/system --set /nix/store/new-homelab")
 
 
 def test_stale_guest_is_kept_without_confirmation() -> None:
@@ -524,7 +563,7 @@ def test_dry_run_prints_the_same_commands_a_deploy_runs() -> None:
         # same program, same machine, same step; only run-time values are placeholders
         assert shlex.split(line)[-1].split()[0] == text(call).split()[0] or call[0] != "ssh"
     assert any("@homelab-toplevel@" in p for p in printed)
-    assert any("--switch-generation @previous-generation@" in p for p in printed)
+    assert any("@running-system@/bin/switch-to-configuration test" in p for p in printed)
 
 
 # --- quoting ------------------------------------------------------------------------------

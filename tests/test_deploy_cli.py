@@ -61,9 +61,13 @@ def test_dry_run_of_the_example_is_ordered_and_runs_nothing(
     assert waves == sorted(waves)
     assert first("zfs snapshot -r tank/microvms/auth@") < first(
         "root@homelab.lan -- 'nix-env -p /nix/var/nix/profiles/system --set @homelab-toplevel@'")
-    assert first("ln -sfn @db-runner@") < waves[2] < first("ln -sfn @auth-runner@") < waves[3]
-    assert first("http://192.168.100.10:1411/.well-known/openid-configuration") > first(
-        "systemctl restart microvm@auth.service")
+    # every guest answers before the hypervisor's generation becomes the boot default;
+    # then each guest is checked again in its wave
+    assert first("http://192.168.100.10:1411/.well-known/openid-configuration") < first(
+        "root@homelab.lan -- 'nix-env -p /nix/var/nix/profiles/system --set @homelab-toplevel@'")
+    assert (first("readlink /var/lib/microvms/db/current") < waves[2]
+            < first("readlink /var/lib/microvms/auth/current") < waves[3])
+    assert "ln -sfn" not in result.output
     assert lines[-1] == "# dry run: 6 machines; nothing was run or changed"
 
 
@@ -73,16 +77,22 @@ def test_json_report_and_exit_code(fleet: RecordingRunner) -> None:
     report = json.loads(result.stdout)
     assert report["ok"] is False
     by_name = {m["name"]: m for m in report["machines"]}
-    assert by_name["db"]["outcome"] == "switched"
-    proxy = by_name["proxy"]
-    assert proxy["outcome"] == "rolled-back"
-    assert proxy["previous"] == "/nix/store/old-proxy"
-    assert proxy["error"].startswith("health check failed: caddy tcp://192.168.100.2:443")
-    assert [s["name"] for s in proxy["steps"]] == [
-        "copy", "arm watchdog", "link runner", "restart", "health", "rollback"]
+    assert by_name["cloud-relay"]["outcome"] == "switched"
+    # proxy's probe fails: its hypervisor's generation, which carries it, goes back
+    homelab = by_name["homelab"]
+    assert homelab["outcome"] == "rolled-back"
+    assert homelab["previous"] == "/nix/store/old-homelab"
+    assert homelab["error"].startswith("health check failed: caddy tcp://192.168.100.2:443")
+    # what it runs is read first, so an unreachable machine is never guessed about
+    assert [s["name"] for s in homelab["steps"]] == [
+        "record what runs", "snapshot", "copy", "arm watchdog", "switch", "health", "rollback"]
+    assert by_name["proxy"]["outcome"] == "not-started"
 
 
-def test_progress_is_shown_per_machine(fleet: RecordingRunner) -> None:
+def test_progress_is_shown_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy_cli, "runner", lambda: RecordingRunner(script=Machines()))
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
+    monkeypatch.setattr(deploy_cli, "validator", lambda *_: lambda: [])
     result = invoke(["db"])
     assert result.exit_code == 0, result.output
     assert "[homelab] snapshot tank/microvms/auth, tank/microvms/db" in result.stderr
@@ -173,3 +183,32 @@ def test_inventory_short_option(tmp_path: Path, capsys: pytest.CaptureFixture[st
         main(["deploy", "--dry-run", "-i", str(tmp_path / "missing.toml")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: {tmp_path}/missing.toml: no such inventory file\n"
+
+
+def test_local_deploys_this_host_and_its_guests_without_ssh(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = RecordingRunner(script=Machines())
+    monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
+    monkeypatch.setattr(deploy_cli, "validator", lambda *_: lambda: [])
+    result = invoke(["--local", "homelab"])
+    assert result.exit_code == 0, result.output
+    assert not any(c[0] in ("ssh", "nix") and "copy" in c for c in runner.calls)
+    assert not any(c[0] == "ssh" for c in runner.calls)
+    assert ("systemctl", "is-active", "microvm@proxy.service") in runner.calls
+    for name in ("homelab", "db", "auth", "vpn", "proxy"):
+        assert f"\n{name} " in "\n" + result.stderr, result.stderr
+    assert "cloud-relay" not in result.stderr
+
+
+def test_local_needs_the_one_host_it_runs_on(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from homestack.cli import main
+
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deploy", "--local", "db"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: /flake/inventory.toml: tools deploy --local: name the one host this is "
+        "(one of cloud-relay, homelab)\n")

@@ -9,8 +9,9 @@ there, in sshd's mount namespace only).
 What is NOT real, said plainly: the target is not NixOS. Its switch commands are small
 shell scripts this test writes and puts first on the session's PATH — `nix-env` (manages
 the generation links like the real one), `systemctl` (answers from a state file), and
-`systemd-run` (records the watchdog) — and each "system closure" is a directory holding a
-fake `bin/switch-to-configuration` that records which configuration is active. On the
+`systemd-run` (records the watchdog timer; runs a `--wait` command in place) — and each
+"system closure" is a directory holding a fake `bin/switch-to-configuration` that points
+/run/current-system (a tmpfs of sshd's mount namespace) at itself on `test`. On the
 deploying side, `nix build` and `nix copy` are answered by the test (the closures are
 already in place); every other command runs for real.
 """
@@ -66,19 +67,23 @@ echo "systemctl $*" >> "$LOG"
 case $1 in
   is-system-running)
     if [ "$(cat "$STATE")" = healthy ]; then echo running; else echo degraded; exit 1; fi ;;
+  show) echo inactive ;;  # the watchdog's service never started
   *) exit 0 ;;
 esac
 """
 
 SYSTEMD_RUN = """#!/bin/sh
-# Stand-in for systemd-run: records the watchdog timer deploy arms.
+# Stand-in for systemd-run: records the watchdog timer; a --wait command runs in place.
 echo "systemd-run $*" >> "$LOG"
+case " $* " in *" --wait "*) ;; *) exit 0 ;; esac
+while [ $# -gt 0 ]; do case $1 in -*) shift ;; *) break ;; esac; done
+exec "$@"
 """
 
 SWITCH = """#!/bin/sh
 # switch-to-configuration of the "{name}" configuration.
-echo "switch {name}" >> "$LOG"
-echo {health} > "$STATE"
+echo "switch {name} $1" >> "$LOG"
+case $1 in test|switch) echo {health} > "$STATE"; ln -sfn {path} /run/current-system ;; esac
 {extra}
 """
 
@@ -117,7 +122,7 @@ def _write(path: Path, text: str, mode: int = 0o755) -> None:
 def _closure(root: Path, name: str, health: str, extra: str = "") -> str:
     path = f"/nix/store/{name}-nixos-system-relay"
     _write(root / "store" / path.removeprefix("/nix/store/") / "bin" / "switch-to-configuration",
-           SWITCH.format(name=name, health=health, extra=extra))
+           SWITCH.format(name=name, health=health, extra=extra, path=path))
     return path
 
 
@@ -168,6 +173,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         set -e
         mount -t tmpfs -o mode=0755 tmpfs /run
         mkdir -p /run/sshd
+        ln -s /nix/store/base-nixos-system-relay /run/current-system
         mount --bind {root}/store /nix/store
         mount --bind {root}/profiles /nix/var/nix/profiles
         ip link set lo up
@@ -241,16 +247,19 @@ def test_good_configuration_is_switched_and_confirmed(target: Target) -> None:
     assert report.machines[0].outcome is Outcome.SWITCHED
     assert target.profile() == "system-2-link"
     assert str((target.root / "profiles" / "system-2-link").readlink()) == good
-    log = target.log()
+    log = [line for line in target.log() if "homestack-deploy-lock" not in line]
+    assert target.log()[0].startswith("systemd-run --unit=homestack-deploy-lock")
     assert log[0].startswith("systemd-run --unit=homestack-rollback-relay-")
-    assert "--switch-generation 1" in log[0]  # the watchdog knows the way back
-    assert log[1:] == [
+    # the watchdog knows the way back, by absolute path
+    assert log[0].endswith("/nix/store/base-nixos-system-relay/bin/switch-to-configuration test")
+    assert log[1].startswith("systemd-run --wait")
+    assert [line for line in log if not line.startswith(("systemd", "systemctl"))] == [
+        "switch good test",
         f"nix-env -p /nix/var/nix/profiles/system --set {good}",
-        "switch good",
-        "systemctl is-system-running --wait",
-        log[-1],
+        "switch good boot",
     ]
-    assert log[-1].startswith("systemctl stop homestack-rollback-relay-")  # disarmed
+    assert log.index("switch good boot") > next(
+        i for i, line in enumerate(log) if line.startswith("systemctl stop homestack-rollback-"))
 
 
 def test_failed_health_check_rolls_back_to_the_previous_generation(target: Target) -> None:
@@ -261,18 +270,14 @@ def test_failed_health_check_rolls_back_to_the_previous_generation(target: Targe
     assert not report.ok
     assert relay.outcome is Outcome.ROLLED_BACK, relay
     assert relay.error == "health check failed: systemctl is-system-running: degraded"
-    generation = before.split("-")[1]
-    assert relay.state == f"rolled back: runs generation {generation} again (healthy)"
-    # the target is back on the generation it ran before, and healthy
+    running = str((target.root / "profiles" / before).readlink())
+    assert relay.state == f"rolled back: runs {running} again (healthy)"
+    # the target is back on what it ran before, healthy; the boot default never moved
     assert target.profile() == before
     assert target.state() == "healthy"
     switches = [line for line in target.log() if line.startswith(("switch ", "nix-env"))]
-    assert switches == [
-        f"nix-env -p /nix/var/nix/profiles/system --set {broken}",
-        "switch broken",
-        f"nix-env -p /nix/var/nix/profiles/system --switch-generation {generation}",
-        "switch good" if before != "system-1-link" else "switch base",
-    ]
+    old = running.removeprefix("/nix/store/").removesuffix("-nixos-system-relay")
+    assert switches == ["switch broken test", f"switch {old} test"]
 
 
 def test_lost_connection_during_the_switch_rolls_back(target: Target) -> None:

@@ -225,7 +225,34 @@ in
           assert code == "308", code
 
       with subtest("nothing but the plan's forwards gets through"):
+          # no DNAT for this port: the relay's own input chain refuses it
           internet.fail("timeout 5 bash -c 'echo > /dev/tcp/${plan.relay.publicAddress}/5432'")
+
+      with subtest("the forward policy refuses a DNAT'd destination the plan does not name"):
+          peer = "${plan.relay.peer.address}"
+          public = "${plan.relay.publicAddress}"
+          # the home side's sshd answers over the tunnel (from the relay itself: not forwarded)
+          cloud_relay.succeed(f"timeout 5 bash -c 'echo > /dev/tcp/{peer}/22'")
+          # A DNAT (and masquerade) the plan does not make, added by hand: public port 2222
+          # to that sshd. Only the relay's forward chain stands between the internet and it.
+          cloud_relay.succeed(
+              "nft -f - <<'EOF'\n"
+              "table ip homestack-test {\n"
+              "  chain prerouting { type nat hook prerouting priority dstnat - 10; policy accept;\n"
+              f"    tcp dport 2222 dnat to {peer}:22 }}\n"
+              "  chain postrouting { type nat hook postrouting priority srcnat - 10; policy accept;\n"
+              "    oifname \"${plan.relay.interface}\" masquerade }\n"
+              "}\n"
+              "EOF"
+          )
+          internet.fail(f"timeout 5 bash -c 'echo > /dev/tcp/{public}/2222'")
+          # the same flow named in the forward set gets through: the refusal was the policy's
+          element = f"'{{ {peer} . tcp . 22 }}'"
+          cloud_relay.succeed(f"nft add element ip homestack-relay forwards {element}")
+          internet.succeed(f"timeout 5 bash -c 'echo > /dev/tcp/{public}/2222'")
+          cloud_relay.succeed(f"nft delete element ip homestack-relay forwards {element}")
+          internet.fail(f"timeout 5 bash -c 'echo > /dev/tcp/{public}/2222'")
+          cloud_relay.succeed("nft delete table ip homestack-test")
     '';
   };
 
@@ -265,9 +292,18 @@ in
       homelab.succeed("zpool create -f ${plan.hosts.homelab.zfs.pool} /dev/vdb")
 
       with subtest("the guest's dataset and host key are in place before it boots"):
-          homelab.succeed("systemctl start microvm@db.service")
+          # the units that prepare the guest, started alone: the guest is not running yet
+          homelab.succeed("systemctl reset-failed")
+          homelab.succeed("systemctl start homestack-host-key-db.service")
+          homelab.fail("systemctl is-active --quiet microvm@db.service")
           homelab.succeed("zfs list ${plan.guests.db.state.dataset}")
           homelab.succeed("test -s ${plan.guests.db.state.hostPath}/etc/ssh/ssh_host_ed25519_key")
+          # and the guest's unit waits for them (what a cold boot relies on)
+          after = homelab.succeed("systemctl show --property=After --value microvm@db.service")
+          requires = homelab.succeed("systemctl show --property=Requires --value microvm@db.service")
+          for unit in ("homestack-state-db.service", "homestack-host-key-db.service"):
+              assert unit in after.split() and unit in requires.split(), (unit, after, requires)
+          homelab.succeed("systemctl start microvm@db.service")
 
       with subtest("the db MicroVM boots and answers on its address"):
           homelab.wait_for_unit("microvm@db.service", timeout=1200)

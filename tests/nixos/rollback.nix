@@ -1,7 +1,10 @@
-# NixOS VM test of deploy's rollback: a machine switched to a deliberately broken
-# configuration goes back to its previous generation, both when the deployer rolls it back
-# (a failed health check) and when the deployer is gone (the on-machine watchdog timer).
-# The commands are the ones `tools deploy` runs over SSH (homestack/deploy/steps.py).
+# NixOS VM test of deploy's activation protocol on a real NixOS machine: a switch to a
+# deliberately broken configuration goes back to the previous one when the deployer rolls
+# it back (a failed health check), when the deployer is gone (the watchdog, a transient
+# unit with systemd's own PATH), and when the machine reboots before the probes passed
+# (the boot default never moved). A disarm that comes after the watchdog fired says so.
+# The commands are not repeated here: they are homestack/deploy/activation.py's own,
+# loaded from the tools source, the very functions `tools deploy` and GitOps run.
 { pkgs, ... }:
 pkgs.testers.runNixOSTest {
   name = "homestack-rollback";
@@ -23,50 +26,92 @@ pkgs.testers.runNixOSTest {
     };
 
   testScript = ''
-    profile = "/nix/var/nix/profiles/system"
-    switch = f"{profile}/bin/switch-to-configuration switch"
+    import importlib.util
+    import shlex
+
+    spec = importlib.util.spec_from_file_location(
+        "activation", "${../../tools/homestack/deploy/activation.py}"
+    )
+    act = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(act)
+
+
+    def run(argv):
+        return machine.succeed(shlex.join(argv)).strip()
+
+
+    def running():
+        return run(act.running())
+
 
     machine.wait_for_unit("multi-user.target")
-    good = machine.succeed("readlink -f /run/current-system").strip()
+    good = running()
     broken = machine.succeed("readlink -f /run/current-system/specialisation/broken").strip()
-    # A test VM boots its toplevel directly: give it the generation a deployed host has.
-    machine.succeed(f"nix-env -p {profile} --set {good}")
+    # A test VM boots its toplevel directly: give it the boot default a deployed host has.
+    run(act.set_profile(good))
 
 
-    def deploy_broken(unit, watchdog_seconds):
-        """deploy's steps up to the health check; returns the previous generation."""
-        link = machine.succeed(f"readlink {profile}").strip()
-        previous = link.removeprefix("system-").removesuffix("-link")
-        restore = f"nix-env -p {profile} --switch-generation {previous} && {switch}"
-        machine.succeed(
-            f"systemd-run --unit={unit} "
-            f"--on-active={watchdog_seconds} --timer-property=AccuracySec=1s "
-            f"/bin/sh -c '{restore}'"
+    def deploy_broken(stamp, watchdog_seconds):
+        """The engine's steps up to the health check (homestack/deploy/steps.py)."""
+        watchdog = act.watchdog_unit("machine", stamp)
+        run(act.arm(good, watchdog, watchdog_seconds))
+        # exits 4 (a unit failed): the switch itself ran in its own unit, to the end
+        machine.execute(shlex.join(act.switch(broken, act.Action.TEST, act.switch_unit("machine", stamp))))
+        assert running() == broken
+        assert run(act.profile_system()) == good, "the boot default must not move yet"
+        return watchdog
+
+
+    def disarm(watchdog):
+        """The engine's race-free disarm: stop the timer, wait out a started rollback, look."""
+        machine.execute(shlex.join(act.stop_timer(watchdog)))
+        machine.wait_until_succeeds(
+            f"! {shlex.join(act.watchdog_state(watchdog))} | grep -Eqx 'activating|active|deactivating'",
+            timeout=300,
         )
-        machine.succeed(f"nix-env -p {profile} --set {broken}")
-        machine.execute(switch)  # exits 4: a unit failed
-        assert machine.succeed("readlink -f /run/current-system").strip() == broken
-        return previous
+        return act.judge(running(), broken)
 
 
-    with subtest("a failed health check is rolled back to the previous generation"):
-        previous = deploy_broken("homestack-rollback-machine-1", 600)
+    with subtest("a failed health check is rolled back by the deployer"):
+        watchdog = deploy_broken("1", 600)
         status, state = machine.execute("timeout 120 systemctl is-system-running --wait")
         assert status != 0 and state.strip() == "degraded", state
-        machine.succeed(f"nix-env -p {profile} --switch-generation {previous}")
-        machine.succeed(switch)
-        machine.succeed("systemctl stop homestack-rollback-machine-1.timer")
-        assert machine.succeed("readlink -f /run/current-system").strip() == good
-        assert machine.succeed(f"readlink {profile}").strip() == f"system-{previous}-link"
+        run(act.switch(good, act.Action.TEST, act.switch_unit("machine", "1-rollback")))
+        machine.execute(shlex.join(act.stop_timer(watchdog)))
+        assert running() == good
+        machine.succeed("systemctl reset-failed")
         machine.succeed("timeout 120 systemctl is-system-running --wait")
 
-    with subtest("a machine the deployer lost rolls itself back"):
-        previous = deploy_broken("homestack-rollback-machine-2", 15)
-        # nobody disarms the watchdog: the machine restores its previous generation alone
-        machine.wait_until_succeeds(
-            f"test $(readlink -f /run/current-system) = {good}", timeout=180
-        )
-        assert machine.succeed(f"readlink {profile}").strip() == f"system-{previous}-link"
+    with subtest("a machine the deployer lost rolls itself back (systemd's PATH, absolute paths)"):
+        deploy_broken("2", 15)
+        # nobody disarms the watchdog: the machine re-activates what ran before, alone
+        machine.wait_until_succeeds(f"test $(readlink -f /run/current-system) = {good}", timeout=180)
+        assert run(act.profile_system()) == good
+        machine.succeed("systemctl reset-failed")
         machine.wait_until_succeeds("systemctl is-system-running | grep -qx running", timeout=120)
+
+    with subtest("a disarm after the watchdog fired reports the rollback, not the switch"):
+        watchdog = deploy_broken("3", 2)
+        machine.sleep(5)
+        assert disarm(watchdog) is act.Disarmed.FIRED
+        assert running() == good
+        machine.succeed("systemctl reset-failed")
+
+    with subtest("a disarm in time confirms the new system still runs"):
+        watchdog = deploy_broken("4", 600)
+        assert disarm(watchdog) is act.Disarmed.CONFIRMED
+        run(act.switch(good, act.Action.TEST, act.switch_unit("machine", "4-rollback")))
+        machine.succeed("systemctl reset-failed")
+
+    with subtest("a reboot before the probes passed comes back on the boot default"):
+        deploy_broken("5", 600)
+        # the boot default a bootloader would boot is still the previous system, and the
+        # transient watchdog is gone with the reboot
+        assert run(act.profile_system()) == good
+        machine.shutdown()
+        machine.start()
+        machine.wait_for_unit("multi-user.target")
+        assert running() == good
+        assert machine.execute("systemctl cat homestack-rollback-machine-5.timer")[0] != 0
   '';
 }

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "certs": ("homestack.certs.cli", "certs", "Issue, check and renew certificates."),
     "lab": ("homestack.lab.cli", "lab", "Run the rendered stack on real daemons in namespaces."),
     "deploy": ("homestack.deploy.cli", "deploy", "Build, switch, health-check, roll back."),
+    "gitops": ("homestack.deploy.cli", "gitops", "One GitOps run on this host (its timer)."),
     "test": ("homestack.vmtest", "test", "Run the NixOS VM tests."),
     "provision": ("homestack.deploy.provision", "provision", "Install a fresh machine."),
     "plan": ("homestack.plan_cli", "plan", "What a change means: diff two plans, approve one."),

@@ -12,7 +12,8 @@ import click
 
 from homestack.cliopts import inventory_option
 from homestack.deploy import engine
-from homestack.deploy.remote import DEFAULT_OPTIONS, Ssh
+from homestack.deploy import gitops as gitops_run
+from homestack.deploy.remote import DEFAULT_OPTIONS, Local, Ssh
 from homestack.deploy.status import status as machine_status
 from homestack.deploy.steps import DeployOptions
 from homestack.errors import UserError
@@ -82,10 +83,12 @@ class _Printer:
 @click.option("--approve", metavar="TOKEN",
               help="Deploy a change that breaks a guard: the token `tools plan approve` "
                    "printed for this exact diff.")
+@click.option("--local", is_flag=True,
+              help="Deploy the host this runs on (and its guests) without ssh, as GitOps does.")
 def deploy(  # noqa: PLR0917 - click passes options by keyword
     machines: tuple[str, ...], dry_run: bool, build_only: bool, as_json: bool, yes: bool,
            inventory_path: Path | None, health_timeout: float, watchdog: int,
-           ssh_options: tuple[str, ...], approve: str | None) -> None:
+           ssh_options: tuple[str, ...], approve: str | None, local: bool) -> None:
     """Build, switch, health-check and roll back MACHINEs (default: all), in the plan's order.
 
     \b
@@ -114,6 +117,12 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
                 click.echo(row.line())
         sys.exit(0 if all(r.reachable for r in rows) else 1)
 
+    if local:
+        if len(machines) != 1 or machines[0] not in plan["hosts"]:
+            raise UserError(f"{path}: tools deploy --local: name the one host this is "
+                            f"(one of {', '.join(sorted(plan['hosts']))})")
+        machines = (machines[0], *plan["hosts"][machines[0]].get("guests", []))
+        ssh = Local()
     options = DeployOptions(dry_run=dry_run, build_only=build_only, yes=yes,
                             health_timeout=health_timeout, watchdog=watchdog)
     printer = _Printer(err=as_json or not dry_run, comment=dry_run and not as_json)
@@ -150,3 +159,37 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
 
 def _stderr(line: str) -> None:
     click.echo(line, err=True)
+
+
+@click.command(name="gitops", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--machine", required=True, help="The host this runs on.")
+@click.option("--repository", required=True, help="Git URL of the Homestack repository.")
+@click.option("--branch", default="main", show_default=True)
+@click.option("--state-dir", type=click.Path(path_type=Path),
+              default=Path("/var/lib/homestack/gitops"), show_default=True)
+@click.option("--allowed-signers", type=click.Path(path_type=Path), required=True,
+              help="git's gpg.ssh.allowedSignersFile: the admins' keys.")
+@click.option("--health-timeout", type=float, default=300.0, show_default=True)
+def gitops(machine: str, repository: str, branch: str, state_dir: Path,  # noqa: PLR0917
+           allowed_signers: Path, health_timeout: float) -> None:
+    """Fetch BRANCH, verify the head commit, and deploy it here with the deploy engine.
+
+    \b
+    Exit status: 0 switched or unchanged, 3 refused, failed or rolled back (recorded in
+    status.json), 75 a failure that may pass (network, lock): the next run tries again.
+    """
+    settings = gitops_run.Settings(machine=machine, repository=repository, branch=branch,
+                                   state_dir=state_dir, allowed_signers=allowed_signers)
+    options = DeployOptions(health_timeout=health_timeout)
+
+    def say(message: str) -> None:
+        click.echo(f"[gitops] {message}", err=True)
+
+    def plan_of(inventory: Path) -> dict[str, Any]:
+        return load(inventory)[1]
+
+    run = gitops_run.GitOps(
+        settings, runner=runner(), load_plan=plan_of, progress=say,
+        deploy=gitops_run.local_deploy(runner(), options=options,
+                                       progress=lambda m, msg: say(f"{m}: {msg}")))
+    sys.exit(run.run().exit_code)

@@ -259,6 +259,7 @@ class DryRunRunner(Runner):
 
     def __init__(self, emit: Callable[[str], None]) -> None:
         self.emit = emit
+        self.activated: dict[str, str] = {}  # ssh target -> system its last switch activated
 
     def run(self, args: Sequence[str], *, check: bool, input: str | bytes | None = None,
             env: Mapping[str, str] | None = None, cwd: Any = None, timeout: float | None = None,
@@ -268,8 +269,7 @@ class DryRunRunner(Runner):
         self.emit(prefix + " ".join(display_quote(a) for a in args))
         return Result(tuple(args), 0, self.answer(list(args)), "")
 
-    @staticmethod
-    def answer(args: list[str]) -> str:
+    def answer(self, args: list[str]) -> str:  # noqa: PLR0911 - one answer per question
         if "build" in args and "--json" in args:
             attr = next(a for a in args if a.startswith(".#nixosConfigurations."))
             name = attr.split(".")[2]
@@ -278,6 +278,15 @@ class DryRunRunner(Runner):
         if "--" not in args:
             return ""
         remote = shlex.split(args[-1])
+        where = args[args.index("--") - 1]
+        if remote[:2] == ["readlink", "-f"]:  # what runs: the previous system until a switch
+            return self.activated.get(where, "@running-system@") + "\n"
+        if remote[:1] == ["systemd-run"] and remote[-1] == "test" and "--wait" in remote:
+            self.activated[where] = remote[-2].removesuffix("/bin/switch-to-configuration")
+        # the hypervisor's switch links `current` and restarts the guest (microvm.nix)
+        if remote[:1] == ["readlink"] and (remote[1].endswith("/current") or (
+                remote[1].endswith("/booted") and where in self.activated)):
+            return f"@{remote[1].split('/')[-2]}-runner@\n"
         if remote[:1] == ["readlink"] and remote[1].endswith("/booted"):
             return f"@{remote[1].split('/')[-2]}-previous-runner@\n"
         if remote[:1] == ["readlink"]:

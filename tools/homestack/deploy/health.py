@@ -54,8 +54,10 @@ def check(machine: Machine, remote: Remote, *, system_timeout: int, timeout: flo
     """All checks for ``machine``; the first failure, or None when healthy.
 
     A host: `systemctl is-system-running --wait`, then (hypervisors) every guest's
-    microvm@ unit. A guest: its microvm@ unit, then each health endpoint of its services,
-    reached from its hypervisor (the guest network is only routed there).
+    microvm@ unit and the probes of every guest, in the plan's order: the guests switched
+    with the host's generation, which becomes the boot default only when they answer.
+    A guest: its microvm@ unit, then each health endpoint of its services, reached from
+    its hypervisor (the guest network is only routed there).
     """
     steps: list[tuple[str, list[str]]] = []
     if machine.kind is Kind.HOST:
@@ -67,7 +69,7 @@ def check(machine: Machine, remote: Remote, *, system_timeout: int, timeout: flo
                   for g in machine.guests]
     else:
         steps.append((f"{machine.unit} active", unit_active(machine.unit)))
-        steps += [(f"{h.describe()} answers", h.command()) for h in machine.health]
+    steps += [(f"{h.describe()} answers", h.command()) for h in machine.health]
     for name, command in steps:
         ok, detail = poll(remote, command, timeout, interval, clock)
         if not ok:

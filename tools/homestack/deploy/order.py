@@ -106,6 +106,7 @@ class Machine:
         if name in hosts:
             host = hosts[name]
             mine = tuple(g for g in host.get("guests", []) if g in guests)
+            ordered = [n for wave in plan.get("deployOrder", []) for n in wave if n in mine]
             datasets = tuple(d for g in mine if (d := _dataset(guests[g])))
             return cls(
                 name=name,
@@ -114,7 +115,10 @@ class Machine:
                 hypervisor=None,
                 guests=mine,
                 datasets=datasets,
-                health=(),
+                # A hypervisor's generation carries its guests' runners: their probes
+                # decide whether it becomes the boot default.
+                health=tuple(HealthCheck.from_plan(guests[g], h)
+                             for g in ordered for h in guests[g].get("health", [])),
             )
         if name in guests:
             guest = guests[name]

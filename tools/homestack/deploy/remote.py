@@ -93,6 +93,24 @@ class Ssh:
         """The same options for `nix copy --to ssh://…` (it reads NIX_SSHOPTS)."""
         return shlex.join(self.options)
 
+    @property
+    def local(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Local(Ssh):
+    """The machine the deploy runs on (GitOps, `tools deploy --local`): commands run here,
+    and there is no connection to lose, so exit code 255 is only an exit code."""
+
+    def argv(self, target: str, command: Sequence[str]) -> list[str]:
+        del target
+        return list(command)
+
+    @property
+    def local(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True)
 class Remote:
@@ -105,7 +123,7 @@ class Remote:
     def run(self, command: Sequence[str]) -> Result:
         """Run ``command`` there; a non-zero exit is returned, a lost connection raised."""
         result = self.runner.run(self.ssh.argv(self.target, command), check=False)
-        if result.returncode == SSH_CONNECTION_ERROR:
+        if result.returncode == SSH_CONNECTION_ERROR and not self.ssh.local:
             raise ConnectionLost(self.target, shlex.join(command), result.stderr)
         return result
 

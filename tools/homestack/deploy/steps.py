@@ -1,26 +1,24 @@
 """The steps on one machine: snapshot, copy, switch, health checks, and rollback.
 
-A host switches like `nixos-rebuild switch --target-host`: `nix-env --set` the system
-profile, then its `switch-to-configuration switch`. A guest is switched on its hypervisor:
-its microvm.nix runner (the whole VM system, also part of the hypervisor's closure, since
-the hypervisor declares it) is pointed at by `/var/lib/microvms/<g>/current` and
-`microvm@<g>` restarted, in the plan's order; going back is pointing `current` at the runner
-the VM was booted from before (`booted`) and restarting it. Before either, a watchdog
-timer is armed on the machine that puts the previous configuration back by itself unless
-the deploy disarms it, so even a switch that cuts the network off does not strand it.
+A host is activated by the protocol of homestack.deploy.activation: watchdog armed,
+`switch-to-configuration test` in its own unit, the catalogue's probes (a hypervisor's
+include every guest it runs), a race-free disarm, and only then the new boot default.
+A guest's runner is part of its hypervisor's generation (microvm.nix links `current` and
+restarts the VM when the hypervisor switches), so a guest is checked after its
+hypervisor, in the plan's order, and goes back with its hypervisor's generation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import re
 import shlex
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from homestack.deploy import health
-from homestack.deploy.order import Machine
+from homestack.deploy import activation, health
+from homestack.deploy.order import STATE_DIR, Machine
 from homestack.deploy.remote import ConnectionLost, Remote, Ssh
 from homestack.deploy.report import MachineReport, Outcome, StepLog
 from homestack.errors import UserError
@@ -69,6 +67,8 @@ class Context:
     stamp: str  # UTC time of this run: names snapshots and watchdog units
     snapshots: Snapshots
     progress: Callable[[str, str], None]
+    # guest -> runner it was booted from before its hypervisor switched (set by that run)
+    booted: dict[str, str] = field(default_factory=dict)
 
 
 class StepFailed(Exception):
@@ -117,8 +117,10 @@ class MachineRun:
         self.previous: str | None = None
         self.seen = False  # whether `previous` was read from the machine (None: first install)
         self.snapshot: str | None = None
-        self.watchdog = f"homestack-rollback-{machine.name}-{ctx.stamp}"
+        self.watchdog = activation.watchdog_unit(machine.name, ctx.stamp)
+        self.unit = activation.switch_unit(machine.name, ctx.stamp)
         self.armed = False
+        self.committed = False  # the new system was made the boot default (or half so)
         self.switched = False  # set the moment the machine may run the new configuration
 
     # -- helpers ---------------------------------------------------------------------
@@ -161,6 +163,8 @@ class MachineRun:
         self.snapshot = name
 
     def copy(self) -> None:
+        if self.ctx.ssh.local:  # built on this very machine
+            return
         self.say(f"copy {self.new} to {self.m.target}")
         result = self.ctx.runner.run(
             copy_command(self.m.target, self.new), check=False,
@@ -172,12 +176,10 @@ class MachineRun:
             raise StepFailed(f"copy: {detail}")
         self.log.add("copy", True)
 
-    def arm(self, restore: str) -> None:
-        """Start the on-machine timer that runs ``restore`` unless disarmed."""
-        command = ["systemd-run", f"--unit={self.watchdog}",
-                   f"--on-active={self.ctx.options.watchdog}", "--timer-property=AccuracySec=1s",
-                   "/bin/sh", "-c", restore]
-        self.must("arm watchdog", command)
+    def arm(self, previous: str) -> None:
+        """Start the on-machine timer that re-activates ``previous`` unless disarmed."""
+        self.must("arm watchdog", activation.arm(previous, self.watchdog,
+                                                 self.ctx.options.watchdog))
         self.armed = True
         self.say(f"now runs {self.describe_old()}; watchdog armed: it goes back there by itself "
                  f"in {self.ctx.options.watchdog} s unless the deploy confirms the switch")
@@ -194,6 +196,31 @@ class MachineRun:
                 continue
             self.armed = False
         return not self.armed
+
+    def confirm(self) -> activation.Disarmed | None:
+        """Disarm and say what the machine runs once the watchdog can no longer fire;
+        None when the machine could not be reached."""
+        for _ in range(RECONNECT_TRIES):
+            try:
+                self.remote.run(activation.stop_timer(self.watchdog))
+                # Stopping the timer does not stop a rollback it already started: wait
+                # for that to finish, then look at what runs.
+                deadline = self.ctx.clock.monotonic() + self.ctx.options.system_timeout
+                while activation.watchdog_busy(
+                        self.remote.run(activation.watchdog_state(self.watchdog)).stdout):
+                    if self.ctx.clock.monotonic() >= deadline:
+                        break
+                    self.ctx.clock.sleep(self.ctx.options.poll_interval)
+                now = activation.store_path(self.remote.run(activation.running()).stdout)
+            except ConnectionLost:
+                self.ctx.clock.sleep(self.ctx.options.poll_interval)
+                continue
+            self.armed = False
+            verdict = activation.judge(now, self.new)
+            self.log.add("disarm watchdog", verdict is activation.Disarmed.CONFIRMED,
+                         verdict.value)
+            return verdict
+        return None
 
     def healthy(self) -> health.Failure | None:
         self.say("health checks")
@@ -212,33 +239,67 @@ class MachineRun:
                 f" {self.ctx.options.watchdog} s after the switch")
 
     # -- the procedure ---------------------------------------------------------------
-    def run(self) -> MachineReport:  # noqa: PLR0911 - one return per end state
+    def run(self) -> MachineReport:
+        """The procedure, under the host's deploy lock (guests: their hypervisor's)."""
+        if self.is_guest:
+            return self.steps()
+        try:
+            taken = self.remote.run(activation.lock(self.ctx.stamp, self.lock_seconds))
+        except ConnectionLost as exc:  # nothing seen: its state is unknown, never guessed
+            return self.not_switched("", str(exc))
+        if taken.returncode != 0:
+            self.log.add("lock", False, activation.LOCKED)
+            return self.report(Outcome.FAILED, f"not switched; {activation.LOCKED}",
+                               f"{activation.LOCKED} (unit {activation.LOCK_UNIT})")
+        try:
+            return self.steps()
+        finally:
+            with contextlib.suppress(ConnectionLost):  # else it ends by itself (RuntimeMaxSec)
+                self.remote.run(activation.unlock())
+
+    @property
+    def lock_seconds(self) -> int:
+        o = self.ctx.options
+        return o.watchdog + 2 * o.system_timeout + 600
+
+    def steps(self) -> MachineReport:  # noqa: PLR0911 - one return per end state
         try:
             # First what it runs now: every report after this can say it from what was seen.
             self.previous = self.current()
             self.seen = True
             self.take_snapshot()
             self.copy()
-            if self.previous is not None and self.previous == self.new and self.is_guest:
+            if self.is_guest:
+                return self.check_guest()
+            if self.previous == self.new:
                 failure = self.healthy()
                 if failure is None:
                     return self.report(Outcome.UNCHANGED, f"already runs {self.new}")
                 return self.report(Outcome.FAILED, f"runs {self.new} (unchanged) but is unhealthy",
                                    f"{failure.check}: {failure.detail}")
+            self.record_guests()
             if self.previous is not None:
-                self.arm(self.restore_script(self.previous))
+                self.arm(self.previous)
             self.activate()
             failure = self.healthy()
             if failure is not None:
                 return self.roll_back(f"health check failed: {failure.check}: {failure.detail}")
-            if not self.disarm():
+            verdict = self.confirm()
+            if verdict is None:
                 self.say("healthy, but its watchdog could not be disarmed")
                 return self.report(
                     Outcome.UNKNOWN,
                     f"runs {self.describe_new()} and is healthy, but the connection was lost "
                     f"before its watchdog was disarmed: {self.watchdog}.timer will put "
-                    f"{self.describe_old()} back unless stopped by hand",
+                    f"{self.describe_old()} back unless stopped by hand (a reboot does too)",
                     "lost the connection while disarming the watchdog")
+            if verdict is activation.Disarmed.FIRED:
+                self.say("its watchdog fired before it could be disarmed")
+                return self.report(
+                    Outcome.ROLLED_BACK,
+                    f"rolled back: runs {self.describe_old()} again (its watchdog fired before "
+                    "the deploy could disarm it)", "the watchdog fired first")
+            self.commit()
             self.say("switched, healthy")
             return self.report(Outcome.SWITCHED, f"runs {self.describe_new()}")
         except (StepFailed, UserError) as exc:
@@ -263,6 +324,45 @@ class MachineRun:
                                "could not be seen (nothing was changed on it)", error)
         return self.report(Outcome.FAILED, f"not switched; still runs {self.describe_old()}{note}",
                            error)
+
+    def record_guests(self) -> None:
+        """The runner each guest was booted from, before this hypervisor's switch."""
+        for guest in self.m.guests:
+            link = f"{STATE_DIR}/{guest}/booted"
+            result = self.remote.run(["readlink", link])
+            # "" for a guest not booted yet (a new one): it has no previous runner
+            self.ctx.booted[guest] = result.stdout.strip() if result.returncode == 0 else ""
+
+    def commit(self) -> None:
+        """Make the new system the boot default (the watchdog is confirmed gone)."""
+        self.committed = True
+        self.say("healthy: make it the boot default")
+        for command in activation.commit(self.new, f"{self.unit}-boot"):
+            self.must("boot default", command)
+
+    def check_guest(self) -> MachineReport:
+        """A guest was switched by its hypervisor's generation: restart it if that did not,
+        and check it. It has no rollback of its own (see the module's docstring)."""
+        self.previous = self.ctx.booted.get(self.m.name, self.previous) or None
+        declared = self.remote.run(["readlink", self.m.current_link]).stdout.strip()
+        if declared != self.new:
+            return self.report(
+                Outcome.FAILED, f"not switched; its hypervisor declares {declared or 'nothing'}",
+                f"{self.m.current_link} is not {self.new}: deploy {self.m.hypervisor} with it")
+        if self.current() != self.new:
+            self.switched = True
+            self.say(f"restart {self.m.unit} on the runner its hypervisor declares")
+            self.must("restart", ["systemctl", "restart", self.m.unit])
+        failure = self.healthy()
+        if failure is not None:
+            return self.report(
+                Outcome.FAILED,
+                f"runs {self.new} but is unhealthy; it goes back with {self.m.hypervisor}'s "
+                "previous generation (see docs/deploy.md)", f"{failure.check}: {failure.detail}")
+        if self.previous == self.new:
+            return self.report(Outcome.UNCHANGED, f"already runs {self.new}")
+        self.say("switched, healthy")
+        return self.report(Outcome.SWITCHED, f"runs {self.new} (with {self.m.hypervisor})")
 
     def roll_back(self, reason: str) -> MachineReport:
         self.say(f"{reason} -> rolling back to {self.describe_old()}")
@@ -301,38 +401,25 @@ class MachineRun:
             result = self.remote.run(["readlink", self.m.booted_link])
             link = result.stdout.strip()
             return link if result.returncode == 0 and link else None
-        out = self.must("record generation", ["readlink", PROFILE])
-        match = re.fullmatch(r"system-(.+)-link", out)
-        return match.group(1) if match else None
+        return activation.store_path(self.must("record what runs", activation.running()))
 
     def activate(self) -> None:
         """Make the new configuration current; from the first command on, failures roll back."""
-        # A failed `ln`/`nix-env --set` may still have changed the link: treat it as switched.
+        # A switch that failed may still have changed things: treat it as switched.
         self.switched = True
-        if self.is_guest:
-            self.say(f"point {self.m.current_link} at the new runner, restart {self.m.unit}")
-            self.must("link runner", ["ln", "-sfn", self.new, self.m.current_link])
-            self.must("restart", ["systemctl", "restart", self.m.unit])
-            return
-        self.say("switch")
-        self.must("set profile", ["nix-env", "-p", PROFILE, "--set", self.new])
-        self.must("switch", [SWITCH, "switch"])
-
-    def restore_script(self, previous: str) -> str:
-        if self.is_guest:
-            return (f"ln -sfn {shlex.quote(previous)} {self.m.current_link}"
-                    f" && systemctl restart {self.m.unit}")
-        return (f"nix-env -p {PROFILE} --switch-generation {shlex.quote(previous)}"
-                f" && {SWITCH} switch")
+        self.say("switch (test: the boot default stays the previous generation until healthy)")
+        self.must("switch", activation.switch(self.new, activation.Action.TEST, self.unit))
 
     def restore(self, previous: str) -> tuple[bool, str]:
         """Put ``previous`` back; (worked, how the machine is now)."""
         if self.is_guest:
-            steps = [["ln", "-sfn", previous, self.m.current_link],
-                     ["systemctl", "restart", self.m.unit]]
-        else:
-            steps = [["nix-env", "-p", PROFILE, "--switch-generation", previous],
-                     [SWITCH, "switch"]]
+            self.log.add("rollback", False, "a guest goes back with its hypervisor")
+            return False, (f"a guest goes back with its hypervisor's generation: deploy "
+                           f"{self.m.hypervisor} again, or roll it back")
+        unit = f"{self.unit}-rollback"
+        steps = [activation.switch(previous, activation.Action.TEST, unit)]
+        if self.committed:  # the boot default may already be the new one: put it back
+            steps += activation.commit(previous, f"{unit}-boot")
         for command in steps:
             result = self.remote.run(command)
             if result.returncode != 0:
@@ -357,7 +444,7 @@ class MachineRun:
             return "what it ran before (not seen)"
         if self.previous is None:
             return "its previous configuration"
-        return self.previous if self.is_guest else f"generation {self.previous}"
+        return self.previous
 
     def describe_new(self) -> str:
         return self.new
