@@ -41,10 +41,13 @@ PGP_ONLY = VECTORS / "sops-nix" / "secrets.yaml"  # sops-nix's vector: age and P
 
 
 def digests(root: Path) -> dict[str, str]:
-    """sha256 of every file of the repository (links by their target's name)."""
+    """sha256 of every file of the repository (links by their target's name), but the
+    audit log under .homestack/, whose job is to record the refused command."""
     found = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
+        if rel == ".homestack" or rel.startswith(".homestack/"):
+            continue
         if path.is_symlink():
             found[rel] = f"link:{path.readlink()}"
         elif path.is_file():

@@ -394,9 +394,18 @@ def hba_plan(base: dict[str, Any], pairs: list[tuple[str, str]]) -> dict[str, An
     return {**base, "databases": dbs}
 
 
+def _noncharacter(c: str) -> bool:
+    """Unicode noncharacters (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF): PostgreSQL's
+    pg_hba_file_rules view shows a name made of them as "", so the oracle cannot read
+    them back (the renderer still writes them as they are; lib never accepts them)."""
+    o = ord(c)
+    return 0xFDD0 <= o <= 0xFDEF or (o & 0xFFFE) == 0xFFFE
+
+
 def pg_can_hold(name: str) -> bool:
     """What lib/quote.nix's pgHbaName must render: one line, not empty."""
-    return name != "" and "\n" not in name and "\r" not in name
+    return (name != "" and "\n" not in name and "\r" not in name
+            and not any(_noncharacter(c) for c in name))
 
 
 def check_hba(pg: Postgres, text: str, name: str, role: str) -> None:
