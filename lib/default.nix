@@ -14,6 +14,7 @@ let
     postgresql = import ./render/postgresql.nix;
     nftables = import ./render/nftables.nix;
     wireguard = import ./render/wireguard.nix;
+    incus = import ./render/incus.nix;
   };
   inherit (builtins) attrNames filter elem head;
 
@@ -45,6 +46,12 @@ let
           ++ u.optional (base.relay != null) { name = base.relay.host; value = render.nftables.relay base; }
         );
         wireguard = render.wireguard base;
+        # Per hypervisor with engine = "incus": its preseed and resource models.
+        incus = builtins.listToAttrs (
+          map (h: { name = h; value = render.incus.forHost base h; }) (
+            filter (h: base.hosts.${h}.engine == "incus") (hostsWith "hypervisor")
+          )
+        );
       };
     };
 
