@@ -456,7 +456,6 @@ in
           in
           optional (g ? kind && !incus) "${p}.kind: hosts.${g.host} runs microvm.nix guests (every one a VM); kind needs engine = \"incus\" there"
           ++ optional (g ? hypervisor && incus) "${p}.hypervisor: hosts.${g.host} has engine = \"incus\", which runs its own QEMU; remove it"
-          ++ optional (g ? tap && incus) "${p}.tap: Incus names an instance's host interface itself; remove it"
         ) guestNames;
     in
     topology ++ userErrors ++ certErrors ++ netErrors ++ hostErrors ++ guestErrors ++ crossErrors ++ incusErrors;

@@ -80,10 +80,6 @@ def test_vm_kind_is_accepted_on_incus(tmp_path: Path) -> None:
             " which runs its own QEMU; remove it",
         ),
         (
-            lambda inv: inv["guests"]["db"].update(tap="vm-db"),
-            "guests.db.tap: Incus names an instance's host interface itself; remove it",
-        ),
-        (
             lambda inv: inv["hosts"]["cloud-relay"].update(engine="incus"),
             "hosts.cloud-relay.engine: only a hypervisor runs guests; remove it",
         ),
@@ -127,6 +123,7 @@ def test_instance_model(incus: dict[str, Any], plan: dict[str, Any]) -> None:
         devices = {d["name"]: d for d in inst["devices"]}
         nic = devices["eth0"]["properties"]
         assert nic["hwaddr"] == g["mac"]
+        assert nic["host_name"] == g["tap"]
         assert nic["ipv4.address"] == g["address"]
         assert nic["network"] == "br-guests"
         assert nic["security.acls"] == inst["acl"]["name"] == f"homestack-{name}"

@@ -146,6 +146,8 @@ let
                 network = net.bridge;
                 name = "eth0";
                 hwaddr = gs.mac;
+                # The host side keeps the plan's tap name: the bridge filter matches on it.
+                host_name = gs.tap;
                 "ipv4.address" = gs.address;
                 # No DHCP on the bridge (the guests configure their own address), so a
                 # static NIC address requires IP filtering: it is anti-spoofing as well.
