@@ -113,7 +113,8 @@ def test_preseed(incus: dict[str, Any], plan: dict[str, Any]) -> None:
     for key in ("ipv4.nat", "ipv4.dhcp", "ipv4.firewall"):
         assert bridge["config"][key] == "false"
     assert bridge["config"]["dns.mode"] == "none"
-    assert [p["name"] for p in preseed["profiles"]] == ["default", "homestack"]
+    assert [p["name"] for p in preseed["profiles"]] == ["default"]
+    assert [p["name"] for p in incus["profiles"]] == ["homestack"]
 
 
 def test_instance_model(incus: dict[str, Any], plan: dict[str, Any]) -> None:

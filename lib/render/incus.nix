@@ -251,26 +251,33 @@ let
             };
           }
         ];
+        # The default profile only gives a hand-made instance a root disk; Homestack's own
+        # profile is OpenTofu's (below), so no object has two owners.
         profiles = [
           {
             name = "default";
-            description = "Default Incus profile (Homestack instances use the homestack profile)";
+            description = "Default Incus profile";
             config = { };
-            devices = { };
-          }
-          {
-            name = names.profile;
-            description = "Homestack guests: unprivileged, no nesting";
-            config = {
-              "security.privileged" = "false";
-              "security.nesting" = "false";
-              "security.syscalls.intercept.mknod" = "false";
-              "snapshots.expiry" = "2w";
+            devices.root = {
+              type = "disk";
+              pool = names.pool;
+              path = "/";
             };
-            devices = { };
           }
         ];
       };
+      # Declared by OpenTofu with the instances that use it.
+      profiles = [
+        {
+          name = names.profile;
+          description = "Homestack guests: unprivileged, no nesting";
+          config = {
+            "security.privileged" = "false";
+            "security.nesting" = "false";
+            "snapshots.expiry" = "2w";
+          };
+        }
+      ];
       instances = listToAttrs (map (g: { name = g; value = instanceOf g; }) guestNames);
       # The plan's DNS as an Incus network zone (records relative to the zone).
       zone = {

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "deploy": ("homestack.deploy.cli", "deploy", "Build, switch, health-check, roll back."),
     "test": ("homestack.vmtest", "test", "Run the NixOS VM tests."),
     "provision": ("homestack.deploy.provision", "provision", "Install a fresh machine."),
+    "tofu": ("homestack.tofu", "tofu", "OpenTofu configuration for Incus hypervisors."),
 }
 
 
