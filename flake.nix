@@ -119,6 +119,11 @@
       packages.${system} = {
         inherit tools;
         default = tools;
+      }
+      # Guests on an engine = "incus" hypervisor, as Incus images (docs/incus.md).
+      // import ./modules/incus-images.nix {
+        inherit lib pkgs nixpkgs plan;
+        configurations = self.nixosConfigurations;
       };
 
       legacyPackages.${system} = {

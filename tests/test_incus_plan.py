@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -218,3 +220,46 @@ def test_zone_records_are_the_plan_dns(incus: dict[str, Any], plan: dict[str, An
     assert zone["name"] == plan["domain"]
     got = {(f"{r['name']}.{zone['name']}", r["entries"][0]["value"]) for r in zone["records"]}
     assert got == {(r["name"], r["address"]) for r in plan["dns"]}
+
+
+def test_incus_images_are_wired_per_guest_and_kind(tmp_path: Path) -> None:
+    """modules/incus-images.nix with stand-ins for nixpkgs: one package per guest on an Incus
+    host, built from that guest's own system with nixpkgs' LXC (or Incus VM) image modules."""
+    inv = tomllib.loads(INCUS.read_text())
+    inv["guests"]["db"]["kind"] = "vm"
+    path = tmp_path / "inventory.toml"
+    path.write_text(tomli_w.dumps(inv))
+    expr = f"""
+      let
+        lib = {{
+          filterAttrs = p: s: builtins.removeAttrs s
+            (builtins.filter (n: !(p n s.${{n}})) (builtins.attrNames s));
+          mapAttrs' = f: s: builtins.listToAttrs (map (n: f n s.${{n}}) (builtins.attrNames s));
+          nameValuePair = name: value: {{ inherit name value; }};
+        }};
+        pkgs.runCommand = name: _: script: {{ inherit name script; }};
+        plan = (import {REPO}/lib).mkPlan {path};
+        build = modules: {{
+          qemuImage = "/qcow";
+          tarball = "/rootfs";
+          metadata = "/meta";
+          modules = map toString modules;
+        }};
+        configurations = builtins.mapAttrs (_: _: {{
+          extendModules = a: {{ config.system.build = build a.modules; }};
+        }}) plan.guests;
+        images = import {REPO}/modules/incus-images.nix {{
+          inherit lib pkgs plan configurations;
+          nixpkgs = "/nixpkgs";
+        }};
+      in builtins.mapAttrs (_: i: i.script) images
+    """
+    out = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    scripts: dict[str, str] = json.loads(out)
+    assert sorted(scripts) == [f"incus-image-{g}" for g in ("auth", "db", "proxy", "vpn")]
+    assert "ln -s /meta/tarball/*.tar.xz $out/metadata.tar.xz" in scripts["incus-image-db"]
+    assert "$out/disk.qcow2" in scripts["incus-image-db"]
+    assert "ln -s /rootfs/tarball/*.tar.xz $out/rootfs.tar.xz" in scripts["incus-image-auth"]
