@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from homestack.errors import UserError
-from homestack.lab import daemons, firewall, netns, overlay, pki
+from homestack.lab import daemons, firewall, incus, netns, overlay, pki
 from homestack.lab.state import LabPaths, LabState, Proc, load_state, save_state
 from homestack.lab.topology import Machine, Topology
 from homestack.process import Runner
@@ -58,7 +58,8 @@ def _dir(path: Path, owner: str | None = None, mode: int = 0o755) -> Path:
 
 
 def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str = "",
-       cold: bool = False, log: Callable[[str], None] = print) -> LabState:
+       cold: bool = False, log: Callable[[str], None] = print,
+       engine: str = "microvm") -> LabState:
     """Build the lab for ``plan``; a complete, running lab for the same inventory is kept."""
     topo = Topology.from_plan(plan, paths.prefix)
     existing = load_state(paths)
@@ -82,7 +83,7 @@ def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str 
     save_state(paths, state)
     rec = _Recorder(paths, state, threading.Lock())
     try:
-        _build(plan, topo, paths, runner, rec, cold=cold)
+        _build(plan, topo, paths, runner, rec, cold=cold, engine=engine, log=log)
     except BaseException:
         # A failed (or interrupted) bring-up leaves nothing behind; the error says why.
         down(paths, runner, log=lambda _msg: None)
@@ -91,8 +92,13 @@ def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str 
 
 
 def _build(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner,
-           rec: _Recorder, *, cold: bool) -> None:
-    netns.create(runner, topo)
+           rec: _Recorder, *, cold: bool, engine: str = "microvm",
+           log: Callable[[str], None] = print) -> None:
+    if engine == "incus":  # the guests are Incus containers (homestack.lab.incus)
+        _dir(paths.root / "logs")
+        incus.start(plan, topo, paths, runner,
+                    record=lambda s: rec.add(s, "incusd", topo.hypervisor, "incusd"), log=log)
+    netns.create(runner, topo, incus=engine == "incus")
     files = _write_files(plan, topo, paths)
     _client_resolver(plan, topo, paths)
     rules = firewall.rulesets(plan, topo)
@@ -351,6 +357,8 @@ def _alive(proc: Proc) -> bool:
 
 def down(paths: LabPaths, runner: Runner, *, log: Callable[[str], None] = print) -> int:
     """Remove everything the lab made; return how many namespaces were deleted."""
+    for left in incus.stop(paths, runner):  # Incus's own objects first, while it answers
+        log(f"lab down: {left} was left to the namespace sweep")
     state = load_state(paths)
     names = set(netns.listed(paths.prefix))
     if state is not None:
