@@ -40,13 +40,21 @@ MERGED_USR = ("bin", "sbin", "lib", "lib64")
 
 @dataclass
 class Degradations:
-    """What the lab changed from the resource model on this machine, and why."""
+    """What the lab changed from the resource model on this machine, and why: each note
+    once, with the guests it applies to."""
 
-    notes: list[str] = field(default_factory=list)
+    guests: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, note: str) -> None:
-        if note not in self.notes:
-            self.notes.append(note)
+    def add(self, note: str, guest: str = "") -> None:
+        names = self.guests.setdefault(note.replace(f'"{guest}', '"<guest>') if guest else note, [])
+        if guest and guest not in names:
+            names.append(guest)
+
+    @property
+    def notes(self) -> list[str]:
+        return [
+            f"{note} [{', '.join(names)}]" if names else note for note, names in self.guests.items()
+        ]
 
 
 @dataclass(frozen=True)
@@ -94,9 +102,11 @@ class IncusError(UserError):
 def model(plan: dict[str, Any], topo: Topology) -> dict[str, Any]:
     models: dict[str, Any] = plan["artifacts"]["incus"].get(topo.hypervisor.name)
     if models is None:
-        raise UserError(f"tools lab: hosts.{topo.hypervisor.name} has engine = "
-                        f"{plan['hosts'][topo.hypervisor.name]['engine']!r}; the Incus lab "
-                        "needs engine = \"incus\" in the inventory")
+        raise UserError(
+            f"tools lab: hosts.{topo.hypervisor.name} has engine = "
+            f"{plan['hosts'][topo.hypervisor.name]['engine']!r}; the Incus lab "
+            'needs engine = "incus" in the inventory'
+        )
     return models
 
 
@@ -104,16 +114,19 @@ def lab_preseed(models: dict[str, Any], incus: Incus, notes: Degradations) -> di
     """The rendered preseed with the storage pool on a directory of the lab."""
     preseed = copy.deepcopy(models["preseed"])
     for pool in preseed["storage_pools"]:
-        notes.add(f"storage pool {pool['name']}: driver dir in {incus.pool_dir} instead of "
-                  f"{pool['driver']} on {pool['config'].get('source')} (no ZFS pool here); "
-                  "volume and root disk sizes are not enforced by it")
+        notes.add(
+            f"storage pool {pool['name']}: driver dir in {incus.pool_dir} instead of "
+            f"{pool['driver']} on {pool['config'].get('source')} (no ZFS pool here); "
+            "volume and root disk sizes are not enforced by it"
+        )
         pool["driver"] = "dir"
         pool["config"] = {"source": str(incus.pool_dir)}
     return preseed
 
 
-def instance_request(inst: dict[str, Any], key_dir: Path, notes: Degradations,
-                     model_key_dir: str) -> dict[str, Any]:
+def instance_request(
+    inst: dict[str, Any], key_dir: Path, notes: Degradations, model_key_dir: str
+) -> dict[str, Any]:
     """The instance's API request: the resource model, plus what the lab's root file
     system needs, minus what a dir pool cannot hold."""
     devices: dict[str, dict[str, str]] = {}
@@ -126,10 +139,14 @@ def instance_request(inst: dict[str, Any], key_dir: Path, notes: Degradations,
         devices[dev["name"]] = {"type": dev["type"], **props}
     for host_dir in HOST_DIRS:
         devices[f"lab{host_dir.replace('/', '-')}"] = {
-            "type": "disk", "source": host_dir, "path": host_dir, "readonly": "true"}
+            "type": "disk",
+            "source": host_dir,
+            "path": host_dir,
+            "readonly": "true",
+        }
     kind = inst["type"]
     if kind == "virtual-machine":
-        notes.add(f"{inst['name']}: kind vm runs as a container here (no KVM, no vhost_vsock)")
+        notes.add("kind vm runs as a container here (no KVM, no vhost_vsock)", inst["name"])
         kind = "container"
     return {
         "name": inst["name"],
@@ -144,11 +161,18 @@ def instance_request(inst: dict[str, Any], key_dir: Path, notes: Degradations,
 # Keys Incus may refuse on this machine, tried away one group at a time after a failed
 # start, each with what the refusal means.
 FALLBACKS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("eth0", ("security.acls", "security.acls.default.ingress.action",
-              "security.acls.default.egress.action", "security.acls.default.ingress.logged",
-              "security.acls.default.egress.logged"),
-     "per-NIC ACLs refused by this kernel (Incus: {error}); the guests' and the "
-     "hypervisor's rendered nftables enforce the allow matrix instead, as they would too"),
+    (
+        "eth0",
+        (
+            "security.acls",
+            "security.acls.default.ingress.action",
+            "security.acls.default.egress.action",
+            "security.acls.default.ingress.logged",
+            "security.acls.default.egress.logged",
+        ),
+        "per-NIC ACLs refused by this kernel (Incus: {error}); the guests' and the "
+        "hypervisor's rendered nftables enforce the allow matrix instead, as they would too",
+    ),
     ("", ("limits.memory",), "limits.memory refused by this machine's cgroups ({error})"),
     ("", ("limits.cpu",), "limits.cpu refused by this machine's cgroups ({error})"),
 )
@@ -167,7 +191,7 @@ def _start(incus: Incus, name: str, notes: Degradations, hv: str) -> None:
                 target.pop(k, None)
             # PUT, not PATCH: a PATCH merges keys and would keep the ones removed here.
             _put(incus, name, {k: inst[k] for k in WRITABLE if k in inst})
-            notes.add(why.format(error=last_error))
+            notes.add(why.format(error=last_error), name)
         try:
             incus.cli("start", name)
             return
@@ -177,8 +201,7 @@ def _start(incus: Incus, name: str, notes: Degradations, hv: str) -> None:
             # host_name), which the next start would collide with.
             for dev in incus.query("GET", f"/1.0/instances/{name}")["devices"].values():
                 if dev.get("type") == "nic" and dev.get("host_name"):
-                    incus.runner.run(["ip", "-n", hv, "link", "del", dev["host_name"]],
-                                     check=False)
+                    incus.runner.run(["ip", "-n", hv, "link", "del", dev["host_name"]], check=False)
     raise UserError(f"tools lab: Incus could not start {name}: {last_error}")
 
 
@@ -210,9 +233,15 @@ def _reason(incus: Incus, name: str, err: IncusError) -> str:
     return first.removeprefix("Error: ")
 
 
-def start(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner, *,
-          record: Callable[[daemons.Started], None],
-          log: Callable[[str], None]) -> Degradations:
+def start(
+    plan: dict[str, Any],
+    topo: Topology,
+    paths: LabPaths,
+    runner: Runner,
+    *,
+    record: Callable[[daemons.Started], None],
+    log: Callable[[str], None],
+) -> Degradations:
     """Run incusd in the hypervisor namespace and create the guests from the plan's models;
     attach each container's network namespace as the lab's namespace for that guest."""
     models = model(plan, topo)
@@ -224,27 +253,43 @@ def start(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner,
     runner.run(["ip", "netns", "add", hv], check=True)
     # A routing table must exist before Incus configures its bridge there.
     runner.run(["ip", "-n", hv, "link", "set", "lo", "up"], check=True)
-    started = daemons.spawn(hv, [str(INCUSD), "--group", "root"],
-                            log=paths.root / "logs" / "incusd.log", env=incus.env)
+    started = daemons.spawn(
+        hv, [str(INCUSD), "--group", "root"], log=paths.root / "logs" / "incusd.log", env=incus.env
+    )
     record(started)
     runner.run(["incus", "admin", "waitready", "--timeout", "30"], check=True, env=incus.env)
-    runner.run(["incus", "admin", "init", "--preseed"], check=True, env=incus.env,
-               input=json.dumps(lab_preseed(models, incus, notes)))
+    runner.run(
+        ["incus", "admin", "init", "--preseed"],
+        check=True,
+        env=incus.env,
+        input=json.dumps(lab_preseed(models, incus, notes)),
+    )
     log("lab: incusd up in the hypervisor namespace, preseed applied")
     for profile in models["profiles"]:
         incus.query("POST", "/1.0/profiles", {**profile, "devices": {}})
     key_dir = paths.root / "incus-host-keys"
     for name, inst in sorted(models["instances"].items()):
         acl = inst["acl"]
-        incus.query("POST", "/1.0/network-acls", {
-            "name": acl["name"], "description": acl["description"],
-            "ingress": acl["ingress"], "egress": acl["egress"]})
+        incus.query(
+            "POST",
+            "/1.0/network-acls",
+            {
+                "name": acl["name"],
+                "description": acl["description"],
+                "ingress": acl["ingress"],
+                "egress": acl["egress"],
+            },
+        )
         for vol in inst["volumes"]:
-            incus.query("POST", f"/1.0/storage-pools/{vol['pool']}/volumes/custom", {
-                "name": vol["name"], "content_type": vol["content_type"], "config": {}})
+            incus.query(
+                "POST",
+                f"/1.0/storage-pools/{vol['pool']}/volumes/custom",
+                {"name": vol["name"], "content_type": vol["content_type"], "config": {}},
+            )
         (key_dir / name).mkdir(parents=True, exist_ok=True)
-        incus.query("POST", "/1.0/instances",
-                    instance_request(inst, key_dir, notes, models["keyDir"]))
+        incus.query(
+            "POST", "/1.0/instances", instance_request(inst, key_dir, notes, models["keyDir"])
+        )
         rootfs = incus.pool_dir / "containers" / name / "rootfs"
         for d in ("etc", "proc", "sys", "dev", "tmp", "run", "var", "persist"):
             (rootfs / d).mkdir(exist_ok=True)
@@ -254,8 +299,10 @@ def start(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner,
         _start(incus, name, notes, hv)
         pid = incus.query("GET", f"/1.0/instances/{name}/state")["pid"]
         runner.run(["ip", "netns", "attach", paths.prefix + name, str(pid)], check=True)
-    log(f"lab: {len(models['instances'])} Incus containers running "
-        f"({', '.join(sorted(models['instances']))})")
+    log(
+        f"lab: {len(models['instances'])} Incus containers running "
+        f"({', '.join(sorted(models['instances']))})"
+    )
     for note in notes.notes:
         log(f"lab: on this machine: {note}")
     (paths.root / "incus-notes.json").write_text(json.dumps(notes.notes))
@@ -268,43 +315,50 @@ def stop(paths: LabPaths, runner: Runner, timeout: float = 20.0) -> list[str]:
     incus = Incus.of(paths, runner)
     if not incus.present():
         return []
-    left: list[str] = []
-    ok = runner.run(["incus", "admin", "waitready", "--timeout", "2"], check=False,
-                    env=incus.env).returncode == 0
-    if not ok:
-        return ["incusd does not answer"]
-
-    def each(url: str) -> Iterator[str]:
-        for item in incus.query("GET", url, check=False) or []:
-            yield str(item).rsplit("/", 1)[-1].split("?")[0]
-
-    for name in each("/1.0/instances"):
-        incus.cli("delete", "--force", name, check=False)
-    for acl in each("/1.0/network-acls"):
-        incus.cli("network", "acl", "delete", acl, check=False)
-    for pool in each("/1.0/storage-pools"):
-        for vol in each(f"/1.0/storage-pools/{pool}/volumes/custom"):
-            incus.cli("storage", "volume", "delete", pool, vol, check=False)
-    for profile in each("/1.0/profiles"):
-        if profile != "default":
-            incus.cli("profile", "delete", profile, check=False)
-    runner.run(["incus", "profile", "device", "remove", "default", "root"], check=False,
-               env=incus.env)
-    for network in each("/1.0/networks"):
-        incus.cli("network", "delete", network, check=False)
-    for pool in each("/1.0/storage-pools"):
-        incus.cli("storage", "delete", pool, check=False)
-    for what, url in (("instance", "/1.0/instances"), ("network", "/1.0/networks?recursion=1"),
-                      ("storage pool", "/1.0/storage-pools")):
-        for item in incus.query("GET", url, check=False) or []:
-            if isinstance(item, dict):
-                if item.get("managed"):
-                    left.append(f"{what} {item['name']}")
-            else:
-                left.append(f"{what} {str(item).rsplit('/', 1)[-1]}")
-    runner.run(["incus", "admin", "shutdown", "--timeout", str(int(timeout))], check=False,
-               env=incus.env)
+    if (
+        runner.run(
+            ["incus", "admin", "waitready", "--timeout", "2"], check=False, env=incus.env
+        ).returncode
+        != 0
+    ):
+        return ["incusd, which does not answer,"]
+    _delete_all(incus)
+    left = _leftovers(incus)
+    runner.run(
+        ["incus", "admin", "shutdown", "--timeout", str(int(timeout))], check=False, env=incus.env
+    )
     deadline = time.monotonic() + timeout
     while incus.present() and time.monotonic() < deadline:
         time.sleep(0.05)
+    return left
+
+
+def _names(incus: Incus, url: str) -> Iterator[str]:
+    for item in incus.query("GET", url, check=False) or []:
+        yield str(item).rsplit("/", 1)[-1].split("?")[0]
+
+
+def _delete_all(incus: Incus) -> None:
+    for name in _names(incus, "/1.0/instances"):
+        incus.cli("delete", "--force", name, check=False)
+    for acl in _names(incus, "/1.0/network-acls"):
+        incus.cli("network", "acl", "delete", acl, check=False)
+    for pool in _names(incus, "/1.0/storage-pools"):
+        for vol in _names(incus, f"/1.0/storage-pools/{pool}/volumes/custom"):
+            incus.cli("storage", "volume", "delete", pool, vol, check=False)
+    for profile in _names(incus, "/1.0/profiles"):
+        if profile != "default":
+            incus.cli("profile", "delete", profile, check=False)
+    incus.cli("profile", "device", "remove", "default", "root", check=False)
+    for network in _names(incus, "/1.0/networks"):
+        incus.cli("network", "delete", network, check=False)
+    for pool in _names(incus, "/1.0/storage-pools"):
+        incus.cli("storage", "delete", pool, check=False)
+
+
+def _leftovers(incus: Incus) -> list[str]:
+    left = [f"instance {n}" for n in _names(incus, "/1.0/instances")]
+    left += [f"storage pool {n}" for n in _names(incus, "/1.0/storage-pools")]
+    networks = incus.query("GET", "/1.0/networks?recursion=1", check=False) or []
+    left += [f"network {n['name']}" for n in networks if n.get("managed")]
     return left
