@@ -40,20 +40,24 @@ MERGED_USR = ("bin", "sbin", "lib", "lib64")
 
 @dataclass
 class Degradations:
-    """What the lab changed from the resource model on this machine, and why: each note
-    once, with the guests it applies to."""
+    """What the lab changed from the resource model on this machine, and why: each kind of
+    change once, with the first refusal's words and the guests it applies to."""
 
+    texts: dict[str, str] = field(default_factory=dict)
     guests: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, note: str, guest: str = "") -> None:
-        names = self.guests.setdefault(note.replace(f'"{guest}', '"<guest>') if guest else note, [])
+    def add(self, note: str, guest: str = "", *, kind: str = "") -> None:
+        key = kind or note
+        self.texts.setdefault(key, note.replace(f'"{guest}', '"<guest>') if guest else note)
+        names = self.guests.setdefault(key, [])
         if guest and guest not in names:
             names.append(guest)
 
     @property
     def notes(self) -> list[str]:
         return [
-            f"{note} [{', '.join(names)}]" if names else note for note, names in self.guests.items()
+            f"{text} [{', '.join(self.guests[key])}]" if self.guests[key] else text
+            for key, text in self.texts.items()
         ]
 
 
@@ -191,7 +195,7 @@ def _start(incus: Incus, name: str, notes: Degradations, hv: str) -> None:
                 target.pop(k, None)
             # PUT, not PATCH: a PATCH merges keys and would keep the ones removed here.
             _put(incus, name, {k: inst[k] for k in WRITABLE if k in inst})
-            notes.add(why.format(error=last_error), name)
+            notes.add(why.format(error=last_error), name, kind=why)
         try:
             incus.cli("start", name)
             return
