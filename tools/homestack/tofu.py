@@ -263,4 +263,5 @@ def export_cmd(inventory_path: Path | None, host: str | None, out: Path | None) 
         host = hosts[0]
     target = out if out is not None else path.parent / "infra" / "incus"
     for written in write(export(plan, host), target):
-        click.echo(f"wrote {written}")
+        shown = written.relative_to(Path.cwd()) if written.is_relative_to(Path.cwd()) else written
+        click.echo(f"wrote {shown}")
