@@ -263,3 +263,18 @@ def test_incus_images_are_wired_per_guest_and_kind(tmp_path: Path) -> None:
     assert "ln -s /meta/tarball/*.tar.xz $out/metadata.tar.xz" in scripts["incus-image-db"]
     assert "$out/disk.qcow2" in scripts["incus-image-db"]
     assert "ln -s /rootfs/tarball/*.tar.xz $out/rootfs.tar.xz" in scripts["incus-image-auth"]
+
+
+def test_explain_shows_the_engine(plan: dict[str, Any], example_plan: dict[str, Any]) -> None:
+    from homestack.explain import describe, to_dot, to_markdown
+
+    incus_md = to_markdown(describe(plan))
+    assert "| db | guest on homelab (incus container) |" in incus_md
+    assert (
+        "| homelab | hypervisor host (x86_64-linux) | root@homelab.lan | | | Incus daemon only |"
+        in incus_md
+    )
+    assert "homelab (hypervisor, Incus)" in to_dot(describe(plan))
+    micro = describe(example_plan)
+    assert "| db | guest on homelab (cloud-hypervisor) |" in to_markdown(micro)
+    assert "homelab (hypervisor, microvm.nix)" in to_dot(micro)
