@@ -79,18 +79,48 @@ in
       pools = [ host.zfs.pool ];
     };
 
-    # Each guest's SSH host key, decrypted here and shared read-only into the instance
-    # (its `host-key` disk device reads ${incus.keyDir}/<guest>): never through OpenTofu
-    # state, so sops-nix in the guest works as on the microvm engine.
+    # Each guest's SSH host key, decrypted here and copied into the directory its instance
+    # mounts read-only (the `host-key` disk device reads ${incus.keyDir}/<guest>), before
+    # Incus starts: never through OpenTofu state, so sops-nix in the guest works as on the
+    # microvm engine. A copy, not sops-nix's symlink, which would point outside the
+    # container; owned by the container's root, which is host uid 1000000 (incus.nix gives
+    # root the subordinate ids from 1000000, and Incus maps a container's root to the first).
     sops.secrets = lib.listToAttrs (
       map (g: {
         name = hostKeySecret g;
         value = {
           sopsFile = sopsFile "secrets/host-keys/${g.name}.yaml";
           key = "ssh_host_ed25519_key";
-          path = "${incus.keyDir}/${g.name}/ssh_host_ed25519_key";
+          restartUnits = [ "homestack-host-key-${g.name}.service" ];
         };
       }) withKey
+    );
+    systemd.services = lib.listToAttrs (
+      map (
+        g:
+        let
+          owner = if g.kind == "vm" then "0" else "1000000";
+          dir = "${incus.keyDir}/${g.name}";
+        in
+        {
+          name = "homestack-host-key-${g.name}";
+          value = {
+            description = "Install the SSH host key of guest ${g.name} for its instance";
+            after = [ "sops-install-secrets.service" ];
+            before = [ "incus.service" ];
+            requiredBy = [ "incus.service" ];
+            serviceConfig = {
+              Type = "oneshot";
+              RemainAfterExit = true;
+            };
+            script = ''
+              install -d -m 0755 ${dir}
+              install -m 0600 -o ${owner} -g ${owner} ${config.sops.secrets.${hostKeySecret g}.path} ${dir}/ssh_host_ed25519_key
+              echo ${lib.escapeShellArg g.hostKey} > ${dir}/ssh_host_ed25519_key.pub
+            '';
+          };
+        }
+      ) withKey
     );
   };
 }
