@@ -26,7 +26,8 @@ from homestack.process import default_runner
 INCUS_INVENTORY = REPO / "tests" / "inventories" / "incus" / "inventory.toml"
 TOOLS = str(Path(sys.executable).with_name("tools"))
 PREFIX = f"hsi{os.getpid()}-"
-PROGRAMS = ("ip", "nft", "setpriv", "caddy", "dnsmasq", "psql", "incus")
+PROGRAMS = ("ip", "nft", "setpriv", "caddy", "dnsmasq", "psql", "incus", "nsenter")
+SERVICES = {"caddy", "dnsmasq", "postgres"}
 
 pytestmark = requires_nix
 
@@ -58,6 +59,18 @@ def test_instance_request_is_the_model_plus_the_lab_root(
     assert req["devices"]["lab-usr"] == {
         "type": "disk", "source": "/usr", "path": "/usr", "readonly": "true"}  # fmt: skip
     assert notes.notes == []
+
+
+def test_lab_mounts_share_what_the_daemons_need(tmp_path: Path) -> None:
+    from homestack.lab.state import LabPaths
+
+    mounts = incus.lab_mounts(LabPaths(root=tmp_path / "run", prefix="x-", cache=tmp_path))
+    assert {m["source"]: (m["path"], m.get("readonly")) for m in mounts.values()} == {
+        str(tmp_path / "run"): (str(tmp_path / "run"), None),
+        "/dev/shm": ("/dev/shm", None),
+        "/etc": ("/etc", "true"),
+        str(Path(incus.__file__).parent): (str(Path(incus.__file__).parent), "true"),
+    }
 
 
 def test_vm_kind_is_said_to_run_as_a_container(models: dict[str, Any], tmp_path: Path) -> None:
@@ -139,16 +152,35 @@ def _incusd_pids(env: dict[str, str]) -> list[int]:
     return pids
 
 
+def _daemons_inside(init: int) -> set[str]:
+    """The lab's daemons in the network namespace of ``init``, each checked to be in its
+    mount namespace too."""
+    ns = Path(f"/proc/{init}/ns")
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or proc.name == str(init):
+            continue
+        try:
+            name = (proc / "comm").read_text().strip()
+            if name in SERVICES and (proc / "ns/net").readlink() == (ns / "net").readlink():
+                assert (proc / "ns/mnt").readlink() == (ns / "mnt").readlink(), name
+                found.add(name)
+        except OSError:
+            continue
+    return found
+
+
 def test_up_test_down_on_real_incus(env: dict[str, str], models: dict[str, Any]) -> None:
     up = _lab(env, "up", "-i", str(INCUS_INVENTORY), "--engine", "incus")
     assert "4 Incus containers running (auth, db, proxy, vpn)" in up.stdout
     incus_env = {**env, "INCUS_DIR": f"{env['HOMESTACK_LAB_DIR']}/incus/var"}
     listed = json.loads(subprocess.run(
-        ["incus", "list", "--format", "json"], env=incus_env, check=True,
+        ["incus", "query", "/1.0/instances?recursion=2"], env=incus_env, check=True,
         capture_output=True, text=True,
     ).stdout)  # fmt: skip
     assert {i["name"]: i["status"] for i in listed} == dict.fromkeys(models["instances"],
                                                                      "Running")  # fmt: skip
+    seen: set[str] = set()
     for inst in listed:
         model = models["instances"][inst["name"]]
         nic = {d["name"]: d for d in model["devices"]}["eth0"]["properties"]
@@ -167,6 +199,9 @@ def test_up_test_down_on_real_incus(env: dict[str, str], models: dict[str, Any])
         addr = json.loads(link)[0]
         assert addr["address"] == nic["hwaddr"]
         assert any(a["local"] == nic["ipv4.address"] for a in addr["addr_info"])
+        # The guest's daemons run in the container's own mount and network namespaces.
+        seen |= _daemons_inside(int(inst["state"]["pid"]))
+    assert seen == SERVICES
     acls = json.loads(subprocess.run(
         ["incus", "query", "/1.0/network-acls?recursion=1"], env=incus_env, check=True,
         capture_output=True, text=True,

@@ -128,6 +128,27 @@ def lab_preseed(models: dict[str, Any], incus: Incus, notes: Degradations) -> di
     return preseed
 
 
+def lab_mounts(paths: LabPaths) -> dict[str, dict[str, str]]:
+    """What the lab's daemons need inside a container, at the same paths as on the host:
+    its state directory (configurations, sockets, logs), /dev/shm (the database's files),
+    the stand-ins' scripts, and /etc (the daemons' users)."""
+    shared = {
+        "state": (str(paths.root), False),
+        "shm": ("/dev/shm", False),
+        "scripts": (str(Path(__file__).parent), True),
+        "etc": ("/etc", True),
+    }
+    return {
+        f"lab-{name}": {
+            "type": "disk",
+            "source": src,
+            "path": src,
+            **({"readonly": "true"} if ro else {}),
+        }
+        for name, (src, ro) in shared.items()
+    }
+
+
 def instance_request(
     inst: dict[str, Any], key_dir: Path, notes: Degradations, model_key_dir: str
 ) -> dict[str, Any]:
@@ -291,9 +312,9 @@ def start(
                 {"name": vol["name"], "content_type": vol["content_type"], "config": {}},
             )
         (key_dir / name).mkdir(parents=True, exist_ok=True)
-        incus.query(
-            "POST", "/1.0/instances", instance_request(inst, key_dir, notes, models["keyDir"])
-        )
+        request = instance_request(inst, key_dir, notes, models["keyDir"])
+        request["devices"].update(lab_mounts(paths))
+        incus.query("POST", "/1.0/instances", request)
         rootfs = incus.pool_dir / "containers" / name / "rootfs"
         for d in ("etc", "proc", "sys", "dev", "tmp", "run", "var", "persist"):
             (rootfs / d).mkdir(exist_ok=True)
@@ -303,6 +324,15 @@ def start(
         _start(incus, name, notes, hv)
         pid = incus.query("GET", f"/1.0/instances/{name}/state")["pid"]
         runner.run(["ip", "netns", "attach", paths.prefix + name, str(pid)], check=True)
+        # The lab's daemons for this guest run inside the container: its mount and network
+        # namespaces (not its user or PID namespace: they keep the host's users).
+        daemons.ENTER[paths.prefix + name] = [
+            "nsenter",
+            f"--target={pid}",
+            "--mount",
+            "--net",
+            "--",
+        ]
     log(
         f"lab: {len(models['instances'])} Incus containers running "
         f"({', '.join(sorted(models['instances']))})"
