@@ -4,7 +4,7 @@
 #   container: metadata.tar.xz + rootfs.tar.xz (nixos/modules/virtualisation/lxc-container.nix
 #              system.build.tarball, lxc-image-metadata.nix system.build.metadata)
 #   vm:        metadata.tar.xz + disk.qcow2 (incus-virtual-machine.nix system.build.qemuImage)
-#   nix build .#incus-image-<guest> -o images/<guest>
+#   nix build .#incusImages.<guest> -o images/<guest>
 {
   lib,
   pkgs,
@@ -39,4 +39,4 @@ let
     '';
   onIncus = lib.filterAttrs (_: g: g.kind != null) plan.guests;
 in
-lib.mapAttrs' (name: g: lib.nameValuePair "incus-image-${name}" (image name g)) onIncus
+lib.mapAttrs image onIncus

@@ -1,5 +1,5 @@
 """`tools tofu export`: golden files, the lxc/incus provider's resource schema (read from its
-source, tests/reference/incus-provider/), and no secret of the example in the output."""
+source, tests/incus-provider/), and no secret of the example in the output."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import REFERENCE, REPO, requires_nix
+from conftest import REPO, requires_nix
 
 from homestack.cli import cli
 from homestack.plan import load_plan
@@ -21,7 +21,7 @@ from homestack.tofu import PROVIDER_VERSION, export, validate
 
 INCUS = REPO / "tests" / "inventories" / "incus" / "inventory.toml"
 GOLDEN = REPO / "tests" / "golden" / "incus"
-SCHEMA: dict[str, Any] = json.loads((REFERENCE / "incus-provider" / "schema.json").read_text())
+SCHEMA: dict[str, Any] = json.loads((REPO / "tests" / "incus-provider" / "schema.json").read_text())
 
 pytestmark = requires_nix
 

@@ -21,7 +21,7 @@ from homestack.fsutil import atomic_write
 from homestack.inventory import find_inventory
 from homestack.plan import load_plan
 
-# The provider release whose resource schema tests/reference/incus-provider/schema.json
+# The provider release whose resource schema tests/incus-provider/schema.json
 # records; the export uses only what that schema declares.
 PROVIDER_SOURCE = "lxc/incus"
 PROVIDER_VERSION = "1.1.1"
@@ -178,7 +178,7 @@ def export(plan: Json, host: str) -> dict[str, Json]:
 
 def validate(files: dict[str, Json], schema: Json) -> list[str]:
     """Every resource, attribute and nested attribute in ``files`` against the provider's
-    schema (tests/reference/incus-provider/schema.json); [] when all of it is declared."""
+    schema (tests/incus-provider/schema.json); [] when all of it is declared."""
     problems: list[str] = []
     types: Json = schema["resources"]
 
