@@ -130,6 +130,13 @@
       };
 
       legacyPackages.${system} = {
+        # Guests on an engine = "incus" hypervisor as Incus images, one directory each
+        # (`nix build .#incusImages.<guest>`, docs/incus.md). Not under `packages`, whose
+        # names `nix eval --offline .#lib…` must read without nixpkgs.
+        incusImages = import ./modules/incus-images.nix {
+          inherit lib pkgs nixpkgs plan;
+          configurations = self.nixosConfigurations;
+        };
         # VM tests that boot MicroVMs inside the test VM and so need nested virtualisation:
         # not in `checks` (`nix flake check` on an ordinary builder); `tools test NAME`.
         nestedChecks = lib.getAttrs nestedVmTests vmTests;

@@ -16,6 +16,7 @@ let
     wireguard = import ./render/wireguard.nix;
     traefik = import ./render/traefik.nix;
     headscale = import ./render/headscale.nix;
+    incus = import ./render/incus.nix;
   };
   alternatives = import ./alternatives.nix;
   inherit (builtins) attrNames filter elem head;
@@ -69,6 +70,12 @@ let
           ++ u.optional (base.relay != null) { name = base.relay.host; value = render.nftables.relay base; }
         );
         wireguard = render.wireguard base;
+        # Per hypervisor with engine = "incus": its preseed and resource models.
+        incus = builtins.listToAttrs (
+          map (h: { name = h; value = render.incus.forHost base h; }) (
+            filter (h: base.hosts.${h}.engine == "incus") (hostsWith "hypervisor")
+          )
+        );
       };
     };
 

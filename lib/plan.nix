@@ -46,6 +46,8 @@ let
     ageKey = h.age_key or null;
     lanInterface = h.lan_interface or null;
     publicAddress = h.public_address or null;
+    # What runs this hypervisor's guests (docs/incus.md); null on a relay.
+    engine = if h.role == "hypervisor" then h.engine or "microvm" else null;
     zfs =
       if h ? zfs then
         {
@@ -340,6 +342,8 @@ let
       mac = g.mac or (u.macFor name);
       tap = g.tap or "vm-${name}";
       hypervisor = g.hypervisor or "cloud-hypervisor";
+      # On an Incus host: an Incus container or vm; null under microvm.nix.
+      kind = if (host.engine or "microvm") == "incus" then g.kind or "container" else null;
       hostKey = g.host_key or null;
       ageKey = g.age_key or null;
       state =

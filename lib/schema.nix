@@ -96,6 +96,7 @@ let
     age_key = key "The age recipient of the host key (tools secrets bootstrap writes it)." (str "an age recipient (age1…)" patterns.age);
     lan_interface = key "Hypervisors: the LAN interface the guest network is NATed out of." (str "an interface name of at most 15 characters (letters, digits, _ . -)" patterns.ifname);
     public_address = key "Relays: the public IPv4 address." (str "an IPv4 address" patterns.ipv4);
+    engine = key "Hypervisors: what runs the guests, microvm (microvm.nix, the default) or incus (Incus system containers and VMs, declared with OpenTofu)." (enum [ "microvm" "incus" ]);
     zfs = key "Hypervisors: the ZFS pool that keeps each guest's state." (table {
       pool = required "Pool name." (str "a ZFS pool name (a letter, then letters, digits, _ . : -)" patterns.zfsPool);
       host_id = required "networking.hostId: 8 lowercase hex digits, unique per machine." (str "8 lowercase hex digits (head -c4 /dev/urandom | od -An -tx4)" patterns.hostId);
@@ -144,6 +145,7 @@ let
     mac = key "Override the derived MAC address." (str "a lowercase MAC address like 02:00:00:00:00:01" patterns.mac);
     tap = key "Override the tap interface name (default vm-<guest>)." (str "an interface name of at most 15 characters (letters, digits, _ . -)" patterns.ifname);
     hypervisor = key "The microvm.nix hypervisor (with virtiofs)." (enum [ "cloud-hypervisor" "qemu" "crosvm" ]);
+    kind = key "On an incus host: container (an LXC system container, the default) or vm (a KVM virtual machine)." (enum [ "container" "vm" ]);
   };
 in
 {

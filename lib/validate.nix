@@ -440,9 +440,27 @@ in
         ) (attrNames routeOwners)
         ++ dupErrors "database" dbs (a: b: "guests.${showKey a.owner}.databases: database ${a.value} is also owned by guests.${showKey b.owner}")
         ++ dupErrors "public" publics (a: b: "guests.${showKey a.owner}.public: port ${a.value} is also forwarded to guests.${showKey b.owner}");
+
+      # The engine (docs/incus.md): a hypervisor runs its guests with microvm.nix or Incus;
+      # the keys of one engine mean nothing to the other, so they are refused, not ignored.
+      engineOf = h: if hostSet ? ${h} then hosts.${h}.engine or "microvm" else "microvm";
+      incusErrors =
+        concatMap (
+          h: optional (hosts.${h} ? engine && hosts.${h}.role != "hypervisor") "hosts.${h}.engine: only a hypervisor runs guests; remove it"
+        ) hostNames
+        ++ concatMap (
+          name:
+          let
+            g = guests.${name};
+            p = "guests.${name}";
+            incus = engineOf g.host == "incus";
+          in
+          optional (g ? kind && !incus) "${p}.kind: hosts.${g.host} runs microvm.nix guests (every one a VM); kind needs engine = \"incus\" there"
+          ++ optional (g ? hypervisor && incus) "${p}.hypervisor: hosts.${g.host} has engine = \"incus\", which runs its own QEMU; remove it"
+        ) guestNames;
     in
     topology ++ userErrors ++ certErrors ++ netErrors ++ hostErrors ++ guestErrors ++ crossErrors
-    ++ alternatives.errors inv;
+    ++ incusErrors ++ alternatives.errors inv;
 in
     if shape != [ ] then shape else rules;
 }

@@ -9,6 +9,8 @@ in
   common = ./common.nix; # every machine: admins, SSH keys only, firewall, nix.gc
   secrets = ./secrets.nix; # sops-nix: each machine decrypts its own file
   hypervisor = ./hypervisor.nix; # microvm.nix host, bridge, NAT, ZFS, guest host keys
+  incus-host = ./incus-host.nix; # engine = "incus": the Incus daemon and its preseed, same policy
+  incus-guest = ./incus-guest.nix; # a guest as an Incus container or VM
   relay = ./relay.nix; # public anchor: WireGuard endpoint and forwards
   gitops = ./gitops.nix; # hosts: pull signed commits and switch, with rollback (opt-in)
   wireguard = ./wireguard.nix; # the tunnel between the hypervisor and the relay

@@ -31,26 +31,33 @@ let
     }
   ];
 
+  # A hypervisor's modules follow its engine (microvm.nix, or Incus: docs/incus.md).
   roles = {
-    hypervisor = [
-      inputs.microvm.nixosModules.host
-      homestackModules.hypervisor
-    ];
-    relay = [ homestackModules.relay ];
+    hypervisor =
+      h:
+      if h.engine == "incus" then
+        [ homestackModules.incus-host ]
+      else
+        [
+          inputs.microvm.nixosModules.host
+          homestackModules.hypervisor
+        ];
+    relay = _: [ homestackModules.relay ];
   };
+  onIncus = g: plan.hosts.${g.host}.engine == "incus";
 
   host =
     name: h:
     lib.nixosSystem {
       modules =
         base name h.system
-        ++ roles.${h.role}
+        ++ roles.${h.role} h
         ++ [
           homestackModules.gitops
           { homestack.gitops.package = lib.mkDefault tools; }
         ]
         # the hypervisor runs the very systems `nixos-rebuild --flake .#<guest>` builds
-        ++ lib.optional (h.role == "hypervisor") {
+        ++ lib.optional (h.role == "hypervisor" && h.engine != "incus") {
           homestack.guestConfigurations = lib.getAttrs h.guests configurations;
         }
         ++ own (root + "/hosts/${name}");
@@ -61,10 +68,15 @@ let
     lib.nixosSystem {
       modules =
         base name plan.hosts.${g.host}.system
-        ++ [
-          inputs.microvm.nixosModules.microvm
-          homestackModules.guest
-        ]
+        ++ (
+          if onIncus g then
+            [ homestackModules.incus-guest ]
+          else
+            [
+              inputs.microvm.nixosModules.microvm
+              homestackModules.guest
+            ]
+        )
         ++ map (s: homestackModules.${s}) g.services
         ++ own (root + "/guests/${name}");
     };

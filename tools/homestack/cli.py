@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("homestack.plan_cli", "plan", "What a change means: diff two plans, approve one."),
     "audit": ("homestack.plan_cli", "audit", "Print the audit log of mutating commands."),
     "mcp": ("homestack.mcp_server", "mcp", "Serve the Model Context Protocol to agents (stdio)."),
+    "tofu": ("homestack.tofu", "tofu", "OpenTofu configuration for Incus hypervisors."),
 }
 
 

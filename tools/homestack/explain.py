@@ -31,6 +31,7 @@ def describe(plan: dict[str, Any]) -> dict[str, Any]:
                 "name": name,
                 "kind": "host",
                 "role": host["role"],
+                "engine": host.get("engine"),
                 "system": host["system"],
                 "reach": host["target"],
                 "publicAddress": host["publicAddress"],
@@ -43,7 +44,7 @@ def describe(plan: dict[str, Any]) -> dict[str, Any]:
             {
                 "name": name,
                 "kind": "guest",
-                "role": "microvm",
+                "role": f"incus {guest['kind']}" if guest.get("kind") else "microvm",
                 "host": guest["host"],
                 "address": guest["address"],
                 "mac": guest["mac"],
@@ -141,14 +142,17 @@ def to_markdown(d: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after 
     add("| --- | --- | --- | --- | --- | --- |")
     for m in hosts:
         where = m["publicAddress"] or m["reach"]
-        runs = "none: runs guests only" if m["role"] == "hypervisor" else "WireGuard, forwards"
+        runs = "WireGuard, forwards"
+        if m["role"] == "hypervisor":
+            runs = "Incus daemon only" if m["engine"] == "incus" else "none: runs guests only"
         add(f"| {m['name']} | {m['role']} host ({m['system']}) | {where} | | | {runs} |")
     for m in guests:
         # A guest with no catalogued service still lists the ports it declares itself.
         services = ", ".join(m["services"]) or "own service"
         ports = f" ({', '.join(m['ports'])})" if m["ports"] else ""
+        runs_as = m["role"] if m["role"] != "microvm" else m["hypervisor"]
         add(
-            f"| {m['name']} | guest on {m['host']} ({m['hypervisor']}) | {m['tap']} {m['mac']} | "
+            f"| {m['name']} | guest on {m['host']} ({runs_as}) | {m['tap']} {m['mac']} | "
             f"{m['address']} | {m['vcpu']} vCPU, {m['memory']} MiB | {services}{ports} |"
         )
     add("")
@@ -272,7 +276,8 @@ def to_dot(d: dict[str, Any]) -> str:
     for h in hosts:
         if h["role"] != "hypervisor":
             continue
-        title = f"{h['name']} (hypervisor) — {net['bridge']} {net['cidr']}"
+        engine = "Incus" if h.get("engine") == "incus" else "microvm.nix"
+        title = f"{h['name']} (hypervisor, {engine}) — {net['bridge']} {net['cidr']}"
         out.append(f"  subgraph {_q('cluster_' + h['name'])} {{")
         out.append(f'    label={_q(title)}; style="rounded"; color="#7a9cc6";')
         out.append(_node(h["name"], f"{h['name']}\ngateway {net['gateway']}", "#dce8f7", "    "))

@@ -36,6 +36,19 @@ def _preflight() -> None:
             "nftables util-linux caddy dnsmasq-base postgresql-15)")
 
 
+def lab_engine(plan: dict[str, Any], path: Path, wanted: str | None) -> str:
+    """The engine the lab runs the guests with: the inventory's, which --engine must match."""
+    engines = {h["engine"] for h in plan["hosts"].values() if h.get("role") == "hypervisor"}
+    engine = engines.pop() if len(engines) == 1 else "microvm"
+    if wanted == "incus" and engine != "incus":
+        raise UserError(f"{path.name}: hosts.*.engine: no hypervisor has engine = \"incus\"; "
+                        "set it on the hypervisor to run the lab on Incus")
+    if engine == "incus" and shutil.which("incus") is None:
+        raise UserError("tools lab: the inventory's engine is incus and incus is not installed "
+                        "(scripts/bootstrap installs incus-base from bookworm-backports)")
+    return engine
+
+
 def _plan_for(paths: LabPaths, inventory_path: Path | None) -> dict[str, Any]:
     """The plan the running lab was built from (saved by `up`), or a fresh one."""
     saved = paths.root / "plan.json"
@@ -65,15 +78,19 @@ def lab() -> None:
               help="Initialise PostgreSQL from scratch instead of copying the cached cluster.")
 @click.option("--replace", is_flag=True,
               help="Take down a running lab built from another inventory first.")
-def up(inventory_path: Path | None, cold: bool, replace: bool) -> None:
+@click.option("--engine", type=click.Choice(["microvm", "incus"]), default=None,
+              help="Run the guests in namespaces (microvm) or as real Incus containers "
+                   "(incus); default: the hypervisor's engine in the inventory.")
+def up(inventory_path: Path | None, cold: bool, replace: bool, engine: str | None) -> None:
     """Build the lab from the inventory's plan and start every daemon (idempotent)."""
     _preflight()
     started = time.monotonic()
     path = find_inventory(inventory_path).resolve()
     plan = load_plan(path)
     paths = LabPaths.from_env()
+    engine = lab_engine(plan, path, engine)
     state = lifecycle.up(plan, paths, daemons.runner, inventory=str(path), cold=cold,
-                         replace_other=replace, log=click.echo)
+                         replace_other=replace, log=click.echo, engine=engine)
     (paths.root / "plan.json").write_text(json.dumps(plan))
     topo = Topology.from_plan(plan, paths.prefix)
     click.echo(f"lab up from {path} in {time.monotonic() - started:.2f} s")

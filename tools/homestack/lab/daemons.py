@@ -124,11 +124,16 @@ def setpriv(user: str, *, bind_low_ports: bool = False) -> list[str]:
             *(_CAPS if bind_low_ports else [])]
 
 
+# How to enter a namespace that is a container's (homestack.lab.incus): its mount and
+# network namespaces, instead of `ip netns exec`.
+ENTER: dict[str, list[str]] = {}
+
+
 def spawn(netns: str, args: Sequence[str], *, log: Path, user: str | None = None,
           bind_low_ports: bool = False, own_ipc: bool = False,
           env: Mapping[str, str] | None = None) -> Started:
     """Start a detached daemon in ``netns``; its output goes to ``log``."""
-    cmd = ["ip", "netns", "exec", netns]
+    cmd = list(ENTER.get(netns, ["ip", "netns", "exec", netns]))
     if own_ipc:
         # Its own IPC namespace: SysV segments vanish with the process, even after kill -9.
         cmd += ["unshare", "--ipc"]

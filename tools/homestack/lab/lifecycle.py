@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from homestack.errors import UserError
-from homestack.lab import acme, daemons, firewall, netns, overlay, pki
+from homestack.lab import acme, daemons, firewall, incus, netns, overlay, pki
 from homestack.lab.state import LabPaths, LabState, Proc, load_state, save_state
 from homestack.lab.topology import Machine, Topology
 from homestack.process import Runner
@@ -59,7 +59,7 @@ def _dir(path: Path, owner: str | None = None, mode: int = 0o755) -> Path:
 
 def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str = "",
        cold: bool = False, replace_other: bool = False,
-       log: Callable[[str], None] = print) -> LabState:
+       log: Callable[[str], None] = print, engine: str = "microvm") -> LabState:
     """Build the lab for ``plan``; a complete, running lab for the same inventory is kept.
 
     A lab built from another inventory is taken down only with ``replace_other``: someone
@@ -95,7 +95,7 @@ def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str 
     # close the files to them. Secrets get their own modes explicitly.
     umask = os.umask(0o022)
     try:
-        _build(plan, topo, paths, runner, rec, cold=cold)
+        _build(plan, topo, paths, runner, rec, cold=cold, engine=engine, log=log)
     except BaseException:
         # A failed (or interrupted) bring-up leaves nothing behind; the error says why.
         down(paths, runner, log=lambda _msg: None)
@@ -106,8 +106,13 @@ def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str 
 
 
 def _build(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner,
-           rec: _Recorder, *, cold: bool) -> None:
-    netns.create(runner, topo)
+           rec: _Recorder, *, cold: bool, engine: str = "microvm",
+           log: Callable[[str], None] = print) -> None:
+    if engine == "incus":  # the guests are Incus containers (homestack.lab.incus)
+        _dir(paths.root / "logs")
+        incus.start(plan, topo, paths, runner,
+                    record=lambda s: rec.add(s, "incusd", topo.hypervisor, "incusd"), log=log)
+    netns.create(runner, topo, incus=engine == "incus")
     files = _write_files(plan, topo, paths)
     if acme.enabled(plan):  # Pebble, lego and the stand-ins obtain the certificate first
         files = acme.up(plan, topo, paths, runner, rec=rec, files=files)
@@ -376,6 +381,8 @@ def down(paths: LabPaths, runner: Runner, *, log: Callable[[str], None] = print)
     (a daemon, its workers, or a command of a killed `up` that was never recorded) or was
     recorded by `up`, counted once.
     """
+    for left in incus.stop(paths, runner):  # Incus's own objects first, while it answers
+        log(f"lab down: {left} was left to the namespace sweep")
     state = load_state(paths)
     names = set(netns.listed(paths.prefix))
     if state is not None:

@@ -66,10 +66,15 @@ def _batch(runner: Runner, netns: str, lines: list[str]) -> None:
     runner.run(["ip", "-n", netns, "-batch", "-"], check=True, input="\n".join(lines) + "\n")
 
 
-def create(runner: Runner, topo: Topology) -> None:
-    """Make every namespace and link of ``topo`` (the namespaces must not exist yet)."""
+def create(runner: Runner, topo: Topology, *, incus: bool = False) -> None:
+    """Make every namespace and link of ``topo`` (the namespaces must not exist yet).
+
+    With ``incus``, Incus made the hypervisor's namespace, the bridge and the guests'
+    interfaces, and the guests' namespaces are its containers' (homestack.lab.incus)."""
+    made = {topo.hypervisor.netns, *(g.netns for g in topo.guests)} if incus else set()
     for name in topo.namespaces:
-        runner.run(["ip", "netns", "add", name], check=True)
+        if name not in made:
+            runner.run(["ip", "netns", "add", name], check=True)
     hv = topo.hypervisor
     c = topo.client
     routers = {hv.netns, c.netns}  # the LAN client is also the home router
@@ -77,13 +82,12 @@ def create(runner: Runner, topo: Topology) -> None:
         list(pool.map(lambda ns: runner.run(
             ["ip", "netns", "exec", ns, "sysctl", "-qw", *_sysctls(ns in routers)],
             check=True), topo.namespaces))
-    lines = [
-        "link set lo up",
+    lines = ["link set lo up"] + ([] if incus else [
         f"link add {topo.bridge} type bridge",
         f"addr add {topo.gateway}/{topo.prefixlen} dev {topo.bridge}",
         f"link set {topo.bridge} up",
-    ]
-    for g in topo.guests:
+    ])
+    for g in () if incus else topo.guests:
         lines += [
             f"link add {g.tap} type veth peer name {g.interface} address {g.mac} netns {g.netns}",
             f"link set {g.tap} master {topo.bridge}",
