@@ -74,10 +74,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--inventory", type=Path, default=REPO / "inventory.toml")
-    parser.add_argument("--engine", choices=("microvm", "incus", "both"), default="microvm",
-                        help="both: the namespace lab, then real Incus containers, compared")
-    parser.add_argument("--incus-inventory", type=Path, default=INCUS_INVENTORY,
-                        help="the inventory the Incus runs use (hypervisor engine = incus)")
+    parser.add_argument(
+        "--engine",
+        choices=("microvm", "incus", "both"),
+        default="microvm",
+        help="both: the namespace lab, then real Incus containers, compared",
+    )
+    parser.add_argument(
+        "--incus-inventory",
+        type=Path,
+        default=INCUS_INVENTORY,
+        help="the inventory the Incus runs use (hypervisor engine = incus)",
+    )
     args = parser.parse_args()
     engines = ("microvm", "incus") if args.engine == "both" else (args.engine,)
     ok = True
@@ -86,8 +94,10 @@ def main() -> int:
         inventory = args.incus_inventory if engine == "incus" else args.inventory
         plan = load_plan(inventory)
         times, failures = run(plan, args.runs, engine)
-        print(f"lab benchmark, engine {engine}, {args.runs} runs, {inventory.name} "
-              f"({len(plan['guests'])} guests)")
+        print(
+            f"lab benchmark, engine {engine}, {args.runs} runs, {inventory.name} "
+            f"({len(plan['guests'])} guests)"
+        )
         print(f"{'step':<16} {'runs':>4} {'median':>8} {'max':>8} {'target':>8}")
         ok = ok and failures == 0
         for step, values in times.items():
@@ -102,13 +112,16 @@ def main() -> int:
             )
         print(f"lab test failures across runs: {failures}\n")
         up_test[engine] = statistics.median(times["bring-up, warm"]) + statistics.median(
-            times["test"])
+            times["test"]
+        )
     if len(up_test) == 2:
         ratio = up_test["incus"] / up_test["microvm"]
         verdict = "ok" if ratio <= INCUS_RATIO else "OVER"
         ok = ok and verdict == "ok"
-        print(f"warm up + test: incus {up_test['incus']:.2f}s, namespaces "
-              f"{up_test['microvm']:.2f}s: {ratio:.2f}x (target <= {INCUS_RATIO:.0f}x) {verdict}")
+        print(
+            f"warm up + test: incus {up_test['incus']:.2f}s, namespaces "
+            f"{up_test['microvm']:.2f}s: {ratio:.2f}x (target <= {INCUS_RATIO:.0f}x) {verdict}"
+        )
     return 0 if ok else 1
 
 

@@ -55,10 +55,7 @@ def bench_plan(base: dict[str, Any], count: int, machines: list[str]) -> dict[st
 
 def admins_only(plan: dict[str, Any]) -> dict[str, Any]:
     admin = plan["users"]["alice"]["ageKey"]
-    secrets = {
-        p: {**s, "machines": [], "recipients": [admin]}
-        for p, s in plan["secrets"].items()
-    }
+    secrets = {p: {**s, "machines": [], "recipients": [admin]} for p, s in plan["secrets"].items()}
     return {**plan, "secrets": secrets}
 
 
@@ -95,9 +92,7 @@ def main() -> None:
         # check: 200 files, metadata only
         check_plan = SecretsPlan.from_plan(bench_plan(base, CHECK_FILES, machines))
         check_root = work / "check"
-        make_files(
-            check_root, SecretsPlan.from_plan(bench_plan(base, 24, machines)), sops
-        )
+        make_files(check_root, SecretsPlan.from_plan(bench_plan(base, 24, machines)), sops)
         sources = sorted((check_root / "secrets/bench").glob("*.yaml"))
         for i, spec in enumerate(
             check_plan.specs
@@ -134,9 +129,7 @@ def main() -> None:
         target_plan = SecretsPlan.from_plan(wanted)
         originals = work / "originals"
         make_files(originals, SecretsPlan.from_plan(admins_only(wanted)), sops)
-        print(
-            f"check: `tools secrets check` over the same 200 files as a command: {cli:.3f} s"
-        )
+        print(f"check: `tools secrets check` over the same 200 files as a command: {cli:.3f} s")
         loop_times, sync_times = [], []
         for round_ in range(ROUNDS):
             loop_root, sync_root = work / f"loop-{round_}", work / f"sync-{round_}"
@@ -164,9 +157,7 @@ def main() -> None:
             f"sync: {SYNC_FILES} files in {ours:.3f} s (median of {ROUNDS}; "
             "staged, verified with the admin key, renamed into place)"
         )
-        print(
-            f"loop: {SYNC_FILES} x `sops updatekeys -y` in {loop:.3f} s (median of {ROUNDS})"
-        )
+        print(f"loop: {SYNC_FILES} x `sops updatekeys -y` in {loop:.3f} s (median of {ROUNDS})")
         print(f"sync / loop = {ours / loop:.2f} (target <= 1.2)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -49,24 +49,39 @@ def test_dry_run_of_the_example_is_ordered_and_runs_nothing(
     assert not any(c.startswith("tools ") for c in commands)
     builds = [c for c in commands if " build " in c]
     assert [b.split("nixosConfigurations.")[1].split(".")[0] for b in builds] == [
-        "cloud-relay", "homelab", "db", "proxy", "auth", "vpn"]
+        "cloud-relay",
+        "homelab",
+        "db",
+        "proxy",
+        "auth",
+        "vpn",
+    ]
 
     def first(needle: str) -> int:
         return next(i for i, line in enumerate(lines) if needle in line)
 
     # The order of the catalogue's needs: vpn needs auth (through proxy) and db.
-    waves = [first("wave 1 of 4: cloud-relay, homelab (in parallel)"),
-             first("wave 2 of 4: db, proxy (in parallel)"), first("wave 3 of 4: auth"),
-             first("wave 4 of 4: vpn")]
+    waves = [
+        first("wave 1 of 4: cloud-relay, homelab (in parallel)"),
+        first("wave 2 of 4: db, proxy (in parallel)"),
+        first("wave 3 of 4: auth"),
+        first("wave 4 of 4: vpn"),
+    ]
     assert waves == sorted(waves)
     assert first("zfs snapshot -r tank/microvms/auth@") < first(
-        "root@homelab.lan -- 'nix-env -p /nix/var/nix/profiles/system --set @homelab-toplevel@'")
+        "root@homelab.lan -- 'nix-env -p /nix/var/nix/profiles/system --set @homelab-toplevel@'"
+    )
     # every guest answers before the hypervisor's generation becomes the boot default;
     # then each guest is checked again in its wave
     assert first("http://192.168.100.10:1411/.well-known/openid-configuration") < first(
-        "root@homelab.lan -- 'nix-env -p /nix/var/nix/profiles/system --set @homelab-toplevel@'")
-    assert (first("readlink /var/lib/microvms/db/current") < waves[2]
-            < first("readlink /var/lib/microvms/auth/current") < waves[3])
+        "root@homelab.lan -- 'nix-env -p /nix/var/nix/profiles/system --set @homelab-toplevel@'"
+    )
+    assert (
+        first("readlink /var/lib/microvms/db/current")
+        < waves[2]
+        < first("readlink /var/lib/microvms/auth/current")
+        < waves[3]
+    )
     assert "ln -sfn" not in result.output
     assert lines[-1] == "# dry run: 6 machines; nothing was run or changed"
 
@@ -85,7 +100,14 @@ def test_json_report_and_exit_code(fleet: RecordingRunner) -> None:
     assert homelab["error"].startswith("health check failed: caddy tcp://192.168.100.2:443")
     # what it runs is read first, so an unreachable machine is never guessed about
     assert [s["name"] for s in homelab["steps"]] == [
-        "record what runs", "snapshot", "copy", "arm watchdog", "switch", "health", "rollback"]
+        "record what runs",
+        "snapshot",
+        "copy",
+        "arm watchdog",
+        "switch",
+        "health",
+        "rollback",
+    ]
     assert by_name["proxy"]["outcome"] == "not-started"
 
 
@@ -114,8 +136,12 @@ def test_guest_removal_is_not_confirmed_without_a_terminal(monkeypatch: pytest.M
 
 
 def test_status_reads_generations_and_the_gitops_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    gitops = {"state": "rolled-back", "rev": "0123456789abcdef", "time": "2026-01-01T04:40:00Z",
-              "message": "health check failed: system degraded"}
+    gitops = {
+        "state": "rolled-back",
+        "rev": "0123456789abcdef",
+        "time": "2026-01-01T04:40:00Z",
+        "message": "health check failed: system degraded",
+    }
 
     def script(call: tuple[str, ...]) -> Result | None:
         cmd = call[-1]
@@ -137,22 +163,28 @@ def test_status_reads_generations_and_the_gitops_state(monkeypatch: pytest.Monke
     assert result.exit_code == 1  # the relay is unreachable
     lines = result.stdout.splitlines()
     # ssh's failure as what it is, not "lost the connection"
-    assert lines[0] == ("cloud-relay  unknown: root@relay: no route to the host "
-                        "(ssh: connect to host relay: No route to host)")
-    assert lines[1] == ("homelab      generation 42; gitops: rolled-back at 2026-01-01T04:40:00Z "
-                        "rev 0123456789ab (health check failed: system degraded)")
+    assert lines[0] == (
+        "cloud-relay  unknown: root@relay: no route to the host "
+        "(ssh: connect to host relay: No route to host)"
+    )
+    assert lines[1] == (
+        "homelab      generation 42; gitops: rolled-back at 2026-01-01T04:40:00Z "
+        "rev 0123456789ab (health check failed: system degraded)"
+    )
     assert lines[2] == "db           /nix/store/abc-microvm-cloud-hypervisor-db (active)"
     data = json.loads(invoke(["status", "homelab", "--json"]).stdout)
     assert data[0]["gitops"]["state"] == "rolled-back"
 
 
-def test_an_invalid_inventory_deploys_nothing(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_invalid_inventory_deploys_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from homestack.cli import main
 
     bad = tmp_path / "inventory.toml"
-    bad.write_text((EXAMPLE).read_text().replace(
-        'address = "192.168.100.20"', 'address = "192.168.101.5"'))
+    bad.write_text(
+        (EXAMPLE).read_text().replace('address = "192.168.100.20"', 'address = "192.168.101.5"')
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["deploy", "--dry-run", "--inventory", str(bad)])
     assert exit_info.value.code == 2
@@ -186,7 +218,8 @@ def test_inventory_short_option(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_local_deploys_this_host_and_its_guests_without_ssh(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     runner = RecordingRunner(script=Machines())
     monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
     monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
@@ -201,8 +234,9 @@ def test_local_deploys_this_host_and_its_guests_without_ssh(
     assert "cloud-relay" not in result.stderr
 
 
-def test_local_needs_the_one_host_it_runs_on(monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_local_needs_the_one_host_it_runs_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from homestack.cli import main
 
     monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
@@ -211,4 +245,5 @@ def test_local_needs_the_one_host_it_runs_on(monkeypatch: pytest.MonkeyPatch,
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (
         "error: /flake/inventory.toml: tools deploy --local: name the one host this is "
-        "(one of cloud-relay, homelab)\n")
+        "(one of cloud-relay, homelab)\n"
+    )

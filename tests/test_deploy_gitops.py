@@ -135,8 +135,11 @@ class Host:
                 return Result(args, 1, "", "error: unable to download 'https://cache': timeout\n")
             name = next(a for a in args if a.startswith(".#")).split(".")[2]
             rev = git(self.t, "-C", str(self.state / "repo"), "rev-parse", "HEAD")
-            out = self.builds[rev] if name == "homelab" else (
-                self.machine.systems[self.builds[rev]][name])
+            out = (
+                self.builds[rev]
+                if name == "homelab"
+                else (self.machine.systems[self.builds[rev]][name])
+            )
             return Result(args, 0, json.dumps([{"outputs": {"out": out}}]) + "\n", "")
         if args[0] == "tools":  # secrets and certificates check
             return Result(args, 0, "", "")

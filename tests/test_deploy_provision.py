@@ -26,14 +26,19 @@ KEYS = Path(__file__).resolve().parent / "keys"
 SOPS = shutil.which("sops") or str(Path(sys.executable).parent / "sops")
 ALICE_AGE = "age1x0dtwwdnzcdvdtkvp05nnmxf25y5qq6g5gxd2j9jxp8a0yzhaflqyxs40k"
 
-pytestmark = pytest.mark.skipif(not Path(SOPS).exists() and shutil.which("sops") is None,
-                                reason="needs sops")
+pytestmark = pytest.mark.skipif(
+    not Path(SOPS).exists() and shutil.which("sops") is None, reason="needs sops"
+)
 
 
 def plan() -> dict[str, Any]:
     return {
-        "hosts": {"homelab": {"name": "homelab",
-                              "hostKey": (KEYS / "host_homelab.pub").read_text().strip()}},
+        "hosts": {
+            "homelab": {
+                "name": "homelab",
+                "hostKey": (KEYS / "host_homelab.pub").read_text().strip(),
+            }
+        },
         "guests": {},
         "secrets": {"secrets/host-keys/homelab.yaml": {"keys": ["ssh_host_ed25519_key"]}},
     }
@@ -45,9 +50,23 @@ def encrypt_host_key(flake: Path, private_key: Path) -> None:
     plain = flake / "plain.yaml"
     body = "".join(f"  {line}" for line in private_key.read_text().splitlines(keepends=True))
     plain.write_text(f"ssh_host_ed25519_key: |\n{body}")
-    out = subprocess.run([SOPS, "--encrypt", "--age", ALICE_AGE, "--input-type", "yaml",
-                          "--output-type", "yaml", str(plain)], cwd=flake, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            SOPS,
+            "--encrypt",
+            "--age",
+            ALICE_AGE,
+            "--input-type",
+            "yaml",
+            "--output-type",
+            "yaml",
+            str(plain),
+        ],
+        cwd=flake,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     (flake / "secrets" / "host-keys" / "homelab.yaml").write_text(out)
     plain.unlink()
 
@@ -60,15 +79,27 @@ class Installer(Runner):
         self.seen: dict[str, Any] = {}
         self.builds: list[str] = []
 
-    def run(self, args: Sequence[str], *, check: bool, input: str | bytes | None = None,
-            env: Mapping[str, str] | None = None, cwd: Any = None,
-            timeout: float | None = None, capture: bool = True) -> Result:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool,
+        input: str | bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Any = None,
+        timeout: float | None = None,
+        capture: bool = True,
+    ) -> Result:
         if args[0] == "nix" and "build" in args:
             what = args[args.index("build") + 1].rsplit(".", 1)[1]
             self.builds.append(args[args.index("build") + 1])
             # what `nix build --json` prints (Nix 2.8 and later)
-            built = [{"drvPath": f"/nix/store/{what}.drv",
-                      "outputs": {"out": f"/nix/store/{what}-homelab"}}]
+            built = [
+                {
+                    "drvPath": f"/nix/store/{what}.drv",
+                    "outputs": {"out": f"/nix/store/{what}-homelab"},
+                }
+            ]
             return Result(tuple(args), 0, json.dumps(built) + "\n", "")
         if args[0] == "nixos-anywhere":
             tree = Path(args[args.index("--extra-files") + 1])
@@ -82,8 +113,9 @@ class Installer(Runner):
                 "tree": tree,
             }
             return Result(tuple(args), 0, "", "")
-        return self.real.run(args, check=check, input=input, env=env, cwd=cwd,
-                             timeout=timeout, capture=capture)
+        return self.real.run(
+            args, check=check, input=input, env=env, cwd=cwd, timeout=timeout, capture=capture
+        )
 
 
 @pytest.fixture
@@ -104,10 +136,16 @@ def test_host_key_is_pre_seeded_and_wiped(tmp_path: Path, age_identity: None) ->
     lines: list[str] = []
     prov.install(job, runner, lines.append)
     seen = runner.seen
-    assert runner.builds == [".#legacyPackages.x86_64-linux.install.homelab.diskoScript",
-                             ".#legacyPackages.x86_64-linux.install.homelab.toplevel"]
-    assert seen["args"][:4] == ["nixos-anywhere", "--store-paths",
-                                "/nix/store/diskoScript-homelab", "/nix/store/toplevel-homelab"]
+    assert runner.builds == [
+        ".#legacyPackages.x86_64-linux.install.homelab.diskoScript",
+        ".#legacyPackages.x86_64-linux.install.homelab.toplevel",
+    ]
+    assert seen["args"][:4] == [
+        "nixos-anywhere",
+        "--store-paths",
+        "/nix/store/diskoScript-homelab",
+        "/nix/store/toplevel-homelab",
+    ]
     assert seen["args"][-2:] == ["--target-host", "root@192.0.2.7"]
     assert seen["key"] == (KEYS / "host_homelab").read_text()
     assert seen["pub"].strip() == (KEYS / "host_homelab.pub").read_text().strip()
@@ -117,8 +155,9 @@ def test_host_key_is_pre_seeded_and_wiped(tmp_path: Path, age_identity: None) ->
     assert "installed" in lines[-1]
 
 
-def test_a_key_that_does_not_match_the_inventory_is_refused(tmp_path: Path,
-                                                           age_identity: None) -> None:
+def test_a_key_that_does_not_match_the_inventory_is_refused(
+    tmp_path: Path, age_identity: None
+) -> None:
     flake = tmp_path / "flake"
     flake.mkdir()
     encrypt_host_key(flake, KEYS / "host_db")  # the wrong machine's key
@@ -130,8 +169,9 @@ def test_a_key_that_does_not_match_the_inventory_is_refused(tmp_path: Path,
     assert [p for p in tmp_path.iterdir() if p.name.startswith("homestack-provision")] == []
 
 
-def test_undecryptable_file_is_a_user_error(tmp_path: Path, age_identity: None,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_undecryptable_file_is_a_user_error(
+    tmp_path: Path, age_identity: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     flake = tmp_path / "flake"
     flake.mkdir()
     encrypt_host_key(flake, KEYS / "host_homelab")
@@ -147,20 +187,28 @@ def test_undecryptable_file_is_a_user_error(tmp_path: Path, age_identity: None,
 
 
 def test_dry_run_decrypts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("homestack.deploy.cli.load",
-                        lambda _: (Path("/flake/inventory.toml"), plan()))
-    result = CliRunner().invoke(prov.provision, ["homelab", "--target", "root@192.0.2.7",
-                                                 "--dry-run"])
+    monkeypatch.setattr(
+        "homestack.deploy.cli.load", lambda _: (Path("/flake/inventory.toml"), plan())
+    )
+    result = CliRunner().invoke(
+        prov.provision, ["homelab", "--target", "root@192.0.2.7", "--dry-run"]
+    )
     assert result.exit_code == 0
     commands = [line for line in result.stdout.splitlines() if not line.startswith("#")]
-    assert commands[2].startswith("sops decrypt --extract '[\"ssh_host_ed25519_key\"]' "
-                                  "secrets/host-keys/homelab.yaml > @private-tmpfs-dir@/")
-    assert commands[0] == ("nix --extra-experimental-features 'nix-command "
-                           "flakes' build "
-                           "'.#legacyPackages.x86_64-linux.install.homelab.diskoScript'"
-                           " --no-link --json  # outputs.out: @disko-script@")
-    assert commands[-1] == ("nixos-anywhere --store-paths @disko-script@ @toplevel@ "
-                            "--extra-files @private-tmpfs-dir@ --target-host root@192.0.2.7")
+    assert commands[2].startswith(
+        "sops decrypt --extract '[\"ssh_host_ed25519_key\"]' "
+        "secrets/host-keys/homelab.yaml > @private-tmpfs-dir@/"
+    )
+    assert commands[0] == (
+        "nix --extra-experimental-features 'nix-command "
+        "flakes' build "
+        "'.#legacyPackages.x86_64-linux.install.homelab.diskoScript'"
+        " --no-link --json  # outputs.out: @disko-script@"
+    )
+    assert commands[-1] == (
+        "nixos-anywhere --store-paths @disko-script@ @toplevel@ "
+        "--extra-files @private-tmpfs-dir@ --target-host root@192.0.2.7"
+    )
 
 
 def test_guests_and_bad_targets_are_refused() -> None:
@@ -179,10 +227,12 @@ def test_private_directory_is_never_on_disk_by_default(monkeypatch: pytest.Monke
 def test_missing_nixos_anywhere_is_found_before_decrypting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("homestack.deploy.cli.load",
-                        lambda _: (tmp_path / "inventory.toml", plan()))
+    monkeypatch.setattr(
+        "homestack.deploy.cli.load", lambda _: (tmp_path / "inventory.toml", plan())
+    )
     monkeypatch.setenv("PATH", str(tmp_path))  # no nixos-anywhere, no sops
     monkeypatch.setattr(prov, "host_key_tree", lambda *_: pytest.fail("decrypted the key"))
     with pytest.raises(UserError, match=r"^nixos-anywhere: command not found"):
-        CliRunner().invoke(prov.provision, ["homelab", "--target", "root@192.0.2.7"],
-                           catch_exceptions=False)
+        CliRunner().invoke(
+            prov.provision, ["homelab", "--target", "root@192.0.2.7"], catch_exceptions=False
+        )

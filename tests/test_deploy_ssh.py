@@ -121,8 +121,10 @@ def _write(path: Path, text: str, mode: int = 0o755) -> None:
 
 def _closure(root: Path, name: str, health: str, extra: str = "") -> str:
     path = f"/nix/store/{name}-nixos-system-relay"
-    _write(root / "store" / path.removeprefix("/nix/store/") / "bin" / "switch-to-configuration",
-           SWITCH.format(name=name, health=health, extra=extra, path=path))
+    _write(
+        root / "store" / path.removeprefix("/nix/store/") / "bin" / "switch-to-configuration",
+        SWITCH.format(name=name, health=health, extra=extra, path=path),
+    )
     return path
 
 
@@ -131,29 +133,51 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     root = tmp_path_factory.mktemp("target")
     root.chmod(0o755)
     netns = f"hs-deploy-{os.getpid()}"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deployer",
-                    "-f", str(root / "client_key")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")],
-                   check=True)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "deployer",
+            "-f",
+            str(root / "client_key"),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True
+    )
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
     host_pub = (root / "host_key.pub").read_text().split()
     (root / "known_hosts").write_text(f"127.0.0.1 {host_pub[0]} {host_pub[1]}\n")
 
-    for name, text in {"nix-env": NIX_ENV, "systemctl": SYSTEMCTL,
-                       "systemd-run": SYSTEMD_RUN}.items():
+    for name, text in {
+        "nix-env": NIX_ENV,
+        "systemctl": SYSTEMCTL,
+        "systemd-run": SYSTEMD_RUN,
+    }.items():
         _write(root / "bin" / name, text)
-    _write(root / "session", textwrap.dedent(f"""\
+    _write(
+        root / "session",
+        textwrap.dedent(f"""\
         #!/bin/sh
         export PATH={root}/bin:$PATH LOG={root}/log STATE={root}/state
         exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
-        """))
+        """),
+    )
     (root / "profiles").mkdir()
     base = _closure(root, "base", "healthy")
     (root / "profiles" / "system-1-link").symlink_to(base)
     (root / "profiles" / "system").symlink_to("system-1-link")
     (root / "state").write_text("healthy\n")
     (root / "log").write_text("")
-    _write(root / "sshd_config", textwrap.dedent(f"""\
+    _write(
+        root / "sshd_config",
+        textwrap.dedent(f"""\
         ListenAddress 127.0.0.1
         Port 22
         HostKey {root}/host_key
@@ -165,10 +189,14 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         StrictModes no
         PidFile none
         ForceCommand {root}/session
-        """), 0o600)
+        """),
+        0o600,
+    )
     # sshd's own mount namespace: a private /run (for /run/sshd), and this test's store
     # and profile directories over /nix/store and /nix/var/nix/profiles.
-    _write(root / "boot", textwrap.dedent(f"""\
+    _write(
+        root / "boot",
+        textwrap.dedent(f"""\
         #!/bin/sh
         set -e
         mount -t tmpfs -o mode=0755 tmpfs /run
@@ -178,20 +206,44 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         mount --bind {root}/profiles /nix/var/nix/profiles
         ip link set lo up
         exec /usr/sbin/sshd -D -e -f {root}/sshd_config
-        """))
+        """),
+    )
     subprocess.run(["ip", "netns", "add", netns], check=True)
     sshd = subprocess.Popen(
-        ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
-         str(root / "boot")],
-        stdin=subprocess.DEVNULL, stdout=(root / "sshd.log").open("w"), stderr=subprocess.STDOUT)
-    ssh = Ssh(program=("ip", "netns", "exec", netns, "ssh"),
-              options=("-F", "/dev/null", *DEFAULT_OPTIONS, "-i", str(root / "client_key"),
-                       "-o", f"UserKnownHostsFile={root}/known_hosts",
-                       "-o", "StrictHostKeyChecking=yes"))
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            str(root / "boot"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=(root / "sshd.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    ssh = Ssh(
+        program=("ip", "netns", "exec", netns, "ssh"),
+        options=(
+            "-F",
+            "/dev/null",
+            *DEFAULT_OPTIONS,
+            "-i",
+            str(root / "client_key"),
+            "-o",
+            f"UserKnownHostsFile={root}/known_hosts",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ),
+    )
     try:
         for _ in range(100):
-            probe = subprocess.run(ssh.argv("root@127.0.0.1", ["true"]), check=False,
-                                   capture_output=True)
+            probe = subprocess.run(
+                ssh.argv("root@127.0.0.1", ["true"]), check=False, capture_output=True
+            )
             if probe.returncode == 0:
                 break
             time.sleep(0.05)
@@ -212,21 +264,37 @@ class Deployer(Runner):
         self.real = Runner()
         self.calls: list[tuple[str, ...]] = []
 
-    def run(self, args: Sequence[str], *, check: bool, input: str | bytes | None = None,
-            env: Mapping[str, str] | None = None, cwd: Any = None,
-            timeout: float | None = None, capture: bool = True) -> Result:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool,
+        input: str | bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Any = None,
+        timeout: float | None = None,
+        capture: bool = True,
+    ) -> Result:
         self.calls.append(tuple(args))
         if args[0] == "nix":  # `nix build --json` as Nix prints it; `nix copy` says nothing
             built = [{"drvPath": "/nix/store/x.drv", "outputs": {"out": self.closure}}]
             out = json.dumps(built) + "\n" if "build" in args else ""
             return Result(tuple(args), 0, out, "")
-        return self.real.run(args, check=check, input=input, env=env, cwd=cwd,
-                             timeout=timeout, capture=capture)
+        return self.real.run(
+            args, check=check, input=input, env=env, cwd=cwd, timeout=timeout, capture=capture
+        )
 
 
 PLAN: dict[str, Any] = {
-    "hosts": {"relay": {"name": "relay", "role": "relay", "target": "root@127.0.0.1",
-                        "guests": [], "zfs": None}},
+    "hosts": {
+        "relay": {
+            "name": "relay",
+            "role": "relay",
+            "target": "root@127.0.0.1",
+            "guests": [],
+            "zfs": None,
+        }
+    },
     "guests": {},
     "deployOrder": [["relay"]],
 }
@@ -234,10 +302,14 @@ PLAN: dict[str, Any] = {
 
 def deploy(target: Target, closure: str) -> engine.DeployReport:
     (target.root / "log").write_text("")
-    return engine.deploy(PLAN, runner=Deployer(closure), flake=target.root, ssh=target.ssh,
-                         options=DeployOptions(health_timeout=1, poll_interval=0.1,
-                                               system_timeout=5),
-                         validate=lambda: [])  # this plan has no secrets or certificates
+    return engine.deploy(
+        PLAN,
+        runner=Deployer(closure),
+        flake=target.root,
+        ssh=target.ssh,
+        options=DeployOptions(health_timeout=1, poll_interval=0.1, system_timeout=5),
+        validate=lambda: [],
+    )  # this plan has no secrets or certificates
 
 
 def test_good_configuration_is_switched_and_confirmed(target: Target) -> None:
@@ -259,7 +331,8 @@ def test_good_configuration_is_switched_and_confirmed(target: Target) -> None:
         "switch good boot",
     ]
     assert log.index("switch good boot") > next(
-        i for i, line in enumerate(log) if line.startswith("systemctl stop homestack-rollback-"))
+        i for i, line in enumerate(log) if line.startswith("systemctl stop homestack-rollback-")
+    )
 
 
 def test_failed_health_check_rolls_back_to_the_previous_generation(target: Target) -> None:
@@ -288,6 +361,8 @@ def test_lost_connection_during_the_switch_rolls_back(target: Target) -> None:
     assert relay.outcome is Outcome.ROLLED_BACK, relay
     assert relay.error is not None
     # a real sshd's words for it: "Connection to 127.0.0.1 closed by remote host."
-    assert relay.error.startswith("root@127.0.0.1: lost the connection (Connection to 127.0.0.1 "
-                                  "closed by remote host.) during: ")
+    assert relay.error.startswith(
+        "root@127.0.0.1: lost the connection (Connection to 127.0.0.1 "
+        "closed by remote host.) during: "
+    )
     assert target.profile() == before

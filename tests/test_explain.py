@@ -76,8 +76,10 @@ def test_cli_json() -> None:
 def test_cli_json_flag_is_format_json() -> None:
     flag = CliRunner().invoke(cli, ["explain", "--json", "-i", str(EXAMPLE)])
     assert flag.exit_code == 0, flag.output
-    assert flag.stdout == CliRunner().invoke(cli, ["explain", "--format", "json",
-                                                   "-i", str(EXAMPLE)]).stdout
+    assert (
+        flag.stdout
+        == CliRunner().invoke(cli, ["explain", "--format", "json", "-i", str(EXAMPLE)]).stdout
+    )
 
 
 def test_guest_without_catalogued_service(tmp_path: Path) -> None:

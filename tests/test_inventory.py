@@ -181,17 +181,18 @@ def test_unreadable_inventory_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_cli_check_takes_the_inventory_option_too(tmp_path: Path) -> None:
     bad = next(p for p in BAD if p.stem == "address-outside-subnet")
-    result = CliRunner().invoke(cli, ["inventory", "check", "-i", str(bad)],
-                                standalone_mode=False)
+    result = CliRunner().invoke(cli, ["inventory", "check", "-i", str(bad)], standalone_mode=False)
     assert isinstance(result.exception, CheckFailed)
-    result = CliRunner().invoke(cli, ["inventory", "check", str(EXAMPLE), "-i", str(bad)],
-                                standalone_mode=False)
+    result = CliRunner().invoke(
+        cli, ["inventory", "check", str(EXAMPLE), "-i", str(bad)], standalone_mode=False
+    )
     assert isinstance(result.exception, UserError)
     assert str(result.exception).startswith("give the inventory once")
 
 
-def test_cli_show_of_a_directory_exits_2(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_show_of_a_directory_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from homestack.cli import main
 
     with pytest.raises(SystemExit) as exc:

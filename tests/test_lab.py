@@ -34,9 +34,11 @@ PROGRAMS = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql")
 pytestmark = [
     requires_nix,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(any(shutil.which(p) is None for p in PROGRAMS)
-                       or not Path("/usr/lib/postgresql/15/bin/postgres").exists(),
-                       reason="caddy, dnsmasq, postgresql-15, nftables or iproute2 missing"),
+    pytest.mark.skipif(
+        any(shutil.which(p) is None for p in PROGRAMS)
+        or not Path("/usr/lib/postgresql/15/bin/postgres").exists(),
+        reason="caddy, dnsmasq, postgresql-15, nftables or iproute2 missing",
+    ),
 ]
 
 EXTRA_GUEST = """
@@ -61,8 +63,12 @@ def env() -> Iterator[dict[str, str]]:
     # caddy, postgres and nobody.
     base = Path(f"/run/homestack-lab-test-{os.getpid()}")
     base.mkdir(mode=0o755)
-    environ = {**os.environ, "HOMESTACK_LAB_DIR": str(base / "run"),
-               "HOMESTACK_LAB_PREFIX": PREFIX, "HOMESTACK_LAB_CACHE": str(base / "cache")}
+    environ = {
+        **os.environ,
+        "HOMESTACK_LAB_DIR": str(base / "run"),
+        "HOMESTACK_LAB_PREFIX": PREFIX,
+        "HOMESTACK_LAB_CACHE": str(base / "cache"),
+    }
     try:
         yield environ
         subprocess.run([TOOLS, "lab", "down"], env=environ, check=False, capture_output=True)
@@ -73,11 +79,14 @@ def env() -> Iterator[dict[str, str]]:
 
 
 def lab(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([TOOLS, "lab", *args], env=env, capture_output=True, text=True,
-                            check=False, timeout=120)
+    result = subprocess.run(
+        [TOOLS, "lab", *args], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
     if check and result.returncode != 0:
-        pytest.fail(f"tools lab {' '.join(args)}: exit {result.returncode}\n"
-                    f"{result.stdout}\n{result.stderr}")
+        pytest.fail(
+            f"tools lab {' '.join(args)}: exit {result.returncode}\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -162,8 +171,11 @@ def test_example_inventory(env: dict[str, str]) -> None:
     groups = {c["group"] for c in report["checks"]}
     assert groups == {"dns", "https", "https-untrusted", "postgresql"}
     assert set(report["matrix"]) == {"guest", "bridge", "both"}
-    both = {(r["src"], r["dst"], r["port"], r["proto"]): r for r in report["matrix"]["both"]
-            if r["path"] == "direct"}
+    both = {
+        (r["src"], r["dst"], r["port"], r["proto"]): r
+        for r in report["matrix"]["both"]
+        if r["path"] == "direct"
+    }
     assert both[("auth", "db", 5432, "tcp")]["outcome"] == "open"
     assert both[("proxy", "db", 5432, "tcp")]["outcome"] != "open"
     assert both[("lan", "proxy", 443, "tcp")]["outcome"] == "open"
@@ -223,15 +235,19 @@ def test_routed_path_gets_past_the_bridge_filter(env: dict[str, str]) -> None:
     plan = load_plan(EXAMPLE)
     topo = Topology.from_plan(plan, PREFIX)
     sets = firewall.rulesets(plan, topo)
-    bridge_only = [firewall.Ruleset(rs.netns, plan["artifacts"]["bridgeNftables"], True)
-                   for rs in sets if rs.is_bridge]
+    bridge_only = [
+        firewall.Ruleset(rs.netns, plan["artifacts"]["bridgeNftables"], True)
+        for rs in sets
+        if rs.is_bridge
+    ]
     db = topo.machine("db").address
 
     def tcp(src: str, timeout: float, *, routed: bool) -> str:
         # A probe moves its thread into the source namespace: never this one.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(probes.tcp, topo.machine(src).netns, db, 5432, timeout,
-                               routed=routed).result()
+            return pool.submit(
+                probes.tcp, topo.machine(src).netns, db, 5432, timeout, routed=routed
+            ).result()
 
     try:
         firewall.apply_mode(default_runner, sets, firewall.Mode.NONE)
@@ -253,11 +269,22 @@ def test_one_more_guest_and_flow(env: dict[str, str], tmp_path: Path) -> None:
     lab(env, "up", "-i", str(inventory))
     code, report = results(env)
     assert code == 0, json.dumps([c for c in report["checks"] if not c["ok"]], indent=1)
-    both = {(r["src"], r["dst"], r["port"], r["proto"]): r for r in report["matrix"]["both"]
-            if r["path"] == "direct"}
+    both = {
+        (r["src"], r["dst"], r["port"], r["proto"]): r
+        for r in report["matrix"]["both"]
+        if r["path"] == "direct"
+    }
     assert both[("vpn", "id2", 1411, "tcp")] == {
-        "src": "vpn", "dst": "id2", "port": 1411, "proto": "tcp", "path": "direct",
-        "allowed": True, "outcome": "open", "ok": True, "gap": False}
+        "src": "vpn",
+        "dst": "id2",
+        "port": 1411,
+        "proto": "tcp",
+        "path": "direct",
+        "allowed": True,
+        "outcome": "open",
+        "ok": True,
+        "gap": False,
+    }
     assert both[("auth", "id2", 1411, "tcp")]["outcome"] != "open"
     assert both[("id2", "db", 5432, "tcp")]["outcome"] == "open"
     names = {c["name"] for c in report["checks"] if c["ok"]}
@@ -278,8 +305,12 @@ _KILLS_LANDED: list[int] = []
 def test_twenty_cycles_with_kill_leave_nothing(env: dict[str, str], cycle: int) -> None:
     if cycle % 4 == 1:
         # kill -9 of `up` part-way through: the next `down` must still clean up.
-        proc = subprocess.Popen([TOOLS, "lab", "up", "-i", str(EXAMPLE)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [TOOLS, "lab", "up", "-i", str(EXAMPLE)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(_KILL_AT[cycle])
         _KILLS_TRIED.append(cycle)
         if proc.poll() is None:
@@ -297,12 +328,14 @@ def test_twenty_cycles_with_kill_leave_nothing(env: dict[str, str], cycle: int) 
 
 
 def test_an_unreachable_proxy_is_a_failed_check_not_a_crash(
-        env: dict[str, str], tmp_path: Path) -> None:
+    env: dict[str, str], tmp_path: Path
+) -> None:
     # 443 open to the guests only: the LAN client's connection is dropped (a timeout).
     inventory = tmp_path / "inventory.toml"
     closed = EXAMPLE.read_text().replace(
         '{ from = ["lan", "guests"], port = 443, proto = "tcp" }',
-        '{ from = ["guests"], port = 443, proto = "tcp" }')
+        '{ from = ["guests"], port = 443, proto = "tcp" }',
+    )
     assert closed != EXAMPLE.read_text()
     inventory.write_text(closed)
     lab(env, "up", "-i", str(inventory))
@@ -326,7 +359,8 @@ def test_an_unreachable_proxy_is_a_failed_check_not_a_crash(
 
 
 def test_up_from_another_inventory_refuses_to_replace_a_running_lab(
-        env: dict[str, str], tmp_path: Path) -> None:
+    env: dict[str, str], tmp_path: Path
+) -> None:
     lab(env, "up", "-i", str(EXAMPLE))
     before = lab(env, "status", "--json").stdout
     other = tmp_path / "other.toml"
@@ -335,7 +369,8 @@ def test_up_from_another_inventory_refuses_to_replace_a_running_lab(
     assert refused.returncode == 2
     assert refused.stderr == (
         f"error: tools lab up: a lab from {EXAMPLE} is running; `tools lab down` it first, "
-        f"or run `tools lab up --replace -i {other}`\n")
+        f"or run `tools lab up --replace -i {other}`\n"
+    )
     assert lab(env, "status", "--json").stdout == before  # untouched, same processes
     replaced = lab(env, "up", "--replace", "-i", str(other))
     assert f"lab up from {other}" in replaced.stdout
@@ -343,8 +378,7 @@ def test_up_from_another_inventory_refuses_to_replace_a_running_lab(
     assert_nothing_left(env)
 
 
-def test_down_after_an_interrupted_up_counts_every_process_it_stopped(
-        env: dict[str, str]) -> None:
+def test_down_after_an_interrupted_up_counts_every_process_it_stopped(env: dict[str, str]) -> None:
     lab(env, "up", "-i", str(EXAMPLE))
     # What a killed `up` leaves: not complete, and daemons started but not yet recorded.
     state_file = Path(env["HOMESTACK_LAB_DIR"]) / "state.json"
@@ -357,7 +391,8 @@ def test_down_after_an_interrupted_up_counts_every_process_it_stopped(
     out = lab(env, "down")
     namespaces = len(state["namespaces"])
     assert out.stdout.splitlines()[0] == (
-        f"lab down: removed {namespaces} namespaces, stopped {len(running)} processes")
+        f"lab down: removed {namespaces} namespaces, stopped {len(running)} processes"
+    )
     assert_nothing_left(env)
 
 
@@ -371,8 +406,19 @@ def test_the_lab_runs_from_a_checkout_other_users_cannot_enter(env: dict[str, st
         assert closed.stat().st_mode & 0o777 == 0o700
         clone = closed / "homestack"
         files = subprocess.run(
-            ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
-             "--exclude-standard"], check=True, capture_output=True).stdout.split(b"\0")
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            check=True,
+            capture_output=True,
+        ).stdout.split(b"\0")
         for name in filter(None, (f.decode() for f in files)):
             source = REPO / name
             if source.is_file():
@@ -381,13 +427,23 @@ def test_the_lab_runs_from_a_checkout_other_users_cannot_enter(env: dict[str, st
         here = {**env, "PYTHONPATH": str(clone / "tools")}
         where = subprocess.run(
             [sys.executable, "-c", "import homestack.lab; print(homestack.lab.__file__)"],
-            env=here, check=True, capture_output=True, text=True, cwd=clone).stdout
+            env=here,
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=clone,
+        ).stdout
         assert where.startswith(str(clone)), where
         for args in (["up"], ["test"], ["down"]):
             result = subprocess.run(
                 [sys.executable, "-c", "from homestack.cli import main; main()", "lab", *args],
-                env=here, cwd=clone,
-                capture_output=True, text=True, check=False, timeout=120)
+                env=here,
+                cwd=clone,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
+            )
             assert result.returncode == 0, (args, result.stdout, result.stderr)
         assert_nothing_left(env)
     finally:

@@ -37,9 +37,26 @@ def test_lego_command_line_is_the_nixos_modules(plan: dict[str, Any]) -> None:
     """The flags of security.acme's commonOpts + runOpts/renewOpts, from the plan's values."""
     server = "https://198.51.100.11/dir"
     assert acme.lego_argv(plan, server, "run") == [
-        "lego", "--accept-tos", "--path", ".", "--email", "hostmaster@home.example.com",
-        "--dns", "cloudflare", "--dns.resolvers", "1.1.1.1:53", "--server", server,
-        "--key-type", "ec256", "-d", "*.home.example.com", "-d", "home.example.com", "run"]
+        "lego",
+        "--accept-tos",
+        "--path",
+        ".",
+        "--email",
+        "hostmaster@home.example.com",
+        "--dns",
+        "cloudflare",
+        "--dns.resolvers",
+        "1.1.1.1:53",
+        "--server",
+        server,
+        "--key-type",
+        "ec256",
+        "-d",
+        "*.home.example.com",
+        "-d",
+        "home.example.com",
+        "run",
+    ]
     renew = acme.lego_argv(plan, server, "renew", provider="exec")
     assert renew[-4:] == ["renew", "--no-random-sleep", "--days", "30"]
     assert renew[renew.index("--dns") + 1] == "exec"
@@ -66,29 +83,50 @@ def _rcode_and_counts(reply: bytes) -> tuple[int, int, int]:
 
 def test_dns_authority_answers_what_lego_and_pebble_ask(tmp_path: Path) -> None:
     records = tmp_path / "records.json"
-    records.write_text(json.dumps([{"type": "TXT", "name": "_acme-challenge.home.example.com",
-                                    "content": '"token-value"'}]))
-    zone = dns_authority.Zone({"zone": "home.example.com", "nameserver": "ns.lab.test",
-                               "hosts": {"ns.lab.test": "198.51.100.10"},
-                               "records": str(records)})
+    records.write_text(
+        json.dumps(
+            [
+                {
+                    "type": "TXT",
+                    "name": "_acme-challenge.home.example.com",
+                    "content": '"token-value"',
+                }
+            ]
+        )
+    )
+    zone = dns_authority.Zone(
+        {
+            "zone": "home.example.com",
+            "nameserver": "ns.lab.test",
+            "hosts": {"ns.lab.test": "198.51.100.10"},
+            "records": str(records),
+        }
+    )
     soa = dns_authority.respond(zone, _query("home.example.com", dns_authority.SOA))
     assert _rcode_and_counts(soa) == (0, 1, 0)
     # Below the zone's apex: no SOA answer, but the zone's SOA in the authority section,
     # which is how lego finds the zone walking up from _acme-challenge.<domain>.
-    below = dns_authority.respond(zone, _query("_acme-challenge.home.example.com",
-                                               dns_authority.SOA))
+    below = dns_authority.respond(
+        zone, _query("_acme-challenge.home.example.com", dns_authority.SOA)
+    )
     assert _rcode_and_counts(below) == (0, 0, 1)
-    txt = dns_authority.respond(zone, _query("_acme-challenge.home.example.com",
-                                             dns_authority.TXT))
+    txt = dns_authority.respond(zone, _query("_acme-challenge.home.example.com", dns_authority.TXT))
     assert _rcode_and_counts(txt) == (0, 1, 0)
-    assert b"\x0btoken-value" in txt and b'"' not in txt[txt.index(b"\x0btoken"):]
-    assert _rcode_and_counts(dns_authority.respond(
-        zone, _query("nothing.home.example.com", dns_authority.A)))[0] == 3
-    assert _rcode_and_counts(dns_authority.respond(
-        zone, _query("example.org", dns_authority.A)))[0] == 5  # not ours: refused
+    assert b"\x0btoken-value" in txt and b'"' not in txt[txt.index(b"\x0btoken") :]
+    assert (
+        _rcode_and_counts(
+            dns_authority.respond(zone, _query("nothing.home.example.com", dns_authority.A))
+        )[0]
+        == 3
+    )
+    assert (
+        _rcode_and_counts(dns_authority.respond(zone, _query("example.org", dns_authority.A)))[0]
+        == 5
+    )  # not ours: refused
     records.write_text("[]")
-    cleaned = dns_authority.respond(zone, _query("_acme-challenge.home.example.com",
-                                                 dns_authority.TXT))
+    cleaned = dns_authority.respond(
+        zone, _query("_acme-challenge.home.example.com", dns_authority.TXT)
+    )
     assert _rcode_and_counts(cleaned)[1] == 0
 
 
@@ -96,9 +134,15 @@ def test_dns_authority_answers_what_lego_and_pebble_ask(tmp_path: Path) -> None:
 def cloudflare(tmp_path: Path) -> Iterator[tuple[str, str]]:
     token = tmp_path / "token"
     token.write_text("lab-token\n")
-    store = cloudflare_standin.Store({
-        "zone": "home.example.com", "zone_id": "a" * 32, "token_file": str(token),
-        "records": str(tmp_path / "records.json"), "requests": str(tmp_path / "log")})
+    store = cloudflare_standin.Store(
+        {
+            "zone": "home.example.com",
+            "zone_id": "a" * 32,
+            "token_file": str(token),
+            "records": str(tmp_path / "records.json"),
+            "requests": str(tmp_path / "log"),
+        }
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), cloudflare_standin.make_handler(store))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -109,9 +153,12 @@ def cloudflare(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 def _api(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = Request(url, data=data, method=method,  # noqa: S310 - a local test server
-                  headers={"Authorization": f"Bearer {token}",
-                           "Content-Type": "application/json"})
+    req = Request(  # noqa: S310 - a local test server
+        url,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     try:
         with urlopen(req, timeout=5) as resp:  # noqa: S310
             return resp.status, json.loads(resp.read())
@@ -128,9 +175,12 @@ def test_cloudflare_standin_zone_lookup_create_delete(cloudflare: tuple[str, str
     zone_id = zones["result"][0]["id"]
     assert _api(f"{base}/zones?name=example.org", token)[1]["result"] == []
 
-    status, made = _api(f"{base}/zones/{zone_id}/dns_records", token, "POST",
-                        {"type": "TXT", "name": "_acme-challenge.home.example.com",
-                         "content": '"v"', "ttl": 120})
+    status, made = _api(
+        f"{base}/zones/{zone_id}/dns_records",
+        token,
+        "POST",
+        {"type": "TXT", "name": "_acme-challenge.home.example.com", "content": '"v"', "ttl": 120},
+    )
     assert status == 200 and made["result"]["type"] == "TXT" and made["result"]["ttl"] == 120
     record_id = made["result"]["id"]
     listed = _api(f"{base}/zones/{zone_id}/dns_records", token)[1]["result"]
@@ -172,8 +222,12 @@ def _lego_bridge() -> bool:
 def env() -> Iterator[dict[str, str]]:
     base = Path(f"/run/homestack-lab-acme-test-{os.getpid()}")
     base.mkdir(mode=0o755)
-    environ = {**os.environ, "HOMESTACK_LAB_DIR": str(base / "run"),
-               "HOMESTACK_LAB_PREFIX": PREFIX, "HOMESTACK_LAB_CACHE": str(base / "cache")}
+    environ = {
+        **os.environ,
+        "HOMESTACK_LAB_DIR": str(base / "run"),
+        "HOMESTACK_LAB_PREFIX": PREFIX,
+        "HOMESTACK_LAB_CACHE": str(base / "cache"),
+    }
     try:
         yield environ
     finally:
@@ -182,17 +236,22 @@ def env() -> Iterator[dict[str, str]]:
 
 
 def lab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TOOLS, "lab", *args], env=env, capture_output=True, text=True,
-                          check=False, timeout=400)
+    return subprocess.run(
+        [TOOLS, "lab", *args], env=env, capture_output=True, text=True, check=False, timeout=400
+    )
 
 
 @requires_nix
 @pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
-@pytest.mark.skipif(any(shutil.which(p) is None for p in PROGRAMS)
-                    or not Path("/usr/lib/postgresql/15/bin/postgres").exists(),
-                    reason="the lab's daemons, lego or pebble missing")
-@pytest.mark.skipif(not acme.lego_has_provider("cloudflare") and not _lego_bridge(),
-                    reason="no lego Cloudflare provider (certbot-dns-multi not installed)")
+@pytest.mark.skipif(
+    any(shutil.which(p) is None for p in PROGRAMS)
+    or not Path("/usr/lib/postgresql/15/bin/postgres").exists(),
+    reason="the lab's daemons, lego or pebble missing",
+)
+@pytest.mark.skipif(
+    not acme.lego_has_provider("cloudflare") and not _lego_bridge(),
+    reason="no lego Cloudflare provider (certbot-dns-multi not installed)",
+)
 def test_lab_obtains_serves_and_renews_a_pebble_wildcard(env: dict[str, str]) -> None:
     up = lab(env, "up", "-i", str(INVENTORY))
     assert up.returncode == 0, up.stdout + up.stderr
@@ -213,8 +272,10 @@ def test_lab_obtains_serves_and_renews_a_pebble_wildcard(env: dict[str, str]) ->
     assert len(checks) == 5
     served = checks["wildcard served by Caddy, Pebble's root the only trust anchor"]["detail"]
     assert "*.home.example.com, home.example.com" in served and "Pebble" in served
-    assert "0 left in the zone, 0 answered" in \
-        checks["TXT challenge records cleaned up after the renewal"]["detail"]
+    assert (
+        "0 left in the zone, 0 answered"
+        in checks["TXT challenge records cleaned up after the renewal"]["detail"]
+    )
     https = [c for c in report["checks"] if c["group"] == "https"]
     assert https and all(c["ok"] for c in https)
 
@@ -237,16 +298,24 @@ def test_lab_obtains_serves_and_renews_a_pebble_wildcard(env: dict[str, str]) ->
 SHAPE = REPO.parent / "shared" / "tools" / "nixos-shape" / "run"
 
 
-@pytest.mark.skipif(not SHAPE.exists() or shutil.which("git") is None,
-                    reason="nixos-shape is not beside this checkout")
-@pytest.mark.skipif(not Path("/work/.mirror/nix-community+nixpkgs.lib/repo").exists()
-                    and "MIRRORS" not in os.environ, reason="no nixpkgs.lib mirror")
+@pytest.mark.skipif(
+    not SHAPE.exists() or shutil.which("git") is None,
+    reason="nixos-shape is not beside this checkout",
+)
+@pytest.mark.skipif(
+    not Path("/work/.mirror/nix-community+nixpkgs.lib/repo").exists()
+    and "MIRRORS" not in os.environ,
+    reason="no nixpkgs.lib mirror",
+)
 def test_nixos_shape_evaluates_the_proxy_in_acme_mode(tmp_path: Path) -> None:
     """The repository with the acme-dns01 inventory: the proxy evaluates with the real
     module system, no assertion (no plugin hash) and no unknown option."""
     tree = tmp_path / "tree"
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src, dst = REPO / name, tree / name
         if src.is_file():
@@ -256,9 +325,11 @@ def test_nixos_shape_evaluates_the_proxy_in_acme_mode(tmp_path: Path) -> None:
     git = ["git", "-C", str(tree), "-c", "user.email=lab@example.com", "-c", "user.name=lab"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "acme-dns01"]):
         subprocess.run([*git, *args], check=True, capture_output=True)
-    shape = subprocess.run([str(SHAPE), "proxy"], cwd=tree, capture_output=True, text=True,
-                           check=False, timeout=600)
+    shape = subprocess.run(
+        [str(SHAPE), "proxy"], cwd=tree, capture_output=True, text=True, check=False, timeout=600
+    )
     assert shape.returncode == 0, shape.stdout + shape.stderr
     first = shape.stdout.splitlines()[0]
-    assert first.startswith("proxy: ok - 0 unknown option names, 0 values rejected, "
-                            "0 assertions false"), first
+    assert first.startswith(
+        "proxy: ok - 0 unknown option names, 0 values rejected, 0 assertions false"
+    ), first

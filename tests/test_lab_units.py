@@ -39,28 +39,41 @@ def plan() -> dict[str, Any]:
 
 
 def test_caddy_overlay_adds_a_global_block_and_keeps_the_rest(tmp_path: Path) -> None:
-    out = overlay.caddyfile(CADDY, cert=tmp_path / "c.pem", key=tmp_path / "k.pem",
-                            storage=tmp_path / "s", rendered_cert="/etc/homestack/tls/wildcard.crt",
-                            rendered_key="/run/secrets/tls/key")
+    out = overlay.caddyfile(
+        CADDY,
+        cert=tmp_path / "c.pem",
+        key=tmp_path / "k.pem",
+        storage=tmp_path / "s",
+        rendered_cert="/etc/homestack/tls/wildcard.crt",
+        rendered_key="/run/secrets/tls/key",
+    )
     head, _, rest = out.partition("}\n\n")
     assert head.startswith("{\n") and "admin off" in head and "auto_https off" in head
     assert f"storage file_system {tmp_path / 's'}" in head
-    expected = CADDY.replace("/etc/homestack/tls/wildcard.crt /run/secrets/tls/key",
-                             f"{tmp_path / 'c.pem'} {tmp_path / 'k.pem'}")
+    expected = CADDY.replace(
+        "/etc/homestack/tls/wildcard.crt /run/secrets/tls/key",
+        f"{tmp_path / 'c.pem'} {tmp_path / 'k.pem'}",
+    )
     assert rest == expected
 
 
 def test_caddy_overlay_rewrites_only_the_plans_certificate_paths(tmp_path: Path) -> None:
     other = CADDY.replace("/run/secrets/tls/key", "/elsewhere/key")
-    out = overlay.caddyfile(other, cert=tmp_path / "c.pem", key=tmp_path / "k.pem",
-                            storage=tmp_path, rendered_cert="/etc/homestack/tls/wildcard.crt",
-                            rendered_key="/run/secrets/tls/key")
+    out = overlay.caddyfile(
+        other,
+        cert=tmp_path / "c.pem",
+        key=tmp_path / "k.pem",
+        storage=tmp_path,
+        rendered_cert="/etc/homestack/tls/wildcard.crt",
+        rendered_key="/run/secrets/tls/key",
+    )
     assert "tls /etc/homestack/tls/wildcard.crt /elsewhere/key" in out
 
 
 def test_caddy_overlay_joins_an_existing_global_block(tmp_path: Path) -> None:
-    out = overlay.caddyfile("{\n\temail a@b.c\n}\nx.home.arpa {\n}\n", cert=tmp_path,
-                            key=tmp_path, storage=tmp_path)
+    out = overlay.caddyfile(
+        "{\n\temail a@b.c\n}\nx.home.arpa {\n}\n", cert=tmp_path, key=tmp_path, storage=tmp_path
+    )
     assert out.count("{") == 2
     assert out.index("admin off") < out.index("email a@b.c")
 
@@ -76,29 +89,39 @@ def test_pg_hba_overlay_keeps_rendered_lines_in_order() -> None:
     out = overlay.pg_hba(rendered)
     assert out.endswith(rendered)
     assert next(ln for ln in out.splitlines() if not ln.startswith("#")) == (
-        "local all postgres peer")
+        "local all postgres peer"
+    )
 
 
 def test_ruleset_tables_and_idempotent_removal() -> None:
     rs = firewall.Ruleset("ns", "# c\ntable inet homestack {\n}\ntable ip nat {\n}\n", False)
     assert rs.tables == [("inet", "homestack"), ("ip", "nat")]
-    assert rs.removal() == ("add table inet homestack\ndelete table inet homestack\n"
-                            "add table ip nat\ndelete table ip nat\n")
+    assert rs.removal() == (
+        "add table inet homestack\ndelete table inet homestack\n"
+        "add table ip nat\ndelete table ip nat\n"
+    )
 
 
 def test_filter_hooks_per_family() -> None:
-    text = ("table bridge b {\n chain forward {\n  type filter hook forward priority 0;\n }\n}\n"
-            "table ip n {\n chain p {\n  type nat hook postrouting priority 100;\n }\n}\n"
-            "table inet f {\n chain o {\n  type filter hook output priority 0;\n }\n}\n")
+    text = (
+        "table bridge b {\n chain forward {\n  type filter hook forward priority 0;\n }\n}\n"
+        "table ip n {\n chain p {\n  type nat hook postrouting priority 100;\n }\n}\n"
+        "table inet f {\n chain o {\n  type filter hook output priority 0;\n }\n}\n"
+    )
     assert firewall.Ruleset("ns", text, True).filter_hooks() == {
-        ("bridge", "forward"), ("inet", "output")}
+        ("bridge", "forward"),
+        ("inet", "output"),
+    }
 
 
 def test_state_round_trip(tmp_path: Path) -> None:
     paths = LabPaths(root=tmp_path / "run", prefix="t-", cache=tmp_path / "c")
     assert load_state(paths) is None
-    state = LabState(prefix="t-").with_namespaces(["t-a", "t-b"]).with_proc(
-        Proc(12, 34, "caddy", "t-a", "x"))
+    state = (
+        LabState(prefix="t-")
+        .with_namespaces(["t-a", "t-b"])
+        .with_proc(Proc(12, 34, "caddy", "t-a", "x"))
+    )
     save_state(paths, state)
     assert load_state(paths) == state
     paths.state_file.write_text("{")
@@ -162,8 +185,9 @@ def test_matrix_covers_every_path_and_port(plan: dict[str, Any]) -> None:
     assert Flow("cloud-relay", "proxy", 443, "tcp") in allowed
     assert Flow("cloud-relay", "proxy", 53, "tcp") not in allowed, "the tunnel is not the LAN"
     assert not any(f.dst in {"lan", "cloud-relay"} for f in allowed)
-    assert not any(f.src == "cloud-relay" and f.dst in {"lan", "internet", "homelab"}
-                   for f in allowed)
+    assert not any(
+        f.src == "cloud-relay" and f.dst in {"lan", "internet", "homelab"} for f in allowed
+    )
 
 
 @requires_nix
@@ -187,23 +211,26 @@ def test_flow_result_gap_is_only_for_unguarded_blocked_flows() -> None:
 
 @requires_nix
 def test_guest_layer_is_responsible_only_for_flows_a_guest_takes_part_in(
-        plan: dict[str, Any]) -> None:
+    plan: dict[str, Any],
+) -> None:
     topo = Topology.from_plan(plan, "p-")
 
     def guarded_in(mode: firewall.Mode, strict: bool = False) -> dict[matrix.Flow, bool]:
         seen: dict[matrix.Flow, bool] = {}
         original = matrix.probe
 
-        def fake(flow: matrix.Flow, src: Any, address: str, allowed: bool,
-                 guarded: bool) -> matrix.FlowResult:
+        def fake(
+            flow: matrix.Flow, src: Any, address: str, allowed: bool, guarded: bool
+        ) -> matrix.FlowResult:
             seen[flow] = guarded
             return matrix.FlowResult(flow, allowed, "dropped", guarded)
 
         matrix.probe = fake
         try:
             with ThreadPoolExecutor(max_workers=4) as pool:
-                for fut in matrix.submit_all(pool, topo, plan, [{"port": 22, "proto": "tcp"}],
-                                             mode, strict=strict):
+                for fut in matrix.submit_all(
+                    pool, topo, plan, [{"port": 22, "proto": "tcp"}], mode, strict=strict
+                ):
                     fut.result()
         finally:
             matrix.probe = original
@@ -231,7 +258,8 @@ def test_a_failed_program_shows_its_whole_message_under_its_own_name() -> None:
         "nft (in hslab-proxy): exit code 1:\n"
         "    /dev/stdin:3:13-17: Error: Service out of range\n"
         "      tcp dport 99999 drop\n"
-        "                ^^^^^")
+        "                ^^^^^"
+    )
 
 
 def test_a_long_message_keeps_its_end_and_says_what_was_cut() -> None:
@@ -248,8 +276,7 @@ def test_a_silent_failure_names_the_program_and_its_exit_code() -> None:
     assert daemons.failure_message(result) == "ip: exit code 2"
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None,
-                    reason="nft needs root")
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None, reason="nft needs root")
 def test_the_lab_runner_raises_nfts_own_message() -> None:
     bad = "table inet t {\n chain c {\n  tcp dport 99999 drop\n }\n}\n"
     with pytest.raises(UserError) as err:  # -c: checks the rule set, changes nothing

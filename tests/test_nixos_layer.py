@@ -75,11 +75,25 @@ def test_nix_file_parses(path: Path) -> None:
 
 def collect(plant: Path | None = None, inventory: Path = EXAMPLE) -> dict[str, Any]:
     """Run the collector; returns {paths: [{machine, path, status, file}], secrets: [...]}."""
-    args = ["nix-instantiate", "--eval", "--strict", "--json", str(COLLECT),
-            "--arg", "root", str(REPO),
-            "--arg", "inventory", str(inventory),
-            "--arg", "manifest", str(MANIFEST),
-            "--arg", "extras", str(EXTRAS)]
+    args = [
+        "nix-instantiate",
+        "--eval",
+        "--strict",
+        "--json",
+        str(COLLECT),
+        "--arg",
+        "root",
+        str(REPO),
+        "--arg",
+        "inventory",
+        str(inventory),
+        "--arg",
+        "manifest",
+        str(MANIFEST),
+        "--arg",
+        "extras",
+        str(EXTRAS),
+    ]
     if plant is not None:
         args += ["--arg", "plant", str(plant)]
     result = RUNNER.run(args, check=False, timeout=300)
@@ -89,8 +103,13 @@ def collect(plant: Path | None = None, inventory: Path = EXAMPLE) -> dict[str, A
 
 
 def problems(paths: list[dict[str, Any]]) -> list[str]:
-    return sorted({f"{p['machine']}: {'.'.join(p['path'])} ({p['status']}, set in {p['file']})"
-                   for p in paths if p["status"] != "ok"})
+    return sorted(
+        {
+            f"{p['machine']}: {'.'.join(p['path'])} ({p['status']}, set in {p['file']})"
+            for p in paths
+            if p["status"] != "ok"
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +119,20 @@ def collected() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def plan() -> dict[str, Any]:
-    result = RUNNER.run(["nix-instantiate", "--eval", "--strict", "--json",
-                         str(REPO / "lib" / "eval.nix"), "--argstr", "inventory",
-                         str(EXAMPLE)], check=True, timeout=120)
+    result = RUNNER.run(
+        [
+            "nix-instantiate",
+            "--eval",
+            "--strict",
+            "--json",
+            str(REPO / "lib" / "eval.nix"),
+            "--argstr",
+            "inventory",
+            str(EXAMPLE),
+        ],
+        check=True,
+        timeout=120,
+    )
     data: dict[str, Any] = json.loads(result.stdout)["plan"]
     return data
 
@@ -140,21 +170,38 @@ def plant(tmp_path: Path, body: str) -> Path:
 
 
 def test_planted_made_up_paths_fail(tmp_path: Path) -> None:
-    bad = problems(collect(plant(tmp_path, """
+    bad = problems(
+        collect(
+            plant(
+                tmp_path,
+                """
       services.caddy.virtualHostz."x".extraConfig = "";
       networking.firewall.allowedTCPPortz = [ 1 ];
       microvm.sharez = [ ];
-    """))["paths"])
-    for path in ("services.caddy.virtualHostz", "networking.firewall.allowedTCPPortz",
-                 "microvm.sharez"):
+    """,
+            )
+        )["paths"]
+    )
+    for path in (
+        "services.caddy.virtualHostz",
+        "networking.firewall.allowedTCPPortz",
+        "microvm.sharez",
+    ):
         assert any(f": {path} (unknown" in line for line in bad), (path, bad)
 
 
 def test_planted_variant_and_renamed_paths_fail(tmp_path: Path) -> None:
-    bad = problems(collect(plant(tmp_path, """
+    bad = problems(
+        collect(
+            plant(
+                tmp_path,
+                """
       services.netbird.server.ingress.nginx.enable = true;
       security.acme.certs."x".credentialsFile = "/dev/null";
-    """))["paths"])
+    """,
+            )
+        )["paths"]
+    )
     assert any("services.netbird.server.ingress.nginx.enable (variant" in b for b in bad), bad
     assert any("security.acme.certs.x.credentialsFile (renamed" in b for b in bad), bad
 
@@ -162,8 +209,10 @@ def test_planted_variant_and_renamed_paths_fail(tmp_path: Path) -> None:
 def test_extra_options_are_sourced_and_not_in_the_manifest() -> None:
     manifest = json.loads(MANIFEST.read_text())
     extras = json.loads(EXTRAS.read_text())
-    entries = {**extras.get("_notForNixosShape", {}),
-               **{k: v for k, v in extras.items() if not k.startswith("_")}}
+    entries = {
+        **extras.get("_notForNixosShape", {}),
+        **{k: v for k, v in extras.items() if not k.startswith("_")},
+    }
     assert entries
     for path, entry in entries.items():
         assert path not in manifest, f"{path} is already in the manifest"
@@ -216,16 +265,23 @@ def services_on_hosts(collected: dict[str, Any], hosts: list[str]) -> list[str]:
 
 
 def test_the_service_list_is_lib_s() -> None:
-    result = RUNNER.run(["nix-instantiate", "--eval", "--strict", "--json", "--expr",
-                         f"builtins.attrNames (import {REPO / 'lib'}).services"], check=True)
+    result = RUNNER.run(
+        [
+            "nix-instantiate",
+            "--eval",
+            "--strict",
+            "--json",
+            "--expr",
+            f"builtins.attrNames (import {REPO / 'lib'}).services",
+        ],
+        check=True,
+    )
     assert sorted(GUEST_SERVICES) == json.loads(result.stdout)
     for name in GUEST_SERVICES:
         assert (REPO / "modules" / "services" / f"{name}.nix").is_file(), name
 
 
-def test_hosts_run_no_application_service(
-    collected: dict[str, Any], plan: dict[str, Any]
-) -> None:
+def test_hosts_run_no_application_service(collected: dict[str, Any], plan: dict[str, Any]) -> None:
     hosts = sorted(plan["hosts"])
     assert {h["role"] for h in plan["hosts"].values()} == {"hypervisor", "relay"}
     assert {p["machine"] for p in collected["paths"]} >= set(hosts)
@@ -236,14 +292,25 @@ def test_hosts_run_no_application_service(
 
 
 def test_a_service_planted_on_the_hosts_is_found(tmp_path: Path, plan: dict[str, Any]) -> None:
-    found = services_on_hosts(collect(plant(tmp_path, """
+    found = services_on_hosts(
+        collect(
+            plant(
+                tmp_path,
+                """
       services.caddy.virtualHosts."x".extraConfig = "";
       services.netbird.server.enable = true;
       services.postgresql = { enable = true; };
-    """)), sorted(plan["hosts"]))
+    """,
+            )
+        ),
+        sorted(plan["hosts"]),
+    )
     for host in plan["hosts"]:
-        for path in ("services.caddy.virtualHosts.x.extraConfig",
-                     "services.netbird.server.enable", "services.postgresql.enable"):
+        for path in (
+            "services.caddy.virtualHosts.x.extraConfig",
+            "services.netbird.server.enable",
+            "services.postgresql.enable",
+        ):
             assert any(line.startswith(f"{host}: {path} (") for line in found), (host, path, found)
 
 
@@ -262,9 +329,16 @@ def test_a_service_module_imported_by_a_host_is_found() -> None:
 
 def decrypt(file: Path, machine: str) -> str:
     identity = ssh_private_to_identity((REPO / "tests" / "keys" / f"host_{machine}").read_bytes())
-    result = RUNNER.run([find_sops(), "--decrypt", str(file)], check=False, cwd=file.parent,
-                        env={"SOPS_AGE_KEY": str(identity), "SOPS_DISABLE_VERSION_CHECK": "1",
-                             "SOPS_AGE_KEY_FILE": "/nonexistent"})
+    result = RUNNER.run(
+        [find_sops(), "--decrypt", str(file)],
+        check=False,
+        cwd=file.parent,
+        env={
+            "SOPS_AGE_KEY": str(identity),
+            "SOPS_DISABLE_VERSION_CHECK": "1",
+            "SOPS_AGE_KEY_FILE": "/nonexistent",
+        },
+    )
     assert result.returncode == 0, f"{machine} cannot decrypt {file}: {result.stderr}"
     return result.stdout
 
@@ -286,18 +360,33 @@ def test_fixture_secrets_decrypt_with_the_machines_host_keys(plan: dict[str, Any
 
 def test_fixture_certificate_matches_the_proxy_key(tmp_path: Path) -> None:
     certs = FIXTURES / "certs"
-    RUNNER.run(["openssl", "verify", "-CAfile", str(certs / "ca.crt"),
-                str(certs / "wildcard.crt")], check=True)
-    run = RUNNER.run([find_sops(), "--decrypt", "--extract", '["tls"]["key"]',
-                      str(FIXTURES / "secrets" / "proxy.yaml")], check=True, cwd=FIXTURES,
-                     env={"SOPS_AGE_KEY": str(ssh_private_to_identity(
-                         (REPO / "tests" / "keys" / "host_proxy").read_bytes())),
-                          "SOPS_AGE_KEY_FILE": "/nonexistent"})
+    RUNNER.run(
+        ["openssl", "verify", "-CAfile", str(certs / "ca.crt"), str(certs / "wildcard.crt")],
+        check=True,
+    )
+    run = RUNNER.run(
+        [
+            find_sops(),
+            "--decrypt",
+            "--extract",
+            '["tls"]["key"]',
+            str(FIXTURES / "secrets" / "proxy.yaml"),
+        ],
+        check=True,
+        cwd=FIXTURES,
+        env={
+            "SOPS_AGE_KEY": str(
+                ssh_private_to_identity((REPO / "tests" / "keys" / "host_proxy").read_bytes())
+            ),
+            "SOPS_AGE_KEY_FILE": "/nonexistent",
+        },
+    )
     key = tmp_path / "key.pem"
     key.write_text(run.stdout)
     from_key = RUNNER.run(["openssl", "pkey", "-in", str(key), "-pubout"], check=True).stdout
-    from_cert = RUNNER.run(["openssl", "x509", "-in", str(certs / "wildcard.crt"), "-noout",
-                            "-pubkey"], check=True).stdout
+    from_cert = RUNNER.run(
+        ["openssl", "x509", "-in", str(certs / "wildcard.crt"), "-noout", "-pubkey"], check=True
+    ).stdout
     assert from_key == from_cert
 
 

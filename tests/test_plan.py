@@ -159,9 +159,11 @@ def _nft_check(text: str, tmp_path: Path) -> None:
 def _elements(text: str, name: str) -> set[str]:
     """The elements of set ``name`` in a rendered rule set, without their comments."""
     block = text.split(f"\tset {name} {{\n", 1)[1].split("\n\t}", 1)[0]
-    return {re.sub(r' comment ".*"', "", line.strip().rstrip(","))
-            for line in block.split("elements = {", 1)[-1].splitlines()
-            if line.startswith("\t\t\t")}
+    return {
+        re.sub(r' comment ".*"', "", line.strip().rstrip(","))
+        for line in block.split("elements = {", 1)[-1].splitlines()
+        if line.startswith("\t\t\t")
+    }
 
 
 def test_guest_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
@@ -212,7 +214,9 @@ def test_bridge_and_host_nftables(plan: dict[str, Any], tmp_path: Path) -> None:
         "10.99.0.1 . 192.168.100.11 . udp . 3478",
     }  # fmt: skip
     assert _elements(host, "internet_egress") == {
-        "192.168.100.2 . udp . 53", "192.168.100.2 . tcp . 53"}
+        "192.168.100.2 . udp . 53",
+        "192.168.100.2 . tcp . 53",
+    }
     assert 'iifname "br-guests" oifname "br-guests" ip saddr . ip daddr' in host
     relay = plan["artifacts"]["hostNftables"]["cloud-relay"]
     assert _elements(relay, "services") == {"tcp . 22", "udp . 51820"}
@@ -227,12 +231,16 @@ def test_egress_and_input(plan: dict[str, Any]) -> None:
     assert egress == ntp | {("proxy", "internet", 53, "udp"), ("proxy", "internet", 53, "tcp")}
     inputs = {(i["host"], i["from"], i["port"], i["proto"]) for i in plan["input"]}
     assert ("homelab", "lan", 22, "tcp") in inputs and ("homelab", "mesh", 22, "tcp") in inputs
-    assert not any(i[0] == "homelab" and i[2] == 22 and i[1] not in {"lan", "mesh"}
-                   for i in inputs), "no guest and not the tunnel reaches the hypervisor's SSH"
+    assert not any(
+        i[0] == "homelab" and i[2] == 22 and i[1] not in {"lan", "mesh"} for i in inputs
+    ), "no guest and not the tunnel reaches the hypervisor's SSH"
     assert ("cloud-relay", "internet", 51820, "udp") in inputs
     public = {(f["from"], f["to"], f["port"]) for f in plan["allow"] if f["fromKind"] == "relay"}
-    assert public == {("cloud-relay", "proxy", 80), ("cloud-relay", "proxy", 443),
-                      ("cloud-relay", "vpn", 3478)}
+    assert public == {
+        ("cloud-relay", "proxy", 80),
+        ("cloud-relay", "proxy", 443),
+        ("cloud-relay", "vpn", 3478),
+    }
 
 
 def _with(tmp_path: Path, extra: str, base: str | None = None) -> dict[str, Any]:
@@ -242,18 +250,24 @@ def _with(tmp_path: Path, extra: str, base: str | None = None) -> dict[str, Any]
 
 
 def test_egress_key_and_acme_mode(tmp_path: Path) -> None:
-    text = EXAMPLE.read_text().replace('mode = "private-ca"',
-                                       'mode = "acme-dns01"\nacme_email = "a@example.org"')
+    text = EXAMPLE.read_text().replace(
+        'mode = "private-ca"', 'mode = "acme-dns01"\nacme_email = "a@example.org"'
+    )
     # acme-dns01 needs a domain a public CA can issue for (home.arpa is a public suffix).
     text = text.replace('domain = "home.arpa"', 'domain = "home.example.org"')
-    text = text.replace('databases = [{ name = "pocketid", server = "db" }]',
-                        'databases = [{ name = "pocketid", server = "db" }]\n'
-                        'egress = [{ to = "internet", port = 587 }, '
-                        '{ to = "lan", port = 445, proto = "tcp" }]')
+    text = text.replace(
+        'databases = [{ name = "pocketid", server = "db" }]',
+        'databases = [{ name = "pocketid", server = "db" }]\n'
+        'egress = [{ to = "internet", port = 587 }, '
+        '{ to = "lan", port = 445, proto = "tcp" }]',
+    )
     p = _with(tmp_path, "", text)
     egress = {(e["from"], e["to"], e["port"], e["proto"]) for e in p["egress"]}
-    assert {("auth", "internet", 587, "tcp"), ("auth", "lan", 445, "tcp"),
-            ("proxy", "internet", 443, "tcp")} <= egress
+    assert {
+        ("auth", "internet", 587, "tcp"),
+        ("auth", "lan", 445, "tcp"),
+        ("proxy", "internet", 443, "tcp"),
+    } <= egress
     auth = p["artifacts"]["nftables"]["auth"]
     assert _elements(auth, "internet_out") == {"tcp . 587"}
     assert _elements(auth, "lan_out") == {"tcp . 445"}
@@ -271,7 +285,8 @@ def test_egress_key_and_acme_mode(tmp_path: Path) -> None:
 def test_bad_egress_is_rejected_by_nix(tmp_path: Path, entry: str, key: str) -> None:
     text = EXAMPLE.read_text().replace(
         'databases = [{ name = "pocketid", server = "db" }]',
-        f'databases = [{{ name = "pocketid", server = "db" }}]\negress = [{entry}]')
+        f'databases = [{{ name = "pocketid", server = "db" }}]\negress = [{entry}]',
+    )
     with pytest.raises(CheckFailed) as exc:
         _with(tmp_path, "", text)
     assert any(f.startswith(f"inventory.toml: {key}: ") for f in exc.value.findings), str(
@@ -308,11 +323,16 @@ def test_thirty_long_named_guests_render_valid_rule_sets(tmp_path: Path) -> None
     assert any(c.endswith("...") for c in comments), "a name pair too long for one is cut"
     for text in texts:
         # Flows are set elements: no rule line names more than one address set inline.
-        rules = [line for line in text.splitlines() if line.startswith("\t\t") and
-                 not line.startswith("\t\t\t") and "elements" not in line]
+        rules = [
+            line
+            for line in text.splitlines()
+            if line.startswith("\t\t") and not line.startswith("\t\t\t") and "elements" not in line
+        ]
         assert max(len(line) for line in rules) < 400
         _nft_check(text, tmp_path)
     assert len(_elements(art["nftables"]["db"], "flows_in")) == 2 + 1 + 1 + 30
+
+
 def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
     """Nothing is wired to the four example guests: a fifth guest with a route and a database."""
     data = tomllib.loads(EXAMPLE.read_text())
@@ -330,7 +350,8 @@ def test_extra_guest_changes_everything_it_should(tmp_path: Path) -> None:
     assert "host-record=wiki.home.arpa,192.168.100.2" in p["artifacts"]["dnsmasq"]
     assert 'host    "wiki" "wiki" 192.168.100.30/32 scram-sha-256' in p["artifacts"]["pgHba"]
     assert "192.168.100.2 . 192.168.100.30 . tcp . 3000" in _elements(
-        p["artifacts"]["bridgeNftables"], "flows")
+        p["artifacts"]["bridgeNftables"], "flows"
+    )
     assert "wiki" in p["deployOrder"][2] and p["guests"]["wiki"]["dependsOn"] == ["db"]
 
 

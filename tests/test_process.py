@@ -14,15 +14,21 @@ from homestack.process import Runner, error_line
     ("output", "expected"),
     [
         # Nix: the error line, not the hint after it
-        ("warning: error: unable to download 'x'; retrying\n"
-         "error: unable to download 'x': Couldn't resolve host name (6)\n"
-         "(use '--show-trace' to show detailed location information)\n",
-         "unable to download 'x': Couldn't resolve host name (6)"),
-        ("\x1b[31;1merror:\x1b[0m inventory.toml: guests.db.address: bad\n",
-         "inventory.toml: guests.db.address: bad"),
+        (
+            "warning: error: unable to download 'x'; retrying\n"
+            "error: unable to download 'x': Couldn't resolve host name (6)\n"
+            "(use '--show-trace' to show detailed location information)\n",
+            "unable to download 'x': Couldn't resolve host name (6)",
+        ),
+        (
+            "\x1b[31;1merror:\x1b[0m inventory.toml: guests.db.address: bad\n",
+            "inventory.toml: guests.db.address: bad",
+        ),
         ("some output\nFor full logs, run 'nix log /nix/store/x.drv'.\n", "some output"),
-        ("zfs: cannot open 'tank/x': dataset does not exist\n",
-         "zfs: cannot open 'tank/x': dataset does not exist"),
+        (
+            "zfs: cannot open 'tank/x': dataset does not exist\n",
+            "zfs: cannot open 'tank/x': dataset does not exist",
+        ),
         ("", "exit code 3"),
     ],
 )

@@ -404,8 +404,12 @@ def _noncharacter(c: str) -> bool:
 
 def pg_can_hold(name: str) -> bool:
     """What lib/quote.nix's pgHbaName must render: one line, not empty."""
-    return (name != "" and "\n" not in name and "\r" not in name
-            and not any(_noncharacter(c) for c in name))
+    return (
+        name != ""
+        and "\n" not in name
+        and "\r" not in name
+        and not any(_noncharacter(c) for c in name)
+    )
 
 
 def check_hba(pg: Postgres, text: str, name: str, role: str) -> None:

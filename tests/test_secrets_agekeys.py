@@ -34,10 +34,7 @@ GENERATED = VECTORS / "generated"
 def test_sops_nix_host_key_converts_to_its_recipient() -> None:
     # secrets.yaml of sops-nix is encrypted to age1a8pk…, the converted ssh-ed25519-key
     public = (SOPS_NIX / "ssh-ed25519-key.pub").read_text()
-    assert (
-        ssh_to_age(public)
-        == "age1a8pk4akrdamj7nvqy3zywgtny8dxz7t5xzu7u8v9mhrayp9freqsqatyrs"
-    )
+    assert ssh_to_age(public) == "age1a8pk4akrdamj7nvqy3zywgtny8dxz7t5xzu7u8v9mhrayp9freqsqatyrs"
     identity = ssh_private_to_identity((SOPS_NIX / "ssh-ed25519-key").read_bytes())
     assert identity.recipient == ssh_to_age(public)
 
@@ -47,9 +44,7 @@ def test_sops_nix_secrets_decrypt_with_the_converted_host_key(tmp_path: Path) ->
     key_file = tmp_path / "keys.txt"
     key_file.write_text(f"{identity}\n")
     key_file.chmod(0o600)
-    text = Sops(env={"SOPS_AGE_KEY_FILE": str(key_file)}).decrypt(
-        SOPS_NIX / "secrets.yaml"
-    )
+    text = Sops(env={"SOPS_AGE_KEY_FILE": str(key_file)}).decrypt(SOPS_NIX / "secrets.yaml")
     assert text == (SOPS_NIX / "secrets.yaml.decrypted").read_text()
 
 
@@ -99,9 +94,7 @@ def test_age_identities_round_trip_through_the_age_cli(tmp_path: Path) -> None:
 
 
 def test_age_keygen_identities_parse(tmp_path: Path) -> None:
-    out = subprocess.run(
-        ["age-keygen"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
     public = next(line for line in out.splitlines() if "public key" in line).split()[-1]
     assert read_identities(out)[0].recipient == public
 

@@ -56,10 +56,7 @@ def messages(root: Path) -> list[str]:
 
 def test_missing_files_and_declared_keys(repo: Path) -> None:
     found = messages(repo)
-    assert (
-        f"{CA}: missing; it should hold ca/key (the private CA's key (admins only))"
-        in found
-    )
+    assert f"{CA}: missing; it should hold ca/key (the private CA's key (admins only))" in found
     assert not any(f.startswith("secrets/auth.yaml") for f in found)
 
 
@@ -84,19 +81,14 @@ def test_least_privilege_and_missing_recipient(
     code, _, err = tools(capsys, "secrets", "check")
     assert code == 2
     lines = err.splitlines()
-    assert (
-        "secrets/vpn.yaml: auth (guest on homelab) can decrypt it but should not"
-        in lines
-    )
+    assert "secrets/vpn.yaml: auth (guest on homelab) can decrypt it but should not" in lines
     assert (
         "secrets/vpn.yaml: vpn (guest on homelab) should decrypt it but cannot "
-        "(run `tools secrets sync`)"
-        in lines
+        "(run `tools secrets sync`)" in lines
     )
     for key in DUMMY_SECRETS["secrets/vpn.yaml"]:
         assert (
-            f"secrets/vpn.yaml: secret {key} is declared but the file does not contain it"
-            in lines
+            f"secrets/vpn.yaml: secret {key} is declared but the file does not contain it" in lines
         )
     assert lines[-1] == "error: secrets: 5 finding(s)"
 
@@ -112,9 +104,7 @@ def test_new_admin_is_a_missing_recipient_everywhere(
     import json
 
     findings = json.loads(out)
-    bob = [
-        f for f in findings if f["message"].startswith("bob (admin) should decrypt it")
-    ]
+    bob = [f for f in findings if f["message"].startswith("bob (admin) should decrypt it")]
     assert len(bob) == 9  # the six host keys and three dummy secret files
 
 
@@ -138,18 +128,12 @@ def test_broken_mac_unknown_recipient_and_orphan(
     found = messages(repo)
     assert f"{CA}: broken: no MAC: sops refuses to decrypt it" in found
     assert any(f.startswith(f"{HOMELAB}: broken: age stanza") for f in found)
-    assert (
-        f"{HOMELAB}: unknown recipient {stranger[:24]}… can decrypt it but should not"
-        in found
-    )
+    assert f"{HOMELAB}: unknown recipient {stranger[:24]}… can decrypt it but should not" in found
     assert (
         "secrets/old-guest.yaml: not a secret file of the plan, yet alice (admin), "
         "auth (guest on homelab) can decrypt it (remove it?)" in found
     )
-    assert (
-        "secrets/notes.yaml: broken: no sops metadata (not encrypted with sops?)"
-        in found
-    )
+    assert "secrets/notes.yaml: broken: no sops metadata (not encrypted with sops?)" in found
 
 
 def test_machine_without_age_key(repo: Path) -> None:
@@ -196,8 +180,9 @@ def test_backup_is_held_to_its_file_and_follows_sync(
     ), found
     # A backup of no plan file is still an orphan.
     shutil.copyfile(repo / CA, repo / "secrets/backup/wiki-20261122T120000Z.yaml")
-    assert any(f.startswith("secrets/backup/wiki-") and "not a secret file" in f
-               for f in messages(repo))
+    assert any(
+        f.startswith("secrets/backup/wiki-") and "not a secret file" in f for f in messages(repo)
+    )
 
 
 def test_sync_rekeys_backups_with_their_file(

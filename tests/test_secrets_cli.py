@@ -54,16 +54,11 @@ def test_init_creates_a_0600_key_once(
     assert code == 0
     assert f"recipient: {recipient}" in out and "exists, kept" in out
     assert key_file.read_bytes() == before  # never overwritten
-    assert (
-        read_inventory(repo / "inventory.toml")["users"]["alice"]["age_key"]
-        == recipient
-    )
+    assert read_inventory(repo / "inventory.toml")["users"]["alice"]["age_key"] == recipient
     assert recipient in (repo / ".sops.yaml").read_text()
 
 
-def test_init_with_the_existing_key(
-    repo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_init_with_the_existing_key(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = tools(capsys, "secrets", "init")
     assert code == 0
     assert "users.alice.age_key already names this key" in out
@@ -101,9 +96,7 @@ def test_sops_follows_the_generated_rules(repo: Path, admin_sops: object) -> Non
     for spec in plan.specs:
         path = repo / spec.path
         if path.exists():
-            assert list(read_sops_file(path).recipients) == list(spec.recipients), (
-                spec.path
-            )
+            assert list(read_sops_file(path).recipients) == list(spec.recipients), spec.path
 
 
 def test_set_show_round_trip(
@@ -116,9 +109,7 @@ def test_set_show_round_trip(
     assert (code, out) == (0, "secrets/ca.yaml: created with ca/key\n")
     monkeypatch.setattr("sys.stdin", io.StringIO("second\n"))
     assert (
-        tools(capsys, "secrets", "set", "secrets/ca.yaml", "ca/other")[1].splitlines()[
-            0
-        ]
+        tools(capsys, "secrets", "set", "secrets/ca.yaml", "ca/other")[1].splitlines()[0]
         == "secrets/ca.yaml: set ca/other"
     )
     code, out, _ = tools(capsys, "secrets", "show", "secrets/ca.yaml")
@@ -154,9 +145,7 @@ def test_show_missing_key_and_wrong_identity(
     assert code == 2 and "none of your age identities can decrypt" in err
 
 
-def test_machine_decrypts_its_own_file_only(
-    repo: Path, session_keys: Path, tmp_path: Path
-) -> None:
+def test_machine_decrypts_its_own_file_only(repo: Path, session_keys: Path, tmp_path: Path) -> None:
     # the guest's converted host key opens its own file, not another guest's
     identity = ssh_private_to_identity((session_keys / "host_auth").read_bytes())
     key_file = tmp_path / "auth.txt"
@@ -183,10 +172,7 @@ def test_rotate_changes_the_data_key_not_the_values(
     assert (code, out) == (0, "secrets/vpn.yaml: rotated (new data key)\n")
     after = (repo / "secrets/vpn.yaml").read_text()
     assert after != before
-    assert (
-        before.split("turn-password: ")[1][:40]
-        != after.split("turn-password: ")[1][:40]
-    )
+    assert before.split("turn-password: ")[1][:40] != after.split("turn-password: ")[1][:40]
     assert tools(capsys, "secrets", "show", "secrets/vpn.yaml")[1] == before_text
 
 
@@ -229,13 +215,9 @@ def test_bootstrap_generates_a_key_for_a_new_guest(
     code, out, err = tools(capsys, "secrets", "bootstrap", "wiki")
     assert code == 0, err
     guest = read_inventory(inventory)["guests"]["wiki"]
-    assert guest["host_key"].startswith("ssh-ed25519 ") and guest["host_key"].endswith(
-        " root@wiki"
-    )
+    assert guest["host_key"].startswith("ssh-ed25519 ") and guest["host_key"].endswith(" root@wiki")
     assert guest["age_key"] == ssh_to_age(guest["host_key"])
-    assert out.startswith(
-        f"wiki: generated secrets/host-keys/wiki.yaml  {guest['age_key']}\n"
-    )
+    assert out.startswith(f"wiki: generated secrets/host-keys/wiki.yaml  {guest['age_key']}\n")
     key_file = repo / "secrets/host-keys/wiki.yaml"
     assert list(read_sops_file(key_file).recipients) == [ALICE, HOMELAB]
     # the hypervisor can read the key, and it is the key the inventory names
@@ -259,9 +241,7 @@ def test_bootstrap_refuses_to_replace_a_key_the_inventory_lists(
     (repo / "secrets/host-keys/db.yaml").unlink()
     code, _, err = tools(capsys, "secrets", "bootstrap", "db")
     assert code == 2 and "import the private key with --key FILE" in err
-    code, _, err = tools(
-        capsys, "secrets", "bootstrap", "db", "--key", str(KEYS / "host_auth")
-    )
+    code, _, err = tools(capsys, "secrets", "bootstrap", "db", "--key", str(KEYS / "host_auth"))
     assert code == 2 and "not the host key the inventory lists" in err
     repo.chmod(0o755)  # back to the mode the checkout had
 
@@ -272,9 +252,7 @@ def test_bootstrap_records_a_key_whose_inventory_update_was_lost(
     # a run that stopped after writing the key file but before the inventory: rerun fixes it
     inventory = repo / "inventory.toml"
     text = inventory.read_text()
-    line = next(
-        x for x in text.splitlines() if x.startswith("host_key") and "root@proxy" in x
-    )
+    line = next(x for x in text.splitlines() if x.startswith("host_key") and "root@proxy" in x)
     inventory.write_text(
         text.replace(
             line,
@@ -323,7 +301,9 @@ def test_commands_work_from_a_subdirectory_with_repository_paths(
 
 
 def test_inventory_option_after_the_subcommand(
-    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -337,9 +317,7 @@ def test_inventory_option_after_the_subcommand(
     assert code == 0, err
 
 
-def test_bad_inventory_toml_names_the_file(
-    repo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_inventory_toml_names_the_file(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (repo / "inventory.toml").write_text('domain = "unterminated\n')
     code, _, err = tools(capsys, "secrets", "check")
     assert code == 2 and err.startswith(f"error: {repo / 'inventory.toml'}: not valid TOML:")
@@ -403,5 +381,6 @@ def test_init_names_the_inventory_it_was_given(
     (repo / "site.toml").write_text((repo / "inventory.toml").read_text())
     code, _, err = tools(capsys, "secrets", "init", "--user", "nobody", "-i", "site.toml")
     assert (code, err) == (
-        2, "error: site.toml: users.nobody: no such user (add [users.nobody] first)\n"
+        2,
+        "error: site.toml: users.nobody: no such user (add [users.nobody] first)\n",
     )

@@ -35,8 +35,7 @@ def editor(tmp_path: Path, body: str) -> str:
     script = tmp_path / "editor.sh"
     script.write_text(
         "#!/bin/sh\nset -e\n"
-        f'echo "$1 $(stat -f -c %T "$(dirname "$1")")" >> "{tmp_path}/editor.log"\n'
-        + body
+        f'echo "$1 $(stat -f -c %T "$(dirname "$1")")" >> "{tmp_path}/editor.log"\n' + body
     )
     script.chmod(0o755)
     return str(script)
@@ -104,9 +103,7 @@ def test_edit_creates_a_planned_file(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(
-        "EDITOR", editor(tmp_path, 'printf "ca:\\n    key: dummy\\n" > "$1"\n')
-    )
+    monkeypatch.setenv("EDITOR", editor(tmp_path, 'printf "ca:\\n    key: dummy\\n" > "$1"\n'))
     code, out, err = tools(capfd, "secrets", "edit", "secrets/ca.yaml")
     assert (code, out) == (0, "secrets/ca.yaml: created\n"), err
     assert read_sops_file(repo / "secrets/ca.yaml").key_paths == {"ca", "ca/key"}
@@ -193,9 +190,7 @@ def test_plaintext_canary_never_reaches_persistent_disk(
     home.mkdir()
     tmpdir.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv(
-        "TMPDIR", str(tmpdir)
-    )  # where sops would write without our tmpfs
+    monkeypatch.setenv("TMPDIR", str(tmpdir))  # where sops would write without our tmpfs
     roots = [Path("/tmp"), Path("/var/tmp"), tmp_path, repo, home, Path.home()]
     with CanaryScan(tmp_path, roots) as scan:
         monkeypatch.setenv("CANARY", scan.canary)
@@ -271,8 +266,7 @@ def test_an_unprivileged_user_gets_a_private_tmpfs_too() -> None:
     try:
         os.chown(mountpoint, 65534, 65534)
         package = Path(sys.modules["homestack"].__file__ or "").parent
-        shutil.copytree(package, code / "homestack",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(package, code / "homestack", ignore=shutil.ignore_patterns("__pycache__"))
         code.chmod(0o755)
         probe = 'stat -f -c %T "$TMPDIR"; touch "$TMPDIR/plain"; ls "$TMPDIR"'
         system = Path("/usr/bin/python3")
@@ -284,8 +278,16 @@ def test_an_unprivileged_user_gets_a_private_tmpfs_too() -> None:
             "--",
         ]
         result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *launcher,
-             "sh", "-c", probe],
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                *launcher,
+                "sh",
+                "-c",
+                probe,
+            ],
             capture_output=True,
             text=True,
             check=False,

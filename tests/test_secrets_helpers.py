@@ -92,9 +92,7 @@ def add_admin(inventory: Path, name: str, recipient: str) -> None:
     """Add an admin user to the inventory (the way an operator would)."""
     text = inventory.read_text()
     block = f'[users.{name}]\nadmin = true\nssh_keys = []\nage_key = "{recipient}"\n\n'
-    inventory.write_text(
-        text.replace("# The guest network", block + "# The guest network", 1)
-    )
+    inventory.write_text(text.replace("# The guest network", block + "# The guest network", 1))
 
 
 @pytest.fixture(scope="session")

@@ -40,9 +40,7 @@ def test_rendering_is_deterministic_and_only_changes_with_the_plan(
     assert write_rules(tmp_path, secrets_plan) is False
     assert rules_are_current(tmp_path, secrets_plan)
     changed = copy.deepcopy(plan)
-    changed["secrets"]["secrets/ca.yaml"]["recipients"].append(
-        plan["guests"]["db"]["ageKey"]
-    )
+    changed["secrets"]["secrets/ca.yaml"]["recipients"].append(plan["guests"]["db"]["ageKey"])
     assert not rules_are_current(tmp_path, SecretsPlan.from_plan(changed))
 
 
@@ -57,9 +55,7 @@ def test_unknown_recipients_are_written_literally(plan: dict[str, Any]) -> None:
 def test_a_file_nobody_can_read_is_an_error(plan: dict[str, Any]) -> None:
     changed = copy.deepcopy(plan)
     changed["secrets"]["secrets/ca.yaml"]["recipients"] = []
-    with pytest.raises(
-        UserError, match=r"secrets\.secrets/ca\.yaml: nobody can decrypt it"
-    ):
+    with pytest.raises(UserError, match=r"secrets\.secrets/ca\.yaml: nobody can decrypt it"):
         render_rules(SecretsPlan.from_plan(changed))
 
 
@@ -67,6 +63,4 @@ def test_metacharacters_are_escaped_for_re2(plan: dict[str, Any]) -> None:
     changed = copy.deepcopy(plan)
     entry = dict(changed["secrets"]["secrets/ca.yaml"], path="secrets/a+b (1).yaml")
     changed["secrets"] = {"secrets/a+b (1).yaml": entry}
-    assert r"path_regex: ^secrets/a\+b \(1\)\.yaml$" in render_rules(
-        SecretsPlan.from_plan(changed)
-    )
+    assert r"path_regex: ^secrets/a\+b \(1\)\.yaml$" in render_rules(SecretsPlan.from_plan(changed))

@@ -13,9 +13,7 @@ from homestack.secrets.sops import Sops, index_of
 
 def test_set_passes_the_value_on_stdin_never_in_argv() -> None:
     runner = RecordingRunner()
-    Sops(runner=runner, binary="sops").set(
-        Path("secrets/a.yaml"), "db/password", "hunter2"
-    )
+    Sops(runner=runner, binary="sops").set(Path("secrets/a.yaml"), "db/password", "hunter2")
     (call,) = runner.calls
     assert call == (
         "sops",

@@ -70,9 +70,7 @@ def test_truncated_mac_is_a_problem(tmp_path: Path) -> None:
 def test_truncated_age_stanza_is_a_problem(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        re.sub(
-            r"\n\s+[A-Za-z0-9+/=]{20,}\n(\s+-----END AGE)", r"\n\1", SOURCE, count=1
-        ),
+        re.sub(r"\n\s+[A-Za-z0-9+/=]{20,}\n(\s+-----END AGE)", r"\n\1", SOURCE, count=1),
     )
     problems = read_sops_file(path).problems
     assert any("age stanza" in p for p in problems), problems
@@ -96,14 +94,10 @@ def test_not_a_sops_file(tmp_path: Path) -> None:
 
 
 def test_missing_lastmodified_and_bad_time(tmp_path: Path) -> None:
-    no_time = read_sops_file(
-        write(tmp_path, re.sub(r"\n    lastmodified: .*", "", SOURCE))
-    )
+    no_time = read_sops_file(write(tmp_path, re.sub(r"\n    lastmodified: .*", "", SOURCE)))
     assert "no lastmodified" in no_time.problems
     bad = read_sops_file(
-        write(
-            tmp_path, re.sub(r'lastmodified: ".*"', 'lastmodified: "yesterday"', SOURCE)
-        )
+        write(tmp_path, re.sub(r'lastmodified: ".*"', 'lastmodified: "yesterday"', SOURCE))
     )
     assert any("RFC 3339" in p for p in bad.problems)
 
@@ -116,13 +110,9 @@ def test_any_bytes_give_a_result_or_a_format_error(data: bytes) -> None:
             parse_sops(data, Path("x"), store)
 
 
-@given(
-    st.integers(min_value=0, max_value=len(SOURCE) - 1), st.characters(codec="ascii")
-)
+@given(st.integers(min_value=0, max_value=len(SOURCE) - 1), st.characters(codec="ascii"))
 @settings(max_examples=200, deadline=None)
-def test_one_changed_character_never_crashes_the_reader(
-    position: int, char: str
-) -> None:
+def test_one_changed_character_never_crashes_the_reader(position: int, char: str) -> None:
     text = SOURCE[:position] + char + SOURCE[position + 1 :]
     with contextlib.suppress(SopsFormatError):
         parse_sops(text.encode(), Path("x.yaml"))

@@ -42,9 +42,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def test_sync_adds_a_new_admin_everywhere(
     repo: Path, capsys: pytest.CaptureFixture[str], bob_key: Path
 ) -> None:
-    before = {
-        rel: tools(capsys, "secrets", "show", rel)[1] for rel in files_on_disk(repo)
-    }
+    before = {rel: tools(capsys, "secrets", "show", rel)[1] for rel in files_on_disk(repo)}
     add_admin(repo / "inventory.toml", "bob", BOB)
     code, out, _ = tools(capsys, "secrets", "sync")
     assert code == 0
@@ -75,10 +73,7 @@ def test_removing_a_recipient_rotates_the_data_key(
     result = sync_mod.sync(repo, secrets_plan(repo), admin_sops)
     assert all(change.rotates for change in result.changes)
     after = (repo / "secrets/auth.yaml").read_text()
-    assert (
-        after.split("encryption-key: ")[1][:30]
-        != with_bob.split("encryption-key: ")[1][:30]
-    )
+    assert after.split("encryption-key: ")[1][:30] != with_bob.split("encryption-key: ")[1][:30]
     assert BOB not in after
     with pytest.raises(UserError):
         sops_with(bob_key).decrypt(repo / "secrets/auth.yaml")
@@ -123,28 +118,18 @@ def test_a_crash_after_the_commit_point_is_rolled_forward(
     with pytest.raises(KeyboardInterrupt):
         sync_mod.sync(repo, plan, admin_sops)
     monkeypatch.setattr(Stage, "commit", real)
-    states = [
-        BOB in read_sops_file(repo / rel).recipients for rel in files_on_disk(repo)
-    ]
+    states = [BOB in read_sops_file(repo / rel).recipients for rel in files_on_disk(repo)]
     assert sum(states) == 2
     result = sync_mod.sync(repo, plan, admin_sops)
     assert result.recovered == 7 and result.changes == ()
-    assert all(
-        BOB in read_sops_file(repo / rel).recipients for rel in files_on_disk(repo)
-    )
+    assert all(BOB in read_sops_file(repo / rel).recipients for rel in files_on_disk(repo))
 
 
 def test_progress_is_reported(repo: Path, admin_sops: Sops) -> None:
     add_admin(repo / "inventory.toml", "bob", BOB)
     seen: list[tuple[str, int, int]] = []
-    sync_mod.sync(
-        repo, secrets_plan(repo), admin_sops, progress=lambda *a: seen.append(a)
-    )
-    assert (
-        ("re-keyed", 9, 9) in seen
-        and ("verified", 9, 9) in seen
-        and ("renamed", 9, 9) in seen
-    )
+    sync_mod.sync(repo, secrets_plan(repo), admin_sops, progress=lambda *a: seen.append(a))
+    assert ("re-keyed", 9, 9) in seen and ("verified", 9, 9) in seen and ("renamed", 9, 9) in seen
     assert [n for step, n, _ in seen if step == "verified"] == list(range(1, 10))
 
 
@@ -199,9 +184,7 @@ def test_kill_9_at_random_moments_loses_nothing(
         if trial % 2:
             time.sleep(rng.uniform(0.0, full))
         else:
-            for (
-                line
-            ) in proc.stderr:  # progress: "verified 5/5" comes right before the commit
+            for line in proc.stderr:  # progress: "verified 5/5" comes right before the commit
                 if line.startswith(f"verified {len(originals)}/"):
                     break
             time.sleep(rng.uniform(0.0, 0.02))
@@ -222,23 +205,14 @@ def test_kill_9_at_random_moments_loses_nothing(
         mixed += 0 < new < len(originals)
         sync_mod.recover(repo)  # what the next run does first: finish or discard
         assert not (repo / "secrets/.sync").exists()
-        states = {
-            set(read_sops_file(repo / rel).recipients) == new_sets[rel]
-            for rel in originals
-        }
-        assert len(states) == 1, (
-            f"trial {trial}: recovery left a mix of old and new files"
-        )
+        states = {set(read_sops_file(repo / rel).recipients) == new_sets[rel] for rel in originals}
+        assert len(states) == 1, f"trial {trial}: recovery left a mix of old and new files"
         restore()
     assert committed > 0, "no trial hit the window after the commit point"
     # a complete run afterwards still brings everything in line
     subprocess.run(command, check=True, capture_output=True)
-    assert all(
-        set(read_sops_file(repo / rel).recipients) == new_sets[rel] for rel in originals
-    )
-    print(
-        f"kill -9 trials: 24, after the commit point: {committed}, mid-rename: {mixed}"
-    )
+    assert all(set(read_sops_file(repo / rel).recipients) == new_sets[rel] for rel in originals)
+    print(f"kill -9 trials: 24, after the commit point: {committed}, mid-rename: {mixed}")
 
 
 def test_a_copy_whose_values_changed_is_refused(
@@ -259,16 +233,12 @@ def test_a_copy_whose_values_changed_is_refused(
                 path.write_text(text.replace(a, "@@").replace(b, a).replace("@@", b))
 
     monkeypatch.setattr(Sops, "updatekeys", tampering)
-    with pytest.raises(
-        UserError, match=r"secrets/vpn\.yaml: re-keying changed its values"
-    ):
+    with pytest.raises(UserError, match=r"secrets/vpn\.yaml: re-keying changed its values"):
         sync_mod.sync(repo, secrets_plan(repo), admin_sops)
     assert snapshot(repo) == before
 
 
-def test_a_second_sync_at_the_same_time_is_refused(
-    repo: Path, admin_sops: Sops
-) -> None:
+def test_a_second_sync_at_the_same_time_is_refused(repo: Path, admin_sops: Sops) -> None:
     import fcntl
 
     fd = os.open(repo / "secrets", os.O_RDONLY)
@@ -290,9 +260,7 @@ def test_a_file_the_admin_cannot_open_names_itself(
     config = repo / "bob.sops.yaml"
     config.write_text(f"creation_rules:\n  - age: {BOB}\n")
     text = admin_sops.decrypt(repo / "secrets/shared/pg-pocketid.yaml")
-    locked = bob_only.encrypt(
-        text, "secrets/shared/pg-pocketid.yaml", config=config, cwd=repo
-    )
+    locked = bob_only.encrypt(text, "secrets/shared/pg-pocketid.yaml", config=config, cwd=repo)
     (repo / "secrets/shared/pg-pocketid.yaml").write_text(locked)
     before["secrets/shared/pg-pocketid.yaml"] = locked.encode()
     with pytest.raises(
@@ -313,9 +281,7 @@ def test_recovery_never_installs_a_copy_that_differs_from_the_manifest(
     (stage / "secrets").mkdir(parents=True)
     (stage / rel).write_bytes(b"half-written garbage")
     manifest = {
-        "files": [
-            {"path": rel, "old": hashlib.sha256(before).hexdigest(), "new": "0" * 64}
-        ]
+        "files": [{"path": rel, "old": hashlib.sha256(before).hexdigest(), "new": "0" * 64}]
     }
     (stage / "MANIFEST.json").write_text(json.dumps(manifest))
     assert sync_mod.recover(repo) == 0

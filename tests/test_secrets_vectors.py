@@ -99,9 +99,7 @@ def gnupghome(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def sops_for(how: str, gnupghome: Path | None) -> Sops:
     if how == "pgp":
-        return Sops(
-            env={"GNUPGHOME": str(gnupghome), "SOPS_AGE_KEY_FILE": "/nonexistent"}
-        )
+        return Sops(env={"GNUPGHOME": str(gnupghome), "SOPS_AGE_KEY_FILE": "/nonexistent"})
     if how == "ssh":
         return Sops(env={"SOPS_AGE_SSH_PRIVATE_KEY_FILE": str(G / "ssh_ed25519")})
     return Sops(env={"SOPS_AGE_KEY_FILE": str(VECTORS / how)})
@@ -154,9 +152,7 @@ def plaintext_keys(name: str) -> set[str]:
         walk(json.loads(text), ())
     elif store is Store.DOTENV:
         keys = {
-            line.split("=", 1)[0]
-            for line in text.splitlines()
-            if line and not line.startswith("#")
+            line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")
         }
     else:
         section = "DEFAULT"
@@ -180,10 +176,7 @@ def test_vector_metadata_without_decrypting(name: str) -> None:
     assert sops_file.mac and sops_file.lastmodified
     assert sops_file.key_paths == plaintext_keys(name)
     if name.startswith("sops-nix/") and name != "sops-nix/secrets.yaml":
-        assert (
-            sops_file.pgp
-            and "7FB89715AADA920D65D25E63F9BA9DEBD03F57C0" in sops_file.pgp
-        )
+        assert sops_file.pgp and "7FB89715AADA920D65D25E63F9BA9DEBD03F57C0" in sops_file.pgp
     if name == "generated/shamir.enc.yaml":
         assert sops_file.shamir_threshold == 2
 
@@ -223,20 +216,14 @@ def as_sops_33(text: str) -> str:
 
     Dumper.add_representer(str, literal)
     # PyYAML's indentless `-   item` lists with indent 4 are the yaml.v2 layout
-    out = yaml.dump(
-        {**doc, "sops": meta}, Dumper=Dumper, sort_keys=False, indent=4, width=1000
-    )
+    out = yaml.dump({**doc, "sops": meta}, Dumper=Dumper, sort_keys=False, indent=4, width=1000)
     assert "-   " in out
     return out
 
 
 @pytest.mark.parametrize("convert", [as_sops_313, as_sops_33], ids=["3.13", "3.3"])
-@pytest.mark.parametrize(
-    "name", ["types.enc.yaml", "shamir.enc.yaml", "suffix.enc.yaml"]
-)
-def test_other_versions_layouts_read_the_same(
-    name: str, convert: Any, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("name", ["types.enc.yaml", "shamir.enc.yaml", "suffix.enc.yaml"])
+def test_other_versions_layouts_read_the_same(name: str, convert: Any, tmp_path: Path) -> None:
     original = read_sops_file(G / name)
     variant = tmp_path / name
     variant.write_text(convert((G / name).read_text()))
@@ -271,9 +258,7 @@ def test_ini_with_real_newlines_as_313_wrote_them(tmp_path: Path) -> None:
     assert variant != original
     path = tmp_path / "ini.enc.ini"
     path.write_text(variant)
-    assert (
-        read_sops_file(path).key_groups == read_sops_file(G / "ini.enc.ini").key_groups
-    )
+    assert read_sops_file(path).key_groups == read_sops_file(G / "ini.enc.ini").key_groups
     assert read_sops_file(path).problems == ()
 
 

@@ -33,9 +33,7 @@ IDENTITIES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "name", sorted(k for k in KEYS if "shamir" not in k and "ssh" not in k)
-)
+@pytest.mark.parametrize("name", sorted(k for k in KEYS if "shamir" not in k and "ssh" not in k))
 def test_data_key_matches_the_index(name: str) -> None:
     sops_file = read_sops_file(VECTORS / name)
     key = data_key(sops_file, IDENTITIES)

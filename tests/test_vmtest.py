@@ -52,8 +52,13 @@ def test_list_names_each_check_and_its_kind(nix: RecordingRunner) -> None:
         "stack                    NixOS VM test",
         "hypervisor               NixOS VM test (nested virtualisation; run only when named)",
     ]
-    assert nix.calls[1][3:] == ("eval", "--json", ".#checks.x86_64-linux", "--apply",
-                                vmtest.IS_VM_TEST)
+    assert nix.calls[1][3:] == (
+        "eval",
+        "--json",
+        ".#checks.x86_64-linux",
+        "--apply",
+        vmtest.IS_VM_TEST,
+    )
 
 
 def test_runs_every_vm_test_and_summarises(nix: RecordingRunner) -> None:
@@ -61,8 +66,10 @@ def test_runs_every_vm_test_and_summarises(nix: RecordingRunner) -> None:
     assert result.exit_code == 1  # stack failed
     builds = [c[3:] for c in nix.calls if "build" in c]
     # The nested-virtualisation test is not run unless named.
-    assert builds == [("build", ".#checks.x86_64-linux.rollback", "-L", "--no-link"),
-                      ("build", ".#checks.x86_64-linux.stack", "-L", "--no-link")]
+    assert builds == [
+        ("build", ".#checks.x86_64-linux.rollback", "-L", "--no-link"),
+        ("build", ".#checks.x86_64-linux.stack", "-L", "--no-link"),
+    ]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("rollback  passed")
     assert lines[1].startswith("stack     FAILED")
@@ -73,8 +80,9 @@ def test_a_nested_test_runs_when_named(nix: RecordingRunner) -> None:
     result = CliRunner().invoke(vmtest.test, ["hypervisor"])
     assert result.exit_code == 0, result.output
     builds = [c[3:] for c in nix.calls if "build" in c]
-    assert builds == [("build", ".#legacyPackages.x86_64-linux.nestedChecks.hypervisor",
-                       "-L", "--no-link")]
+    assert builds == [
+        ("build", ".#legacyPackages.x86_64-linux.nestedChecks.hypervisor", "-L", "--no-link")
+    ]
 
 
 def test_says_what_it_is_doing_while_it_works(nix: RecordingRunner) -> None:
@@ -83,8 +91,9 @@ def test_says_what_it_is_doing_while_it_works(nix: RecordingRunner) -> None:
     assert progress[0].startswith("test: evaluating checks.x86_64-linux of ")
     assert "test: running 2 test(s): rollback, stack" in progress
     started = progress.index("== [1/2] rollback: building and running it (Nix's log follows)")
-    ended = next(i for i, line in enumerate(progress)
-                 if line.startswith("== [1/2] rollback: passed in "))
+    ended = next(
+        i for i, line in enumerate(progress) if line.startswith("== [1/2] rollback: passed in ")
+    )
     assert started < ended and "1 to go" in progress[ended]
     assert any(line.startswith("== [2/2] stack: FAILED (nix exit 1) in ") for line in progress)
 
@@ -108,8 +117,9 @@ def test_interactive_starts_the_driver(nix: RecordingRunner) -> None:
         CliRunner().invoke(vmtest.test, ["--interactive"], catch_exceptions=False)
 
 
-def test_missing_kvm_is_one_line_and_exit_2(nix: RecordingRunner, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_kvm_is_one_line_and_exit_2(
+    nix: RecordingRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(vmtest, "KVM", tmp_path / "no-kvm")
     from homestack.cli import main
 
@@ -121,8 +131,9 @@ def test_missing_kvm_is_one_line_and_exit_2(nix: RecordingRunner, tmp_path: Path
     assert CliRunner().invoke(vmtest.test, ["--list"]).exit_code == 0
 
 
-def test_missing_nix_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_nix_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no nix on it
     from homestack.cli import main
 
@@ -131,7 +142,8 @@ def test_missing_nix_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, tmp
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (
         "error: nix: command not found; the NixOS VM tests need Nix with flakes "
-        "(https://nixos.org/download) and KVM\n")
+        "(https://nixos.org/download) and KVM\n"
+    )
 
 
 def test_the_flake_is_the_repository_found_from_a_subdirectory(
@@ -154,14 +166,17 @@ def test_the_flake_is_the_repository_found_from_a_subdirectory(
 
 
 def test_a_nix_evaluation_error_is_its_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    stderr = ("warning: unable to download 'https://cache.nixos.org/nix-cache-info'\n"
-              "error: attribute 'checks' missing\n"
-              "(use '--show-trace' to show detailed location information)\n")
+    stderr = (
+        "warning: unable to download 'https://cache.nixos.org/nix-cache-info'\n"
+        "error: attribute 'checks' missing\n"
+        "(use '--show-trace' to show detailed location information)\n"
+    )
     runner = RecordingRunner(script=lambda call: Result(call, 1, "", stderr))
     with pytest.raises(UserError) as exc:
         vmtest.list_checks(runner, Path("/flake"), "x86_64-linux")
     assert str(exc.value) == (
-        "/flake: cannot evaluate checks.x86_64-linux: attribute 'checks' missing")
+        "/flake: cannot evaluate checks.x86_64-linux: attribute 'checks' missing"
+    )
 
 
 def test_vm_test_names_are_read_without_nixpkgs() -> None:

@@ -260,7 +260,6 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
     ),
     "domain-uppercase": ("domain", lambda i: i.update(domain="Home.Arpa")),
     "guests-not-table": ("guests", lambda i: i.update(guests="auth,db")),
-
     # --- Strings that reach a rendered file or a command line: whitelists ---------------
     "db-name-postgres": (
         "guests.auth.databases[0].name",
@@ -377,8 +376,15 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
     "guest-named-internet": ("guests.internet", lambda i: new_guest(i, "internet")),
     "host-named-lan": (
         "hosts.lan",
-        lambda i: add_host(i, "lan", role="hypervisor", system="x86_64-linux", target="root@lan",
-                           lan_interface="eth0", zfs={"pool": "tank", "host_id": "01020304"}),
+        lambda i: add_host(
+            i,
+            "lan",
+            role="hypervisor",
+            system="x86_64-linux",
+            target="root@lan",
+            lan_interface="eth0",
+            zfs={"pool": "tank", "host_id": "01020304"},
+        ),
     ),
     "user-named-root": (
         "users.root",
@@ -449,7 +455,8 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
     "tunnel-same-key": (
         "hosts.homelab.wireguard.public_key",
         lambda i: host(i, "homelab")["wireguard"].update(
-            public_key=host(i, "cloud-relay")["wireguard"]["public_key"]),
+            public_key=host(i, "cloud-relay")["wireguard"]["public_key"]
+        ),
     ),
     "relay-public-zero": (
         "hosts.cloud-relay.public_address",
@@ -490,21 +497,24 @@ CASES: dict[str, tuple[str, Callable[[Inv], Any] | Text]] = {
     ),
     "public-port-relay-ssh": (
         "guests.proxy.public[2].port",
-        lambda i: guest(i, "proxy").update(ports=[{"port": 22, "proto": "tcp"}],
-                                           public=[*guest(i, "proxy")["public"],
-                                                   {"port": 22, "proto": "tcp"}]),
+        lambda i: guest(i, "proxy").update(
+            ports=[{"port": 22, "proto": "tcp"}],
+            public=[*guest(i, "proxy")["public"], {"port": 22, "proto": "tcp"}],
+        ),
     ),
     "public-port-relay-wireguard": (
         "guests.vpn.public[1].port",
-        lambda i: guest(i, "vpn").update(ports=[{"port": 51820, "proto": "udp"}],
-                                         public=[*guest(i, "vpn")["public"],
-                                                 {"port": 51820, "proto": "udp"}]),
+        lambda i: guest(i, "vpn").update(
+            ports=[{"port": 51820, "proto": "udp"}],
+            public=[*guest(i, "vpn")["public"], {"port": 51820, "proto": "udp"}],
+        ),
     ),
     "public-port-twice": (
         "guests.vpn.public",
-        lambda i: guest(i, "vpn").update(ports=[{"port": 443, "proto": "tcp"}],
-                                         public=[*guest(i, "vpn")["public"],
-                                                 {"port": 443, "proto": "tcp"}]),
+        lambda i: guest(i, "vpn").update(
+            ports=[{"port": 443, "proto": "tcp"}],
+            public=[*guest(i, "vpn")["public"], {"port": 443, "proto": "tcp"}],
+        ),
     ),
     "two-postgresql": (
         "guests.db2.services",

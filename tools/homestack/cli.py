@@ -90,7 +90,9 @@ def _command_path(args: list[str]) -> tuple[list[str], list[str]]:
         if arg.startswith("-"):
             takes_value = "=" not in arg and any(
                 arg in p.opts and not getattr(p, "is_flag", False)
-                for p in command.params if isinstance(p, click.Option))
+                for p in command.params
+                if isinstance(p, click.Option)
+            )
             i += 2 if takes_value else 1
             continue
         sub = command.get_command(ctx, arg)

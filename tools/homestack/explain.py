@@ -250,8 +250,11 @@ def _edge(src: str, dst: str, label: str, extra: str = "") -> str:
 
 
 # Flows every guest has with its hypervisor; the picture leaves them out.
-_ROUTINE = ("ssh from the hypervisor", "health check from the hypervisor",
-            "time from the hypervisor")
+_ROUTINE = (
+    "ssh from the hypervisor",
+    "health check from the hypervisor",
+    "time from the hypervisor",
+)
 _ORANGE = ', color="#c77d00"'
 
 
@@ -316,8 +319,10 @@ def _outside_edges(d: dict[str, Any], hosts: list[dict[str, Any]]) -> list[str]:
     for e in d["egress"]:
         if e["reason"] not in _ROUTINE:
             outbound[(e["from"], e["to"])].append(f"{e['port']}/{e['proto']}")
-    out.extend(_edge(src, dst, ", ".join(ports), ', color="#b03a2e", style=dashed')
-               for (src, dst), ports in outbound.items())
+    out.extend(
+        _edge(src, dst, ", ".join(ports), ', color="#b03a2e", style=dashed')
+        for (src, dst), ports in outbound.items()
+    )
     hypervisors = {h["name"] for h in hosts if h["role"] == "hypervisor"}
     inbound: dict[tuple[str, str], list[str]] = defaultdict(list)
     for i in d["input"]:
@@ -325,8 +330,10 @@ def _outside_edges(d: dict[str, Any], hosts: list[dict[str, Any]]) -> list[str]:
             inbound[(i["from"], i["host"])].append(f"{i['port']}/{i['proto']}")
     if any(src == "mesh" for src, _ in inbound):
         out.append('  mesh [label="mesh peers\n(NetBird)", shape=ellipse, fillcolor="#eeeeee"];')
-    out.extend(_edge(src, dst, ", ".join(ports), ', color="#7a9cc6"')
-               for (src, dst), ports in inbound.items())
+    out.extend(
+        _edge(src, dst, ", ".join(ports), ', color="#7a9cc6"')
+        for (src, dst), ports in inbound.items()
+    )
     return out
 
 

@@ -95,9 +95,7 @@ def read_regular(path: Path, shown: str | Path | None = None, *, what: str = "fi
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UserError(
-                f"{name}: is a symbolic link; a {what} must be a regular file"
-            ) from exc
+            raise UserError(f"{name}: is a symbolic link; a {what} must be a regular file") from exc
         raise UserError(f"{name}: cannot read it: {exc.strerror}") from exc
     with os.fdopen(fd, "rb") as handle:
         mode = os.fstat(handle.fileno()).st_mode

@@ -52,44 +52,67 @@ class Outcome:
 
 def require_nix() -> None:
     if shutil.which("nix") is None:
-        raise UserError("nix: command not found; the NixOS VM tests need Nix with flakes "
-                        "(https://nixos.org/download) and KVM")
+        raise UserError(
+            "nix: command not found; the NixOS VM tests need Nix with flakes "
+            "(https://nixos.org/download) and KVM"
+        )
 
 
 def require_kvm() -> None:
     if not KVM.exists():
-        raise UserError(f"{KVM} is missing: NixOS VM tests boot virtual machines and need KVM "
-                        "(turn on virtualisation in the firmware, or nested virtualisation "
-                        "in the VM this runs in)")
+        raise UserError(
+            f"{KVM} is missing: NixOS VM tests boot virtual machines and need KVM "
+            "(turn on virtualisation in the firmware, or nested virtualisation "
+            "in the VM this runs in)"
+        )
     if not os.access(KVM, os.R_OK | os.W_OK):
         raise UserError(f"{KVM}: permission denied (add yourself to the kvm group)")
 
 
 def current_system(runner: Runner, flake: Path) -> str:
-    result = runner.run([*NIX, "eval", "--impure", "--raw", "--expr", "builtins.currentSystem"],
-                        check=True, cwd=flake)
+    result = runner.run(
+        [*NIX, "eval", "--impure", "--raw", "--expr", "builtins.currentSystem"],
+        check=True,
+        cwd=flake,
+    )
     return result.stdout.strip()
 
 
 def list_checks(runner: Runner, flake: Path, system: str) -> list[Check]:
     import json  # noqa: PLC0415 - only this command needs it
 
-    result = runner.run([*NIX, "eval", "--json", f".#checks.{system}", "--apply", IS_VM_TEST],
-                        check=False, cwd=flake)
+    result = runner.run(
+        [*NIX, "eval", "--json", f".#checks.{system}", "--apply", IS_VM_TEST],
+        check=False,
+        cwd=flake,
+    )
     if result.returncode != 0:
-        raise UserError(f"{flake}: cannot evaluate checks.{system}: "
-                        f"{error_line(result.stderr, 'nix eval failed')}")
+        raise UserError(
+            f"{flake}: cannot evaluate checks.{system}: "
+            f"{error_line(result.stderr, 'nix eval failed')}"
+        )
     found = json.loads(result.stdout or "{}")
     return [Check(name, bool(vm)) for name, vm in sorted(found.items())] + list_nested(
-        runner, flake, system)
+        runner, flake, system
+    )
 
 
 def list_nested(runner: Runner, flake: Path, system: str) -> list[Check]:
     """The VM tests that need nested virtualisation; none when the flake has no such set."""
     import json  # noqa: PLC0415 - only this command needs it
 
-    result = runner.run([*NIX, "eval", "--json", f".#legacyPackages.{system}.{NESTED}",
-                         "--apply", "builtins.attrNames"], check=False, cwd=flake)
+    result = runner.run(
+        [
+            *NIX,
+            "eval",
+            "--json",
+            f".#legacyPackages.{system}.{NESTED}",
+            "--apply",
+            "builtins.attrNames",
+        ],
+        check=False,
+        cwd=flake,
+    )
     if result.returncode != 0:
         return []
     return [Check(name, True, nested=True) for name in sorted(json.loads(result.stdout or "[]"))]
@@ -118,15 +141,24 @@ def vm_test_names(runner: Runner, flake: Path) -> list[Check]:
     nested_file = flake / "tests" / "nixos" / "nested.nix"
     nested = set()
     if nested_file.is_file():
-        listed = runner.run(["nix-instantiate", "--eval", "--strict", "--json", str(nested_file)],
-                            check=False, cwd=flake)
+        listed = runner.run(
+            ["nix-instantiate", "--eval", "--strict", "--json", str(nested_file)],
+            check=False,
+            cwd=flake,
+        )
         nested = set(json.loads(listed.stdout)) if listed.returncode == 0 else set()
     return [Check(name, True, nested=name in nested) for name in sorted(names)]
 
 
-def run_checks(runner: Runner, flake: Path, system: str, checks: Sequence[Check], *,
-               say: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
-               ) -> list[Outcome]:
+def run_checks(
+    runner: Runner,
+    flake: Path,
+    system: str,
+    checks: Sequence[Check],
+    *,
+    say: Callable[[str], None],
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Outcome]:
     """Build each check in turn (Nix's log streams through); ``say`` hears what starts and
     how each ended, with the time it took, so a long run shows where it is."""
     outcomes = []
@@ -136,21 +168,29 @@ def run_checks(runner: Runner, flake: Path, system: str, checks: Sequence[Check]
         name = check.name
         say(f"== [{number}/{total}] {name}: building and running it (Nix's log follows)")
         start = clock()
-        result = runner.run([*NIX, "build", check.attribute(system), "-L", "--no-link"],
-                            check=False, cwd=flake, capture=False)
+        result = runner.run(
+            [*NIX, "build", check.attribute(system), "-L", "--no-link"],
+            check=False,
+            cwd=flake,
+            capture=False,
+        )
         outcome = Outcome(name, result.returncode == 0, clock() - start)
         outcomes.append(outcome)
         verdict = "passed" if outcome.passed else f"FAILED (nix exit {result.returncode})"
         left = f"; {total - number} to go" if number < total else ""
-        say(f"== [{number}/{total}] {name}: {verdict} in {outcome.seconds:.1f} s "
-            f"({clock() - began:.0f} s so far{left})")
+        say(
+            f"== [{number}/{total}] {name}: {verdict} in {outcome.seconds:.1f} s "
+            f"({clock() - began:.0f} s so far{left})"
+        )
     return outcomes
 
 
 def summary(outcomes: Sequence[Outcome]) -> str:
     width = max(len(o.name) for o in outcomes)
-    lines = [f"{o.name:<{width}}  {'passed' if o.passed else 'FAILED':<6}  {o.seconds:.1f} s"
-             for o in outcomes]
+    lines = [
+        f"{o.name:<{width}}  {'passed' if o.passed else 'FAILED':<6}  {o.seconds:.1f} s"
+        for o in outcomes
+    ]
     passed = sum(o.passed for o in outcomes)
     lines.append(f"{passed} of {len(outcomes)} passed")
     return "\n".join(lines)
@@ -160,8 +200,9 @@ def select(checks: Sequence[Check], names: Sequence[str]) -> list[Check]:
     by_name = {c.name: c for c in checks}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise UserError(f"no check named {', '.join(unknown)} "
-                        f"(known: {', '.join(by_name) or 'none'})")
+        raise UserError(
+            f"no check named {', '.join(unknown)} (known: {', '.join(by_name) or 'none'})"
+        )
     if names:
         return [by_name[n] for n in names]
     return [c for c in checks if c.vm and not c.nested]
@@ -169,13 +210,19 @@ def select(checks: Sequence[Check], names: Sequence[str]) -> list[Check]:
 
 @click.command(name="test", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("names", nargs=-1)
-@click.option("--interactive", is_flag=True,
-              help="Start the interactive test driver of one test (start_all(), shell_interact()).")
+@click.option(
+    "--interactive",
+    is_flag=True,
+    help="Start the interactive test driver of one test (start_all(), shell_interact()).",
+)
 @click.option("--list", "list_only", is_flag=True, help="List the checks; run nothing.")
-@click.option("--flake", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              default=None,
-              help="The Homestack flake (default: the directory of the inventory, found as "
-                   "-i/--inventory is elsewhere).")
+@click.option(
+    "--flake",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="The Homestack flake (default: the directory of the inventory, found as "
+    "-i/--inventory is elsewhere).",
+)
 def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path | None) -> None:
     """Run the NixOS VM tests NAMEs (default: all but those needing nested virtualisation)
     and summarise the results."""
@@ -214,8 +261,12 @@ def test(names: tuple[str, ...], interactive: bool, list_only: bool, flake: Path
         if len(chosen) != 1:
             raise UserError("--interactive starts one test's driver: name exactly one test")
         say(f"test: building and starting the interactive driver of {chosen[0].name}")
-        result = runner.run([*NIX, "run", f"{chosen[0].attribute(system)}.driverInteractive"],
-                            check=False, cwd=flake, capture=False)
+        result = runner.run(
+            [*NIX, "run", f"{chosen[0].attribute(system)}.driverInteractive"],
+            check=False,
+            cwd=flake,
+            capture=False,
+        )
         sys.exit(result.returncode)
     say(f"test: running {len(chosen)} test(s): {', '.join(c.name for c in chosen)}")
     outcomes = run_checks(runner, flake, system, chosen, say=say)

@@ -39,8 +39,7 @@ def runner() -> Runner:
     return default_runner
 
 
-def validator(plan: dict[str, Any], inventory: Path,
-              progress: engine.Progress) -> engine.Validate:
+def validator(plan: dict[str, Any], inventory: Path, progress: engine.Progress) -> engine.Validate:
     """What checks the secrets and certificates before anything is built (the library)."""
     root = inventory.resolve().parent
     return lambda: engine.validate(plan, root, progress)
@@ -69,26 +68,57 @@ class _Printer:
 @click.option("--dry-run", is_flag=True, help="Print the commands a deploy runs, in order.")
 @click.option("--build-only", is_flag=True, help="Validate and build; switch nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-@click.option("--yes", is_flag=True,
-              help="Remove guests that left the inventory without asking (a final snapshot "
-                   "is kept).")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Remove guests that left the inventory without asking (a final snapshot is kept).",
+)
 @inventory_option
-@click.option("--health-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
-              help="Seconds each health check may take to pass.")
-@click.option("--watchdog", type=click.IntRange(min=1), default=900, show_default=True,
-              help="Seconds after which a machine rolls itself back unless the deploy "
-                   "confirmed it healthy.")
-@click.option("-o", "--ssh-option", "ssh_options", multiple=True,
-              help="Extra ssh option, as for ssh -o (repeatable).")
-@click.option("--approve", metavar="TOKEN",
-              help="Deploy a change that breaks a guard: the token `tools plan approve` "
-                   "printed for this exact diff.")
-@click.option("--local", is_flag=True,
-              help="Deploy the host this runs on (and its guests) without ssh, as GitOps does.")
+@click.option(
+    "--health-timeout",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="Seconds each health check may take to pass.",
+)
+@click.option(
+    "--watchdog",
+    type=click.IntRange(min=1),
+    default=900,
+    show_default=True,
+    help="Seconds after which a machine rolls itself back unless the deploy confirmed it healthy.",
+)
+@click.option(
+    "-o",
+    "--ssh-option",
+    "ssh_options",
+    multiple=True,
+    help="Extra ssh option, as for ssh -o (repeatable).",
+)
+@click.option(
+    "--approve",
+    metavar="TOKEN",
+    help="Deploy a change that breaks a guard: the token `tools plan approve` "
+    "printed for this exact diff.",
+)
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Deploy the host this runs on (and its guests) without ssh, as GitOps does.",
+)
 def deploy(  # noqa: PLR0917 - click passes options by keyword
-    machines: tuple[str, ...], dry_run: bool, build_only: bool, as_json: bool, yes: bool,
-           inventory_path: Path | None, health_timeout: float, watchdog: int,
-           ssh_options: tuple[str, ...], approve: str | None, local: bool) -> None:
+    machines: tuple[str, ...],
+    dry_run: bool,
+    build_only: bool,
+    as_json: bool,
+    yes: bool,
+    inventory_path: Path | None,
+    health_timeout: float,
+    watchdog: int,
+    ssh_options: tuple[str, ...],
+    approve: str | None,
+    local: bool,
+) -> None:
     """Build, switch, health-check and roll back MACHINEs (default: all), in the plan's order.
 
     \b
@@ -107,9 +137,13 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
             asked = machine_status(plan, printed, ssh, machines[1:])
             click.echo(f"# dry run: {len(asked)} machine(s); nothing was run", err=as_json)
             return
-        rows = machine_status(plan, runner(), ssh, machines[1:],
-                              progress=lambda name: click.echo(f"[{name}] asking over ssh",
-                                                               err=True))
+        rows = machine_status(
+            plan,
+            runner(),
+            ssh,
+            machines[1:],
+            progress=lambda name: click.echo(f"[{name}] asking over ssh", err=True),
+        )
         if as_json:
             click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         else:
@@ -119,20 +153,29 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
 
     if local:
         if len(machines) != 1 or machines[0] not in plan["hosts"]:
-            raise UserError(f"{path}: tools deploy --local: name the one host this is "
-                            f"(one of {', '.join(sorted(plan['hosts']))})")
+            raise UserError(
+                f"{path}: tools deploy --local: name the one host this is "
+                f"(one of {', '.join(sorted(plan['hosts']))})"
+            )
         machines = (machines[0], *plan["hosts"][machines[0]].get("guests", []))
         ssh = Local()
-    options = DeployOptions(dry_run=dry_run, build_only=build_only, yes=yes,
-                            health_timeout=health_timeout, watchdog=watchdog)
+    options = DeployOptions(
+        dry_run=dry_run,
+        build_only=build_only,
+        yes=yes,
+        health_timeout=health_timeout,
+        watchdog=watchdog,
+    )
     printer = _Printer(err=as_json or not dry_run, comment=dry_run and not as_json)
     run_with: Runner = runner()
     if dry_run:
         # With --json, stdout holds the report alone.
-        click.echo("# tools deploy --dry-run: the commands a deploy runs, in this order.",
-                   err=as_json)
-        click.echo("# @name@ stands for a value known only once the command before it ran.",
-                   err=as_json)
+        click.echo(
+            "# tools deploy --dry-run: the commands a deploy runs, in this order.", err=as_json
+        )
+        click.echo(
+            "# @name@ stands for a value known only once the command before it ran.", err=as_json
+        )
         run_with = engine.DryRunRunner(printer.command if not as_json else _stderr)
 
     def confirm(question: str) -> bool:
@@ -143,13 +186,26 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
 
     # The guards (homestack.guards) show the diff against what is deployed and refuse a
     # change that breaks one unless --approve names that exact diff.
-    report = guarded(path, plan, approve=approve, dry_run=dry_run, build_only=build_only,
-                     selected=machines,
-                     echo=lambda line: printer.progress("guards", line),
-                     run=lambda: engine.deploy(plan, runner=run_with, flake=path.parent,
-                                               selected=machines, options=options, ssh=ssh,
-                                               validate=validator(plan, path, printer.progress),
-                                               progress=printer.progress, confirm=confirm))
+    report = guarded(
+        path,
+        plan,
+        approve=approve,
+        dry_run=dry_run,
+        build_only=build_only,
+        selected=machines,
+        echo=lambda line: printer.progress("guards", line),
+        run=lambda: engine.deploy(
+            plan,
+            runner=run_with,
+            flake=path.parent,
+            selected=machines,
+            options=options,
+            ssh=ssh,
+            validate=validator(plan, path, printer.progress),
+            progress=printer.progress,
+            confirm=confirm,
+        ),
+    )
     if as_json:
         click.echo(report.dumps())
     else:
@@ -165,21 +221,40 @@ def _stderr(line: str) -> None:
 @click.option("--machine", required=True, help="The host this runs on.")
 @click.option("--repository", required=True, help="Git URL of the Homestack repository.")
 @click.option("--branch", default="main", show_default=True)
-@click.option("--state-dir", type=click.Path(path_type=Path),
-              default=Path("/var/lib/homestack/gitops"), show_default=True)
-@click.option("--allowed-signers", type=click.Path(path_type=Path), required=True,
-              help="git's gpg.ssh.allowedSignersFile: the admins' keys.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=Path("/var/lib/homestack/gitops"),
+    show_default=True,
+)
+@click.option(
+    "--allowed-signers",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="git's gpg.ssh.allowedSignersFile: the admins' keys.",
+)
 @click.option("--health-timeout", type=float, default=300.0, show_default=True)
-def gitops(machine: str, repository: str, branch: str, state_dir: Path,  # noqa: PLR0917
-           allowed_signers: Path, health_timeout: float) -> None:
+def gitops(  # noqa: PLR0917 - click passes options by keyword
+    machine: str,
+    repository: str,
+    branch: str,
+    state_dir: Path,
+    allowed_signers: Path,
+    health_timeout: float,
+) -> None:
     """Fetch BRANCH, verify the head commit, and deploy it here with the deploy engine.
 
     \b
     Exit status: 0 switched or unchanged, 3 refused, failed or rolled back (recorded in
     status.json), 75 a failure that may pass (network, lock): the next run tries again.
     """
-    settings = gitops_run.Settings(machine=machine, repository=repository, branch=branch,
-                                   state_dir=state_dir, allowed_signers=allowed_signers)
+    settings = gitops_run.Settings(
+        machine=machine,
+        repository=repository,
+        branch=branch,
+        state_dir=state_dir,
+        allowed_signers=allowed_signers,
+    )
     options = DeployOptions(health_timeout=health_timeout)
 
     def say(message: str) -> None:
@@ -189,7 +264,12 @@ def gitops(machine: str, repository: str, branch: str, state_dir: Path,  # noqa:
         return load(inventory)[1]
 
     run = gitops_run.GitOps(
-        settings, runner=runner(), load_plan=plan_of, progress=say,
-        deploy=gitops_run.local_deploy(runner(), options=options,
-                                       progress=lambda m, msg: say(f"{m}: {msg}")))
+        settings,
+        runner=runner(),
+        load_plan=plan_of,
+        progress=say,
+        deploy=gitops_run.local_deploy(
+            runner(), options=options, progress=lambda m, msg: say(f"{m}: {msg}")
+        ),
+    )
     sys.exit(run.run().exit_code)

@@ -49,8 +49,9 @@ class Stale:
 Validate = Callable[[], Sequence[str]]
 
 
-def validate(plan: Mapping[str, Any], root: Path,
-             progress: Progress = lambda _machine, _message: None) -> list[str]:
+def validate(
+    plan: Mapping[str, Any], root: Path, progress: Progress = lambda _machine, _message: None
+) -> list[str]:
     """What `tools secrets check` and `tools certs check` find, through the library (never
     a `tools` found on PATH, which may be another program or missing): one line each."""
     from homestack.certs.check import check as check_certs  # noqa: PLC0415
@@ -105,10 +106,15 @@ def deploy(
         if problems:
             for line in problems:
                 progress("deploy", line)
-            error = (f"validation found {len(problems)} problem(s) in the secrets and "
-                     f"certificates: {problems[0]}")
-            return DeployReport(_not_started(machines, "not started: validation failed"),
-                                dry_run=options.dry_run, error=error)
+            error = (
+                f"validation found {len(problems)} problem(s) in the secrets and "
+                f"certificates: {problems[0]}"
+            )
+            return DeployReport(
+                _not_started(machines, "not started: validation failed"),
+                dry_run=options.dry_run,
+                error=error,
+            )
 
     built: dict[str, str] = {}
     for machine in machines:
@@ -121,23 +127,41 @@ def deploy(
                 detail = "nix build printed no store path"
             return DeployReport(
                 _not_started(machines, "not started: a build failed, nothing was changed"),
-                dry_run=options.dry_run, error=f"build of {machine.name} failed: {detail}")
+                dry_run=options.dry_run,
+                error=f"build of {machine.name} failed: {detail}",
+            )
         built[machine.name] = out
     if options.build_only:
-        return DeployReport(tuple(MachineReport(m.name, m.kind.value, Outcome.BUILT,
-                                                f"built {built[m.name]}", new=built[m.name])
-                                  for m in machines), dry_run=options.dry_run)
+        return DeployReport(
+            tuple(
+                MachineReport(
+                    m.name, m.kind.value, Outcome.BUILT, f"built {built[m.name]}", new=built[m.name]
+                )
+                for m in machines
+            ),
+            dry_run=options.dry_run,
+        )
 
     if any(m.kind is Kind.HOST and m.guests for m in machines):
         progress("deploy", "look for guests that are no longer in the inventory")
     unreachable: dict[str, ConnectionLost] = {}
     stale = find_stale(plan, machines, runner, ssh, progress, unreachable=unreachable)
     to_remove = [s for s in stale if options.yes or confirm(_question(s))]
-    kept = [Removal(s.guest, s.host, False, "left in place (not confirmed; use --yes)")
-            for s in stale if s not in to_remove]
+    kept = [
+        Removal(s.guest, s.host, False, "left in place (not confirmed; use --yes)")
+        for s in stale
+        if s not in to_remove
+    ]
 
-    ctx = Context(runner=runner, ssh=ssh, options=options, clock=clock, stamp=stamp,
-                  snapshots=Snapshots(stamp), progress=progress)
+    ctx = Context(
+        runner=runner,
+        ssh=ssh,
+        options=options,
+        clock=clock,
+        stamp=stamp,
+        snapshots=Snapshots(stamp),
+        progress=progress,
+    )
     reports: list[MachineReport] = []
     removals: list[Removal] = list(kept)
     failed: list[str] = []
@@ -146,13 +170,21 @@ def deploy(
             reports += _not_started(wave, f"not started: {', '.join(failed)} failed earlier")
             continue
         together = " (in parallel)" if len(wave) > 1 else ""
-        progress("deploy", f"wave {number} of {len(order)}: "
-                           f"{', '.join(m.name for m in wave)}{together}")
+        progress(
+            "deploy", f"wave {number} of {len(order)}: {', '.join(m.name for m in wave)}{together}"
+        )
         workers = 1 if options.dry_run else len(wave)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            done = list(pool.map(
-                lambda m: _unreachable(m, built[m.name], unreachable[m.target])
-                if m.target in unreachable else MachineRun(ctx, m, built[m.name]).run(), wave))
+            done = list(
+                pool.map(
+                    lambda m: (
+                        _unreachable(m, built[m.name], unreachable[m.target])
+                        if m.target in unreachable
+                        else MachineRun(ctx, m, built[m.name]).run()
+                    ),
+                    wave,
+                )
+            )
         reports += done
         failed += [r.name for r in done if not r.outcome.ok]
         for machine, outcome in zip(wave, done, strict=True):
@@ -163,21 +195,34 @@ def deploy(
 
 def _question(stale: Stale) -> str:
     keep = f"a final snapshot of {stale.dataset} is kept" if stale.dataset else "it has no dataset"
-    return (f"guest {stale.guest} is on {stale.host} but no longer in the inventory: "
-            f"remove its unit and state ({keep})?")
+    return (
+        f"guest {stale.guest} is on {stale.host} but no longer in the inventory: "
+        f"remove its unit and state ({keep})?"
+    )
 
 
 def _unreachable(machine: Machine, new: str, lost: ConnectionLost) -> MachineReport:
     """A machine whose ssh target could not be reached already in this run: reported
     unknown at once, rather than waiting for the same timeout again."""
-    return MachineReport(machine.name, machine.kind.value, Outcome.UNKNOWN,
-                         "unknown: not switched, and what it runs could not be seen "
-                         "(nothing was changed on it)", new=new, error=str(lost))
+    return MachineReport(
+        machine.name,
+        machine.kind.value,
+        Outcome.UNKNOWN,
+        "unknown: not switched, and what it runs could not be seen (nothing was changed on it)",
+        new=new,
+        error=str(lost),
+    )
 
 
-def find_stale(plan: Mapping[str, Any], machines: Sequence[Machine], runner: Runner,
-               ssh: Ssh, progress: Progress = _quiet, *,
-               unreachable: dict[str, ConnectionLost] | None = None) -> list[Stale]:
+def find_stale(
+    plan: Mapping[str, Any],
+    machines: Sequence[Machine],
+    runner: Runner,
+    ssh: Ssh,
+    progress: Progress = _quiet,
+    *,
+    unreachable: dict[str, ConnectionLost] | None = None,
+) -> list[Stale]:
     """Guests with a directory under /var/lib/microvms that the plan does not place there.
 
     A hypervisor that cannot be reached is skipped and, if ``unreachable`` is given,
@@ -213,8 +258,12 @@ def removal_commands(stale: Stale, stamp: str) -> list[list[str]]:
         moved = f"{archive}/{stale.guest}-{stamp}"
         commands += [
             ["zfs", "snapshot", "-r", f"{stale.dataset}@homestack-final-{stamp}"],
-            ["sh", "-c", f"zfs list -H -o name {archive} >/dev/null 2>&1 || "
-                         f"zfs create -o canmount=off -o mountpoint=none {archive}"],
+            [
+                "sh",
+                "-c",
+                f"zfs list -H -o name {archive} >/dev/null 2>&1 || "
+                f"zfs create -o canmount=off -o mountpoint=none {archive}",
+            ],
             ["zfs", "rename", "-u", stale.dataset, moved],
             ["zfs", "set", "mountpoint=none", moved],
         ]
@@ -232,13 +281,19 @@ def remove_guest(ctx: Context, stale: Stale) -> Removal:
             return Removal(stale.guest, stale.host, False, f"stopped half-way: {exc}")
         if result.returncode != 0 and command[:2] != ["systemctl", "stop"]:
             at = shlex.join(command)
-            return Removal(stale.guest, stale.host, False,
-                           f"stopped half-way at `{at}` (exit {result.returncode})")
+            return Removal(
+                stale.guest,
+                stale.host,
+                False,
+                f"stopped half-way at `{at}` (exit {result.returncode})",
+            )
     where = "no data"
     if stale.dataset:
         pool = stale.dataset.split("/", 1)[0]
-        where = (f"final snapshot {pool}/homestack-removed/{stale.guest}-{ctx.stamp}"
-                 f"@homestack-final-{ctx.stamp}")
+        where = (
+            f"final snapshot {pool}/homestack-removed/{stale.guest}-{ctx.stamp}"
+            f"@homestack-final-{ctx.stamp}"
+        )
     return Removal(stale.guest, stale.host, True, f"unit stopped, state removed; {where}")
 
 
@@ -261,9 +316,17 @@ class DryRunRunner(Runner):
         self.emit = emit
         self.activated: dict[str, str] = {}  # ssh target -> system its last switch activated
 
-    def run(self, args: Sequence[str], *, check: bool, input: str | bytes | None = None,
-            env: Mapping[str, str] | None = None, cwd: Any = None, timeout: float | None = None,
-            capture: bool = True) -> Result:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool,
+        input: str | bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Any = None,
+        timeout: float | None = None,
+        capture: bool = True,
+    ) -> Result:
         del check, input, cwd, timeout, capture
         prefix = "".join(f"{k}={display_quote(v)} " for k, v in (env or {}).items())
         self.emit(prefix + " ".join(display_quote(a) for a in args))
@@ -284,8 +347,10 @@ class DryRunRunner(Runner):
         if remote[:1] == ["systemd-run"] and remote[-1] == "test" and "--wait" in remote:
             self.activated[where] = remote[-2].removesuffix("/bin/switch-to-configuration")
         # the hypervisor's switch links `current` and restarts the guest (microvm.nix)
-        if remote[:1] == ["readlink"] and (remote[1].endswith("/current") or (
-                remote[1].endswith("/booted") and where in self.activated)):
+        if remote[:1] == ["readlink"] and (
+            remote[1].endswith("/current")
+            or (remote[1].endswith("/booted") and where in self.activated)
+        ):
             return f"@{remote[1].split('/')[-2]}-runner@\n"
         if remote[:1] == ["readlink"] and remote[1].endswith("/booted"):
             return f"@{remote[1].split('/')[-2]}-previous-runner@\n"

@@ -34,8 +34,9 @@ def unit_active(unit: str) -> list[str]:
     return ["systemctl", "is-active", unit]
 
 
-def poll(remote: Remote, command: list[str], timeout: float, interval: float,
-         clock: Clock) -> tuple[bool, str]:
+def poll(
+    remote: Remote, command: list[str], timeout: float, interval: float, clock: Clock
+) -> tuple[bool, str]:
     """Run ``command`` until it succeeds or ``timeout`` seconds passed; last output back."""
     deadline = clock.monotonic() + timeout
     while True:
@@ -49,8 +50,15 @@ def poll(remote: Remote, command: list[str], timeout: float, interval: float,
         clock.sleep(interval)
 
 
-def check(machine: Machine, remote: Remote, *, system_timeout: int, timeout: float,
-          interval: float, clock: Clock) -> Failure | None:
+def check(
+    machine: Machine,
+    remote: Remote,
+    *,
+    system_timeout: int,
+    timeout: float,
+    interval: float,
+    clock: Clock,
+) -> Failure | None:
     """All checks for ``machine``; the first failure, or None when healthy.
 
     A host: `systemctl is-system-running --wait`, then (hypervisors) every guest's
@@ -65,8 +73,10 @@ def check(machine: Machine, remote: Remote, *, system_timeout: int, timeout: flo
         if result.returncode != 0:
             state = result.stdout.strip() or f"exit code {result.returncode}"
             return Failure("systemctl is-system-running", state)
-        steps += [(f"{g}: microvm@{g}.service active", unit_active(f"microvm@{g}.service"))
-                  for g in machine.guests]
+        steps += [
+            (f"{g}: microvm@{g}.service active", unit_active(f"microvm@{g}.service"))
+            for g in machine.guests
+        ]
     else:
         steps.append((f"{machine.unit} active", unit_active(machine.unit)))
     steps += [(f"{h.describe()} answers", h.command()) for h in machine.health]

@@ -58,8 +58,17 @@ class HealthCheck:
             return list(self.argv)
         if self.kind == "http":
             url = f"http://{self.address}:{self.port}{self.path}"
-            return ["curl", "--fail", "--silent", "--show-error", "--max-time", "5",
-                    "--output", "/dev/null", url]
+            return [
+                "curl",
+                "--fail",
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "5",
+                "--output",
+                "/dev/null",
+                url,
+            ]
         # bash's /dev/tcp: present on every NixOS system, no netcat flavour to guess.
         return ["timeout", "5", "bash", "-c", f"exec 3<>/dev/tcp/{self.address}/{self.port}"]
 
@@ -117,8 +126,11 @@ class Machine:
                 datasets=datasets,
                 # A hypervisor's generation carries its guests' runners: their probes
                 # decide whether it becomes the boot default.
-                health=tuple(HealthCheck.from_plan(guests[g], h)
-                             for g in ordered for h in guests[g].get("health", [])),
+                health=tuple(
+                    HealthCheck.from_plan(guests[g], h)
+                    for g in ordered
+                    for h in guests[g].get("health", [])
+                ),
             )
         if name in guests:
             guest = guests[name]

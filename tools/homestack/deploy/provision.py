@@ -49,8 +49,10 @@ class Provision:
         hosts = plan.get("hosts", {})
         if host not in hosts:
             known = ", ".join(sorted(hosts)) or "none"
-            raise UserError(f"inventory.toml: no host named {host!r} (hosts: {known}); "
-                            "guests are installed by their hypervisor")
+            raise UserError(
+                f"inventory.toml: no host named {host!r} (hosts: {known}); "
+                "guests are installed by their hypervisor"
+            )
         if "@" not in target:
             raise UserError(f"--target {target}: expected user@address, e.g. root@192.0.2.7")
         secret = f"secrets/host-keys/{host}.yaml"
@@ -58,8 +60,10 @@ class Provision:
         key = KEY_NAME if KEY_NAME in keys else keys[0]
         public = str(hosts[host].get("hostKey") or "")
         if not public:
-            raise UserError(f"inventory.toml: hosts.{host}.host_key is not set "
-                            "(tools secrets bootstrap makes it)")
+            raise UserError(
+                f"inventory.toml: hosts.{host}.host_key is not set "
+                "(tools secrets bootstrap makes it)"
+            )
         system = str(hosts[host].get("system") or "x86_64-linux")
         return cls(host, target, flake, secret, key, public, system)
 
@@ -75,10 +79,19 @@ class Provision:
         """Build the host's `diskoScript` or `toplevel` for nixos-anywhere --store-paths."""
         return build_command(f".#legacyPackages.{self.system}.install.{self.host}.{what}")
 
-    def install_command(self, extra_files: Path | str, disko_script: str,
-                        toplevel: str) -> list[str]:
-        return ["nixos-anywhere", "--store-paths", disko_script, toplevel,
-                "--extra-files", str(extra_files), "--target-host", self.target]
+    def install_command(
+        self, extra_files: Path | str, disko_script: str, toplevel: str
+    ) -> list[str]:
+        return [
+            "nixos-anywhere",
+            "--store-paths",
+            disko_script,
+            toplevel,
+            "--extra-files",
+            str(extra_files),
+            "--target-host",
+            self.target,
+        ]
 
 
 def private_dir_root() -> Path:
@@ -93,8 +106,9 @@ def private_dir_root() -> Path:
 @contextmanager
 def host_key_tree(job: Provision, runner: Runner, root: Path | None = None) -> Iterator[Path]:
     """A private directory holding etc/ssh/ssh_host_ed25519_key{,.pub}; wiped afterwards."""
-    base = Path(tempfile.mkdtemp(prefix=f"homestack-provision-{job.host}-",
-                                 dir=root or private_dir_root()))  # mode 0700
+    base = Path(
+        tempfile.mkdtemp(prefix=f"homestack-provision-{job.host}-", dir=root or private_dir_root())
+    )  # mode 0700
     key_file = base / KEY_PATH
     try:
         try:
@@ -107,8 +121,10 @@ def host_key_tree(job: Provision, runner: Runner, root: Path | None = None) -> I
             out.write(pem if pem.endswith("\n") else pem + "\n")
         derived = runner.run(job.public_command(key_file), check=False)
         if derived.returncode != 0 or derived.stdout.split()[:2] != job.public_key.split()[:2]:
-            raise UserError(f"{job.secret}: {job.key} is not the private half of "
-                            f"hosts.{job.host}.host_key in inventory.toml")
+            raise UserError(
+                f"{job.secret}: {job.key} is not the private half of "
+                f"hosts.{job.host}.host_key in inventory.toml"
+            )
         pub = key_file.with_name(KEY_NAME + ".pub")
         pub.write_text(job.public_key.strip() + "\n")
         pub.chmod(0o644)
@@ -143,10 +159,14 @@ def install(job: Provision, runner: Runner, say: Callable[[str], None]) -> None:
         command = job.install_command(tree, disko_script, toplevel)
         result = runner.run(command, check=False, cwd=job.flake, capture=False)
     if result.returncode != 0:
-        raise UserError(f"nixos-anywhere failed for {job.host} on {job.target} "
-                        f"(exit {result.returncode}); its output is above")
-    say(f"{job.host} installed; it boots with its own host key and can decrypt "
-        f"secrets/{job.host}.yaml")
+        raise UserError(
+            f"nixos-anywhere failed for {job.host} on {job.target} "
+            f"(exit {result.returncode}); its output is above"
+        )
+    say(
+        f"{job.host} installed; it boots with its own host key and can decrypt "
+        f"secrets/{job.host}.yaml"
+    )
 
 
 def dry_run_lines(job: Provision) -> list[str]:
@@ -171,8 +191,11 @@ def dry_run_lines(job: Provision) -> list[str]:
 
 @click.command(name="provision", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("host")
-@click.option("--target", required=True, help="user@address of the machine, booted into any "
-              "Linux with SSH (e.g. the NixOS installer).")
+@click.option(
+    "--target",
+    required=True,
+    help="user@address of the machine, booted into any Linux with SSH (e.g. the NixOS installer).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the commands; decrypt and install nothing.")
 @inventory_option
 def provision(host: str, target: str, dry_run: bool, inventory_path: Path | None) -> None:
@@ -186,6 +209,8 @@ def provision(host: str, target: str, dry_run: bool, inventory_path: Path | None
             click.echo(line)
         return
     if shutil.which("nixos-anywhere") is None:  # before the host key is decrypted
-        raise UserError("nixos-anywhere: command not found (use the flake's dev shell, or "
-                        "nix run github:nix-community/nixos-anywhere)")
+        raise UserError(
+            "nixos-anywhere: command not found (use the flake's dev shell, or "
+            "nix run github:nix-community/nixos-anywhere)"
+        )
     install(job, default_runner, lambda line: click.echo(f"[{host}] {line}", err=True))

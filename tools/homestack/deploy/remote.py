@@ -16,34 +16,73 @@ from homestack.process import Result, Runner
 # BatchMode: never prompt (a deploy runs unattended). ServerAlive*: notice a dead link in
 # about 15 s instead of hanging on it.
 DEFAULT_OPTIONS: tuple[str, ...] = (
-    "-o", "BatchMode=yes",
-    "-o", "ConnectTimeout=10",
-    "-o", "ServerAliveInterval=5",
-    "-o", "ServerAliveCountMax=3",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=10",
+    "-o",
+    "ServerAliveInterval=5",
+    "-o",
+    "ServerAliveCountMax=3",
 )
 SSH_CONNECTION_ERROR = 255
 
 # What ssh prints when it fails (exit 255), as (words in its stderr, what it means, whether
 # it failed before the remote command could start). Order matters: first match wins.
 _SSH_FAILURES: tuple[tuple[tuple[str, ...], str, bool], ...] = (
-    (("Could not resolve hostname", "Name or service not known",
-      "Temporary failure in name resolution", "nodename nor servname"),
-     "cannot resolve the host name", True),
+    (
+        (
+            "Could not resolve hostname",
+            "Name or service not known",
+            "Temporary failure in name resolution",
+            "nodename nor servname",
+        ),
+        "cannot resolve the host name",
+        True,
+    ),
     (("Connection refused",), "connection refused (is sshd running there?)", True),
-    (("No route to host", "Network is unreachable", "Network unreachable"),
-     "no route to the host", True),
-    (("Permission denied", "Too many authentication failures", "No more authentication"),
-     "authentication failed (is your SSH key on the machine?)", True),
-    (("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED"),
-     "host key verification failed (not the host key known for it)", True),
-    (("Connection timed out", "Operation timed out", "timed out during banner exchange",
-      " timed out"),  # OpenSSH 9: "Connection to 203.0.113.10 port 22 timed out"
-     "timed out connecting", True),
-    (("Bad configuration option", "command-line: line", "Bad port", "garbage at end of line"),
-     "ssh refused its options (see -o/--ssh-option)", True),
-    (("Connection closed", "closed by remote host", "Connection reset", "Broken pipe",
-      "not responding", "client_loop:"),
-     "lost the connection", False),
+    (
+        ("No route to host", "Network is unreachable", "Network unreachable"),
+        "no route to the host",
+        True,
+    ),
+    (
+        ("Permission denied", "Too many authentication failures", "No more authentication"),
+        "authentication failed (is your SSH key on the machine?)",
+        True,
+    ),
+    (
+        ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "host key verification failed (not the host key known for it)",
+        True,
+    ),
+    (
+        (
+            "Connection timed out",
+            "Operation timed out",
+            "timed out during banner exchange",
+            " timed out",
+        ),  # OpenSSH 9: "Connection to 203.0.113.10 port 22 timed out"
+        "timed out connecting",
+        True,
+    ),
+    (
+        ("Bad configuration option", "command-line: line", "Bad port", "garbage at end of line"),
+        "ssh refused its options (see -o/--ssh-option)",
+        True,
+    ),
+    (
+        (
+            "Connection closed",
+            "closed by remote host",
+            "Connection reset",
+            "Broken pipe",
+            "not responding",
+            "client_loop:",
+        ),
+        "lost the connection",
+        False,
+    ),
 )
 
 

@@ -103,8 +103,10 @@ class DeployReport:
             return f"# dry run: {n} machine{'' if n == 1 else 's'}; nothing was run or changed"
         width = max((len(m.name) for m in self.machines), default=4)
         lines = [f"{m.name:<{width}}  {m.outcome.value:<11}  {m.state}" for m in self.machines]
-        lines += [f"{r.guest:<{width}}  {'removed' if r.removed else 'kept':<11}  {r.detail}"
-                  for r in self.removals]
+        lines += [
+            f"{r.guest:<{width}}  {'removed' if r.removed else 'kept':<11}  {r.detail}"
+            for r in self.removals
+        ]
         if self.error:
             lines.append(f"deploy failed: {self.error}")
         elif self.ok:

@@ -27,8 +27,14 @@ class MachineStatus:
     gitops: Mapping[str, Any] | None = None  # the host's last GitOps run, if it pulls
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "reachable": self.reachable,
-                "running": self.running, "active": self.active, "gitops": self.gitops}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "reachable": self.reachable,
+            "running": self.running,
+            "active": self.active,
+            "gitops": self.gitops,
+        }
 
     def line(self) -> str:
         text = f"{self.name:<12} {self.running}"
@@ -36,8 +42,10 @@ class MachineStatus:
             text += f" ({self.active})"
         if self.gitops:
             g = self.gitops
-            text += (f"; gitops: {g.get('state', '?')} at {g.get('time', '?')}"
-                     f" rev {str(g.get('rev', '?'))[:12]}")
+            text += (
+                f"; gitops: {g.get('state', '?')} at {g.get('time', '?')}"
+                f" rev {str(g.get('rev', '?'))[:12]}"
+            )
             if g.get("message"):
                 text += f" ({g['message']})"
         return text
@@ -53,13 +61,16 @@ def _ask(machine: Machine, remote: Remote) -> MachineStatus:
         return MachineStatus(machine.name, "host", True, running, gitops=gitops)
     runner_path = remote.run(["readlink", machine.current_link]).stdout.strip()
     active = remote.run(["systemctl", "is-active", machine.unit]).stdout.strip()
-    return MachineStatus(machine.name, "guest", True, runner_path or "not installed",
-                         active=active)
+    return MachineStatus(machine.name, "guest", True, runner_path or "not installed", active=active)
 
 
-def status(plan: Mapping[str, Any], runner: Runner, ssh: Ssh,
-           selected: Sequence[str] = (),
-           progress: Callable[[str], None] = lambda _: None) -> list[MachineStatus]:
+def status(
+    plan: Mapping[str, Any],
+    runner: Runner,
+    ssh: Ssh,
+    selected: Sequence[str] = (),
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[MachineStatus]:
     """Ask each machine what it runs; ``progress`` hears each name first. Rows come back in
     deploy order.
 
@@ -84,8 +95,9 @@ def status(plan: Mapping[str, Any], runner: Runner, ssh: Ssh,
                     continue
                 except ConnectionLost as exc:
                     failed = exc
-            rows[machine.name] = MachineStatus(machine.name, machine.kind.value, False,
-                                               f"unknown: {failed}")
+            rows[machine.name] = MachineStatus(
+                machine.name, machine.kind.value, False, f"unknown: {failed}"
+            )
         return rows
 
     found: dict[str, MachineStatus] = {}

@@ -129,8 +129,14 @@ class MachineRun:
 
     def report(self, outcome: Outcome, state: str, error: str | None = None) -> MachineReport:
         return MachineReport(
-            name=self.m.name, kind=self.m.kind.value, outcome=outcome, state=state,
-            new=self.new, previous=self.previous, snapshot=self.snapshot, error=error,
+            name=self.m.name,
+            kind=self.m.kind.value,
+            outcome=outcome,
+            state=state,
+            new=self.new,
+            previous=self.previous,
+            snapshot=self.snapshot,
+            error=error,
             steps=tuple(self.log.steps),
         )
 
@@ -167,7 +173,8 @@ class MachineRun:
             return
         self.say(f"copy {self.new} to {self.m.target}")
         result = self.ctx.runner.run(
-            copy_command(self.m.target, self.new), check=False,
+            copy_command(self.m.target, self.new),
+            check=False,
             env={"NIX_SSHOPTS": self.ctx.ssh.nix_sshopts()},
         )
         if result.returncode != 0:
@@ -178,11 +185,14 @@ class MachineRun:
 
     def arm(self, previous: str) -> None:
         """Start the on-machine timer that re-activates ``previous`` unless disarmed."""
-        self.must("arm watchdog", activation.arm(previous, self.watchdog,
-                                                 self.ctx.options.watchdog))
+        self.must(
+            "arm watchdog", activation.arm(previous, self.watchdog, self.ctx.options.watchdog)
+        )
         self.armed = True
-        self.say(f"now runs {self.describe_old()}; watchdog armed: it goes back there by itself "
-                 f"in {self.ctx.options.watchdog} s unless the deploy confirms the switch")
+        self.say(
+            f"now runs {self.describe_old()}; watchdog armed: it goes back there by itself "
+            f"in {self.ctx.options.watchdog} s unless the deploy confirms the switch"
+        )
 
     def disarm(self) -> bool:
         """Stop the watchdog; False if the machine could not be reached to do so."""
@@ -207,7 +217,8 @@ class MachineRun:
                 # for that to finish, then look at what runs.
                 deadline = self.ctx.clock.monotonic() + self.ctx.options.system_timeout
                 while activation.watchdog_busy(
-                        self.remote.run(activation.watchdog_state(self.watchdog)).stdout):
+                    self.remote.run(activation.watchdog_state(self.watchdog)).stdout
+                ):
                     if self.ctx.clock.monotonic() >= deadline:
                         break
                     self.ctx.clock.sleep(self.ctx.options.poll_interval)
@@ -217,26 +228,35 @@ class MachineRun:
                 continue
             self.armed = False
             verdict = activation.judge(now, self.new)
-            self.log.add("disarm watchdog", verdict is activation.Disarmed.CONFIRMED,
-                         verdict.value)
+            self.log.add("disarm watchdog", verdict is activation.Disarmed.CONFIRMED, verdict.value)
             return verdict
         return None
 
     def healthy(self) -> health.Failure | None:
         self.say("health checks")
         o = self.ctx.options
-        failure = health.check(self.m, self.remote, system_timeout=o.system_timeout,
-                               timeout=o.health_timeout, interval=o.poll_interval,
-                               clock=self.ctx.clock)
-        self.log.add("health", failure is None,
-                     "" if failure is None else f"{failure.check}: {failure.detail}")
+        failure = health.check(
+            self.m,
+            self.remote,
+            system_timeout=o.system_timeout,
+            timeout=o.health_timeout,
+            interval=o.poll_interval,
+            clock=self.ctx.clock,
+        )
+        self.log.add(
+            "health",
+            failure is None,
+            "" if failure is None else f"{failure.check}: {failure.detail}",
+        )
         return failure
 
     def watchdog_note(self) -> str:
         if not self.armed:
             return ""
-        return (f"; its watchdog {self.watchdog}.timer puts the previous version back by itself"
-                f" {self.ctx.options.watchdog} s after the switch")
+        return (
+            f"; its watchdog {self.watchdog}.timer puts the previous version back by itself"
+            f" {self.ctx.options.watchdog} s after the switch"
+        )
 
     # -- the procedure ---------------------------------------------------------------
     def run(self) -> MachineReport:
@@ -249,8 +269,11 @@ class MachineRun:
             return self.not_switched("", str(exc))
         if taken.returncode != 0:
             self.log.add("lock", False, activation.LOCKED)
-            return self.report(Outcome.FAILED, f"not switched; {activation.LOCKED}",
-                               f"{activation.LOCKED} (unit {activation.LOCK_UNIT})")
+            return self.report(
+                Outcome.FAILED,
+                f"not switched; {activation.LOCKED}",
+                f"{activation.LOCKED} (unit {activation.LOCK_UNIT})",
+            )
         try:
             return self.steps()
         finally:
@@ -275,8 +298,11 @@ class MachineRun:
                 failure = self.healthy()
                 if failure is None:
                     return self.report(Outcome.UNCHANGED, f"already runs {self.new}")
-                return self.report(Outcome.FAILED, f"runs {self.new} (unchanged) but is unhealthy",
-                                   f"{failure.check}: {failure.detail}")
+                return self.report(
+                    Outcome.FAILED,
+                    f"runs {self.new} (unchanged) but is unhealthy",
+                    f"{failure.check}: {failure.detail}",
+                )
             self.record_guests()
             if self.previous is not None:
                 self.arm(self.previous)
@@ -292,13 +318,16 @@ class MachineRun:
                     f"runs {self.describe_new()} and is healthy, but the connection was lost "
                     f"before its watchdog was disarmed: {self.watchdog}.timer will put "
                     f"{self.describe_old()} back unless stopped by hand (a reboot does too)",
-                    "lost the connection while disarming the watchdog")
+                    "lost the connection while disarming the watchdog",
+                )
             if verdict is activation.Disarmed.FIRED:
                 self.say("its watchdog fired before it could be disarmed")
                 return self.report(
                     Outcome.ROLLED_BACK,
                     f"rolled back: runs {self.describe_old()} again (its watchdog fired before "
-                    "the deploy could disarm it)", "the watchdog fired first")
+                    "the deploy could disarm it)",
+                    "the watchdog fired first",
+                )
             self.commit()
             self.say("switched, healthy")
             return self.report(Outcome.SWITCHED, f"runs {self.describe_new()}")
@@ -312,18 +341,29 @@ class MachineRun:
             if self.switched:
                 return self.roll_back(str(exc))
             self.say(f"{exc}; nothing was switched")
-            note = (f" (its watchdog {self.watchdog}.timer may still fire: harmless, it"
-                    " re-activates that same version)") if self.armed else ""
+            note = (
+                (
+                    f" (its watchdog {self.watchdog}.timer may still fire: harmless, it"
+                    " re-activates that same version)"
+                )
+                if self.armed
+                else ""
+            )
             return self.not_switched(note, str(exc))
 
     def not_switched(self, note: str, error: str) -> MachineReport:
         """The report of a machine this deploy did not switch: what it runs if that was seen,
         else "unknown" (an unreachable machine's state is never guessed)."""
         if not self.seen:
-            return self.report(Outcome.UNKNOWN, "unknown: not switched, and what it runs "
-                               "could not be seen (nothing was changed on it)", error)
-        return self.report(Outcome.FAILED, f"not switched; still runs {self.describe_old()}{note}",
-                           error)
+            return self.report(
+                Outcome.UNKNOWN,
+                "unknown: not switched, and what it runs "
+                "could not be seen (nothing was changed on it)",
+                error,
+            )
+        return self.report(
+            Outcome.FAILED, f"not switched; still runs {self.describe_old()}{note}", error
+        )
 
     def record_guests(self) -> None:
         """The runner each guest was booted from, before this hypervisor's switch."""
@@ -347,8 +387,10 @@ class MachineRun:
         declared = self.remote.run(["readlink", self.m.current_link]).stdout.strip()
         if declared != self.new:
             return self.report(
-                Outcome.FAILED, f"not switched; its hypervisor declares {declared or 'nothing'}",
-                f"{self.m.current_link} is not {self.new}: deploy {self.m.hypervisor} with it")
+                Outcome.FAILED,
+                f"not switched; its hypervisor declares {declared or 'nothing'}",
+                f"{self.m.current_link} is not {self.new}: deploy {self.m.hypervisor} with it",
+            )
         if self.current() != self.new:
             self.switched = True
             self.say(f"restart {self.m.unit} on the runner its hypervisor declares")
@@ -358,7 +400,9 @@ class MachineRun:
             return self.report(
                 Outcome.FAILED,
                 f"runs {self.new} but is unhealthy; it goes back with {self.m.hypervisor}'s "
-                "previous generation (see docs/deploy.md)", f"{failure.check}: {failure.detail}")
+                "previous generation (see docs/deploy.md)",
+                f"{failure.check}: {failure.detail}",
+            )
         if self.previous == self.new:
             return self.report(Outcome.UNCHANGED, f"already runs {self.new}")
         self.say("switched, healthy")
@@ -379,16 +423,26 @@ class MachineRun:
                 continue
             if not ok:
                 self.say(f"ROLLBACK FAILED: {detail}")
-                return self.report(Outcome.UNKNOWN, f"rollback failed ({detail}); "
-                                   f"state must be checked by hand{self.watchdog_note()}", reason)
+                return self.report(
+                    Outcome.UNKNOWN,
+                    f"rollback failed ({detail}); "
+                    f"state must be checked by hand{self.watchdog_note()}",
+                    reason,
+                )
             self.disarm()
             self.say(f"rolled back to {self.describe_old()} ({detail})")
-            return self.report(Outcome.ROLLED_BACK,
-                               f"rolled back: runs {self.describe_old()} again ({detail})", reason)
+            return self.report(
+                Outcome.ROLLED_BACK,
+                f"rolled back: runs {self.describe_old()} again ({detail})",
+                reason,
+            )
         self.say(f"could not reach {self.m.target} to roll back")
-        return self.report(Outcome.UNKNOWN,
-                           f"may still run {self.describe_new()}: rollback could not connect "
-                           f"({last}){self.watchdog_note()}", reason)
+        return self.report(
+            Outcome.UNKNOWN,
+            f"may still run {self.describe_new()}: rollback could not connect "
+            f"({last}){self.watchdog_note()}",
+            reason,
+        )
 
     # -- what differs between hosts and guests ---------------------------------------
     @property
@@ -414,8 +468,10 @@ class MachineRun:
         """Put ``previous`` back; (worked, how the machine is now)."""
         if self.is_guest:
             self.log.add("rollback", False, "a guest goes back with its hypervisor")
-            return False, (f"a guest goes back with its hypervisor's generation: deploy "
-                           f"{self.m.hypervisor} again, or roll it back")
+            return False, (
+                f"a guest goes back with its hypervisor's generation: deploy "
+                f"{self.m.hypervisor} again, or roll it back"
+            )
         unit = f"{self.unit}-rollback"
         steps = [activation.switch(previous, activation.Action.TEST, unit)]
         if self.committed:  # the boot default may already be the new one: put it back
@@ -427,17 +483,23 @@ class MachineRun:
                 return False, f"{command[0]} exited with {result.returncode}"
         self.log.add("rollback", True)
         if self.is_guest:
-            ok, detail = health.poll(self.remote, health.unit_active(self.m.unit),
-                                     self.ctx.options.health_timeout,
-                                     self.ctx.options.poll_interval, self.ctx.clock)
+            ok, detail = health.poll(
+                self.remote,
+                health.unit_active(self.m.unit),
+                self.ctx.options.health_timeout,
+                self.ctx.options.poll_interval,
+                self.ctx.clock,
+            )
         else:
             result = self.remote.run(health.system_running(self.ctx.options.system_timeout))
             ok, detail = result.returncode == 0, result.stdout.strip()
         return True, "healthy" if ok else f"but still unhealthy: {detail}"
 
     def no_previous(self) -> str:
-        return (f"runs {self.describe_new()} and there is no previous version to return to; "
-                "fix the configuration and deploy again")
+        return (
+            f"runs {self.describe_new()} and there is no previous version to return to; "
+            "fix the configuration and deploy again"
+        )
 
     def describe_old(self) -> str:
         if not self.seen:

@@ -112,62 +112,101 @@ def _lab_ca(lab: AcmeLab) -> tuple[Path, Path]:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     later = now + dt.timedelta(days=2)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Homestack lab"),
-                         x509.NameAttribute(NameOID.COMMON_NAME,
-                                            "Homestack lab CA for stand-in services")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now).not_valid_after(later)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                       False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Homestack lab"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Homestack lab CA for stand-in services"),
+        ]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLOUDFLARE_API)]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(later)
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(CLOUDFLARE_API),
-                x509.IPAddress(ipaddress.ip_address(SERVICES)),
-                x509.IPAddress(ipaddress.ip_address(ACME_SERVER))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLOUDFLARE_API)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(CLOUDFLARE_API),
+                    x509.IPAddress(ipaddress.ip_address(SERVICES)),
+                    x509.IPAddress(ipaddress.ip_address(ACME_SERVER)),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     lab.lab_ca.write_bytes(ca.public_bytes(pem))
     cert, key_file = lab.home / "standin" / "server.pem", lab.home / "standin" / "server-key.pem"
     cert.write_bytes(leaf.public_bytes(pem))
     key_file.touch(mode=0o600)
-    key_file.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     shutil.chown(key_file, "nobody")
     return cert, key_file
 
 
 def _link(runner: Runner, plan: dict[str, Any], proxy: Machine, ns: str) -> None:
     runner.run(["ip", "netns", "add", ns], check=True)
-    runner.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
-               check=True)
+    runner.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+        check=True,
+    )
     resolver = _resolver(plan)
-    lines = ["link set lo up", f"link add eth0 type veth peer name acme0 netns {proxy.netns}",
-             f"addr add {SERVICES}/24 dev eth0", f"addr add {ACME_SERVER}/24 dev eth0",
-             f"addr add {resolver}/32 dev eth0",
-             "link set eth0 up"]
+    lines = [
+        "link set lo up",
+        f"link add eth0 type veth peer name acme0 netns {proxy.netns}",
+        f"addr add {SERVICES}/24 dev eth0",
+        f"addr add {ACME_SERVER}/24 dev eth0",
+        f"addr add {resolver}/32 dev eth0",
+        "link set eth0 up",
+    ]
     runner.run(["ip", "-n", ns, "-batch", "-"], check=True, input="\n".join(lines) + "\n")
-    lines = [f"addr add {PROXY_SIDE}/24 dev acme0", "link set acme0 up",
-             f"route add {resolver}/32 via {SERVICES} dev acme0"]
-    runner.run(["ip", "-n", proxy.netns, "-batch", "-"], check=True,
-               input="\n".join(lines) + "\n")
+    lines = [
+        f"addr add {PROXY_SIDE}/24 dev acme0",
+        "link set acme0 up",
+        f"route add {resolver}/32 via {SERVICES} dev acme0",
+    ]
+    runner.run(["ip", "-n", proxy.netns, "-batch", "-"], check=True, input="\n".join(lines) + "\n")
 
 
 def _in_netns(ns: str, fn: Any) -> Any:
     """Run ``fn`` in a fresh thread that has entered ``ns``."""
+
     def call() -> Any:
         netns.enter(ns)
         return fn()
+
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(call).result()
 
@@ -180,19 +219,34 @@ def _fetch_pebble_root(lab: AcmeLab, ns: str) -> None:
         with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
             data: bytes = resp.read()
             return data
+
     lab.pebble_root.write_bytes(_in_netns(ns, get))
 
 
-def lego_argv(plan: dict[str, Any], server: str, action: str, *,
-              provider: str | None = None) -> list[str]:
+def lego_argv(
+    plan: dict[str, Any], server: str, action: str, *, provider: str | None = None
+) -> list[str]:
     """lego's arguments as security.acme builds them (commonOpts, then runOpts/renewOpts);
     ``provider`` replaces the plan's DNS provider (the exec bridge, see run_lego)."""
     certs = plan["certificates"]
     acme = certs["acme"]
     names = list(certs["names"])
-    argv = ["lego", "--accept-tos", "--path", ".", "--email", certs["acmeEmail"],
-            "--dns", provider or acme["dnsProvider"], "--dns.resolvers", acme["dnsResolver"],
-            "--server", server, "--key-type", acme["keyType"]]
+    argv = [
+        "lego",
+        "--accept-tos",
+        "--path",
+        ".",
+        "--email",
+        certs["acmeEmail"],
+        "--dns",
+        provider or acme["dnsProvider"],
+        "--dns.resolvers",
+        acme["dnsResolver"],
+        "--server",
+        server,
+        "--key-type",
+        acme["keyType"],
+    ]
     for name in names:
         argv += ["-d", name]
     if action == "run":
@@ -209,8 +263,9 @@ def lego_has_provider(provider: str, lego: str = "lego") -> bool:
     return f"/providers/dns/{provider}.".encode() in Path(path).read_bytes()
 
 
-def _bridge(plan: dict[str, Any], paths: LabPaths, rec: Any, proxy: Machine,
-            env: dict[str, str]) -> None:
+def _bridge(
+    plan: dict[str, Any], paths: LabPaths, rec: Any, proxy: Machine, env: dict[str, str]
+) -> None:
     """Start lego's Cloudflare provider as a daemon for lego's exec provider."""
     lab = AcmeLab(paths.root / "acme")
     try:
@@ -219,27 +274,45 @@ def _bridge(plan: dict[str, Any], paths: LabPaths, rec: Any, proxy: Machine,
         raise UserError(
             "tools lab: this lego has no Cloudflare provider (Debian builds it without), and "
             "lego's own provider is missing too: pip install certbot-dns-multi==5.5.1 into "
-            "the tools' environment (scripts/bootstrap does)") from exc
+            "the tools' environment (scripts/bootstrap does)"
+        ) from exc
     shim = lab.home / "lego-exec"
     script = Path(__file__).with_name("lego_dns_bridge.py")
-    shim.write_text("#!/bin/sh\n# lego --dns exec -> the lab's bridge to lego's Cloudflare "
-                    f"provider\nexec /usr/bin/python3 -I {script} \"$@\"\n")
+    shim.write_text(
+        "#!/bin/sh\n# lego --dns exec -> the lab's bridge to lego's Cloudflare "
+        f'provider\nexec /usr/bin/python3 -I {script} "$@"\n'
+    )
     shim.chmod(0o755)
     cfg = lab.home / "dns-bridge.json"
-    cfg.write_text(json.dumps({
-        "provider": plan["certificates"]["acme"]["dnsProvider"],
-        "nameservers": [plan["certificates"]["acme"]["dnsResolver"]],
-        "socket": str(lab.home / "dns-bridge.sock")}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "provider": plan["certificates"]["acme"]["dnsProvider"],
+                "nameservers": [plan["certificates"]["acme"]["dnsResolver"]],
+                "socket": str(lab.home / "dns-bridge.sock"),
+            }
+        )
+    )
     started = daemons.spawn(
-        proxy.netns, [sys.executable, "-I", str(Path(__file__).with_name("lego_dns_bridge.py")),
-                      "serve", str(cfg)],
-        log=paths.root / "logs" / "lego-dns-bridge.log", env=env)
+        proxy.netns,
+        [
+            sys.executable,
+            "-I",
+            str(Path(__file__).with_name("lego_dns_bridge.py")),
+            "serve",
+            str(cfg),
+        ],
+        log=paths.root / "logs" / "lego-dns-bridge.log",
+        env=env,
+    )
     rec.add(started, "lego-dns", proxy, "lego cloudflare")
     deadline = time.monotonic() + 10
     while not (lab.home / "dns-bridge.sock").exists():
         if netns.is_gone(started.pid) or time.monotonic() > deadline:
-            raise UserError("tools lab: lego's Cloudflare provider did not start: "
-                            + (paths.root / "logs" / "lego-dns-bridge.log").read_text()[-300:])
+            raise UserError(
+                "tools lab: lego's Cloudflare provider did not start: "
+                + (paths.root / "logs" / "lego-dns-bridge.log").read_text()[-300:]
+            )
         time.sleep(0.05)
 
 
@@ -260,8 +333,9 @@ def _server() -> str:
     return f"https://{ACME_SERVER}/dir"
 
 
-def run_lego(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
-             action: str) -> str:
+def run_lego(
+    plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology, action: str
+) -> str:
     """Run lego in the proxy namespace as the NixOS unit would; return its output."""
     lab = AcmeLab(paths.root / "acme")
     assert topo.proxy is not None
@@ -273,13 +347,25 @@ def run_lego(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topolo
         # drives ACME and checks propagation through --dns.resolvers.
         provider = "exec"
         # The cloudflare provider's timing (2 min, every 2 s; not one name at a time).
-        env |= {"EXEC_MODE": "RAW", "EXEC_PATH": str(lab.home / "lego-exec"),
-                "EXEC_PROPAGATION_TIMEOUT": "120", "EXEC_POLLING_INTERVAL": "2",
-                "EXEC_SEQUENCE_INTERVAL": "1",
-                "HOMESTACK_LAB_DNS_BRIDGE": str(lab.home / "dns-bridge.sock")}
+        env |= {
+            "EXEC_MODE": "RAW",
+            "EXEC_PATH": str(lab.home / "lego-exec"),
+            "EXEC_PROPAGATION_TIMEOUT": "120",
+            "EXEC_POLLING_INTERVAL": "2",
+            "EXEC_SEQUENCE_INTERVAL": "1",
+            "HOMESTACK_LAB_DNS_BRIDGE": str(lab.home / "dns-bridge.sock"),
+        }
     lego = lego_argv(plan, _server(), action, provider=provider)
-    argv = ["ip", "netns", "exec", topo.proxy.netns, "env", "-i",
-            *(f"{k}={v}" for k, v in env.items()), *lego]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        topo.proxy.netns,
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in env.items()),
+        *lego,
+    ]
     done = runner.run(argv, check=False, cwd=str(lab.lego))
     text = done.stdout + done.stderr
     with (paths.root / "logs" / "lego.log").open("a") as log:
@@ -295,8 +381,11 @@ def _install(plan: dict[str, Any], lab: AcmeLab) -> None:
     """security.acme's copy step: certificates/<name>.{crt,key,issuer.crt} -> out/."""
     key_name = plan["certificates"]["names"][0].replace("*", "_")
     src = lab.lego / "certificates"
-    for name, target in ((f"{key_name}.crt", "fullchain.pem"), (f"{key_name}.key", "key.pem"),
-                         (f"{key_name}.issuer.crt", "chain.pem")):
+    for name, target in (
+        (f"{key_name}.crt", "fullchain.pem"),
+        (f"{key_name}.key", "key.pem"),
+        (f"{key_name}.issuer.crt", "chain.pem"),
+    ):
         tmp = lab.out / f".{target}.tmp"
         shutil.copyfile(src / name, tmp)
         tmp.chmod(0o640)
@@ -304,8 +393,16 @@ def _install(plan: dict[str, Any], lab: AcmeLab) -> None:
         tmp.replace(lab.out / target)
 
 
-def up(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner, *, rec: Any,
-       files: dict[str, Path], log: Any = print) -> dict[str, Path]:
+def up(
+    plan: dict[str, Any],
+    topo: Topology,
+    paths: LabPaths,
+    runner: Runner,
+    *,
+    rec: Any,
+    files: dict[str, Path],
+    log: Any = print,
+) -> dict[str, Path]:
     """Start Pebble, the DNS authority and the API stand-in; obtain the certificate with
     lego; point the lab's Caddyfile at it. Returns ``files`` with Pebble's root as root."""
     proxy = topo.proxy
@@ -313,8 +410,10 @@ def up(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner, *,
         raise UserError("tools lab: acme-dns01 needs a proxy guest")
     missing = [p for p in ("lego", "pebble") if shutil.which(p) is None]
     if missing:
-        raise UserError(f"tools lab: acme-dns01 needs {' and '.join(missing)} "
-                        "(Debian: apt-get install lego pebble)")
+        raise UserError(
+            f"tools lab: acme-dns01 needs {' and '.join(missing)} "
+            "(Debian: apt-get install lego pebble)"
+        )
     lab = AcmeLab(paths.root / "acme")
     for d in (lab.home, lab.out, lab.lego):
         d.mkdir(parents=True, exist_ok=True)
@@ -338,19 +437,36 @@ def up(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner, *,
     domain = plan["domain"]
     zone_id = secrets.token_hex(16)
     configs = {
-        "dns": {"zone": domain, "nameserver": NAMESERVER, "records": str(lab.records),
-                "listen": [SERVICES, _resolver(plan)],
-                "hosts": {NAMESERVER: SERVICES, CLOUDFLARE_API: SERVICES}},
-        "cloudflare": {"zone": domain, "zone_id": zone_id, "token_file": str(lab.token),
-                       "records": str(lab.records), "requests": str(lab.requests),
-                       "address": SERVICES, "cert": str(cert), "key": str(key)},
-        "pebble": {"pebble": {
-            "listenAddress": f"{ACME_SERVER}:{PEBBLE_PORT}",
-            "managementListenAddress": f"{ACME_SERVER}:{PEBBLE_MANAGEMENT}",
-            "certificate": str(cert), "privateKey": str(key),
-            "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-            "certificateValidityPeriod": VALIDITY_SECONDS}},
+        "dns": {
+            "zone": domain,
+            "nameserver": NAMESERVER,
+            "records": str(lab.records),
+            "listen": [SERVICES, _resolver(plan)],
+            "hosts": {NAMESERVER: SERVICES, CLOUDFLARE_API: SERVICES},
+        },
+        "cloudflare": {
+            "zone": domain,
+            "zone_id": zone_id,
+            "token_file": str(lab.token),
+            "records": str(lab.records),
+            "requests": str(lab.requests),
+            "address": SERVICES,
+            "cert": str(cert),
+            "key": str(key),
+        },
+        "pebble": {
+            "pebble": {
+                "listenAddress": f"{ACME_SERVER}:{PEBBLE_PORT}",
+                "managementListenAddress": f"{ACME_SERVER}:{PEBBLE_MANAGEMENT}",
+                "certificate": str(cert),
+                "privateKey": str(key),
+                "httpPort": 5002,
+                "tlsPort": 5001,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": False,
+                "certificateValidityPeriod": VALIDITY_SECONDS,
+            }
+        },
     }
     for name, cfg in configs.items():
         path = standin / f"{name}.json"
@@ -359,53 +475,77 @@ def up(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner, *,
 
     logs = paths.root / "logs"
     here = Path(__file__).parent
-    started = daemons.spawn(guest.netns, daemons.python_program(
-        here / "dns_authority.py", str(standin / "dns.json")),
-        log=logs / "dns-authority.log", user="nobody", bind_low_ports=True)
+    started = daemons.spawn(
+        guest.netns,
+        daemons.python_program(here / "dns_authority.py", str(standin / "dns.json")),
+        log=logs / "dns-authority.log",
+        user="nobody",
+        bind_low_ports=True,
+    )
     rec.add(started, "standin", guest, "DNS zone stand-in")
     daemons.wait_listening(started, "DNS authority stand-in", [("udp", 53), ("tcp", 53)])
-    started = daemons.spawn(guest.netns, daemons.python_program(
-        here / "cloudflare_standin.py", str(standin / "cloudflare.json")),
-        log=logs / "cloudflare-standin.log", user="nobody", bind_low_ports=True)
+    started = daemons.spawn(
+        guest.netns,
+        daemons.python_program(here / "cloudflare_standin.py", str(standin / "cloudflare.json")),
+        log=logs / "cloudflare-standin.log",
+        user="nobody",
+        bind_low_ports=True,
+    )
     rec.add(started, "standin", guest, "Cloudflare stand-in")
     daemons.wait_listening(started, "Cloudflare API stand-in", [("tcp", 443)])
     # PEBBLE_VA_NOSLEEP: validate at once. PEBBLE_AUTHZREUSE=0: every order (the renewal
     # too) solves a fresh DNS-01 challenge instead of reusing a valid authorization.
     started = daemons.spawn(
-        guest.netns, ["pebble", "-config", str(standin / "pebble.json"),
-                      "-dnsserver", f"{SERVICES}:53"],
-        log=logs / "pebble.log", user="nobody", bind_low_ports=True,
-        env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"})
+        guest.netns,
+        ["pebble", "-config", str(standin / "pebble.json"), "-dnsserver", f"{SERVICES}:53"],
+        log=logs / "pebble.log",
+        user="nobody",
+        bind_low_ports=True,
+        env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"},
+    )
     rec.add(started, "pebble", guest, "pebble")
     daemons.wait_listening(started, "pebble", [("tcp", PEBBLE_PORT), ("tcp", PEBBLE_MANAGEMENT)])
     _fetch_pebble_root(lab, guest.netns)
 
     if not lego_has_provider(plan["certificates"]["acme"]["dnsProvider"]):
         _bridge(plan, paths, rec, proxy, lego_env(paths))
-    log(f"lego: obtaining {', '.join(plan['certificates']['names'])} from Pebble "
-        "(DNS-01 through the Cloudflare API stand-in)")
+    log(
+        f"lego: obtaining {', '.join(plan['certificates']['names'])} from Pebble "
+        "(DNS-01 through the Cloudflare API stand-in)"
+    )
     run_lego(plan, paths, runner, topo, "run")
 
     cert_plan = plan["certificates"]
     caddy_dir = files["caddy"]
-    (caddy_dir / "Caddyfile").write_text(overlay.caddyfile(
-        (caddy_dir / "Caddyfile.rendered").read_text(), cert=lab.out / "fullchain.pem",
-        key=lab.out / "key.pem", storage=caddy_dir / "storage",
-        rendered_cert=cert_plan["certFile"], rendered_key=cert_plan["keyFile"]))
+    (caddy_dir / "Caddyfile").write_text(
+        overlay.caddyfile(
+            (caddy_dir / "Caddyfile.rendered").read_text(),
+            cert=lab.out / "fullchain.pem",
+            key=lab.out / "key.pem",
+            storage=caddy_dir / "storage",
+            rendered_cert=cert_plan["certFile"],
+            rendered_key=cert_plan["keyFile"],
+        )
+    )
     return {**files, "root": lab.pebble_root}
 
 
 # ---- checks (`tools lab test`) -------------------------------------------------------
 
+
 def served_certificate(client: str, address: str, fqdn: str, cafile: str) -> x509.Certificate:
     """The leaf Caddy presents for ``fqdn``, verified against ``cafile`` only."""
+
     def get() -> bytes:
         ctx = ssl.create_default_context(cafile=cafile)
-        with socket.create_connection((address, 443), timeout=3) as raw, \
-                ctx.wrap_socket(raw, server_hostname=fqdn) as tls:
+        with (
+            socket.create_connection((address, 443), timeout=3) as raw,
+            ctx.wrap_socket(raw, server_hostname=fqdn) as tls,
+        ):
             der = tls.getpeercert(binary_form=True)
             assert der is not None
             return der
+
     return x509.load_der_x509_certificate(_in_netns(client, get))
 
 
@@ -424,10 +564,12 @@ def standin_records(paths: LabPaths, plan: dict[str, Any]) -> list[dict[str, Any
     def get() -> Any:
         req = urllib.request.Request(
             f"https://{SERVICES}/client/v4/zones/{cfg['zone_id']}/dns_records",
-            headers={"Authorization": f"Bearer {token}", "Host": CLOUDFLARE_API})
+            headers={"Authorization": f"Bearer {token}", "Host": CLOUDFLARE_API},
+        )
         ctx.check_hostname = False  # by address; the certificate is still verified
         with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:  # noqa: S310
             return json.loads(resp.read())
+
     body = _in_netns(machine(paths).netns, get)
     if not body.get("success"):
         raise UserError(f"tools lab: the Cloudflare API stand-in refused: {body}")
@@ -467,13 +609,13 @@ def resolve_txt(server: str, name: str, timeout: float = 2.0) -> list[str]:
     texts = []
     for _ in range(an):
         pos = probes._skip_name(data, pos)
-        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[pos:pos + 10])
+        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[pos : pos + 10])
         pos += 10
         if rtype == 16:
-            rdata, text = data[pos:pos + rdlen], b""
+            rdata, text = data[pos : pos + rdlen], b""
             while rdata:
-                text += rdata[1:1 + rdata[0]]
-                rdata = rdata[1 + rdata[0]:]
+                text += rdata[1 : 1 + rdata[0]]
+                rdata = rdata[1 + rdata[0] :]
             texts.append(text.decode())
         pos += rdlen
     return texts
@@ -495,8 +637,9 @@ def _reload_caddy(paths: LabPaths, topo: Topology, state: LabState) -> LabState:
     return rec.state
 
 
-def check(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
-          state: LabState) -> list[tuple[str, bool, str]]:
+def check(
+    plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology, state: LabState
+) -> list[tuple[str, bool, str]]:
     """(name, ok, detail) for: the served certificate, the TXT clean-up, one renewal."""
     results: list[tuple[str, bool, str]] = []
     lab = AcmeLab(paths.root / "acme")
@@ -516,10 +659,15 @@ def check(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
         on_disk = x509.load_pem_x509_certificate((lab.out / "fullchain.pem").read_bytes())
         issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         ok = cert == on_disk and _names(cert) == wanted and "Pebble" in str(issuer)
-        results.append((label, ok,
-                        f"serial {cert.serial_number:x}, {', '.join(_names(cert))}, "
-                        f"issued by {issuer!s}"
-                        + ("" if cert == on_disk else ", NOT the file lego installed")))
+        results.append(
+            (
+                label,
+                ok,
+                f"serial {cert.serial_number:x}, {', '.join(_names(cert))}, "
+                f"issued by {issuer!s}"
+                + ("" if cert == on_disk else ", NOT the file lego installed"),
+            )
+        )
         return cert
 
     def cleaned(label: str) -> None:
@@ -533,9 +681,15 @@ def check(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
         created = sum(1 for m, _ in calls if m == "POST")
         deleted = sum(1 for m, _ in calls if m == "DELETE")
         ok = not left and not txt and created > 0 and created == deleted
-        results.append((label, ok, f"{created} TXT records created and {deleted} deleted "
-                        f"through the API; {len(left)} left in the zone, "
-                        f"{len(txt)} answered by its DNS"))
+        results.append(
+            (
+                label,
+                ok,
+                f"{created} TXT records created and {deleted} deleted "
+                f"through the API; {len(left)} left in the zone, "
+                f"{len(txt)} answered by its DNS",
+            )
+        )
 
     first = served("wildcard served by Caddy, Pebble's root the only trust anchor")
     cleaned("TXT challenge records cleaned up")
@@ -547,12 +701,20 @@ def check(plan: dict[str, Any], paths: LabPaths, runner: Runner, topo: Topology,
     renewed = x509.load_pem_x509_certificate((lab.out / "fullchain.pem").read_bytes())
     state = _reload_caddy(paths, topo, state)
     after = served("renewed certificate served after reloading Caddy")
-    changed = first is not None and after is not None and \
-        after.serial_number != first.serial_number and after == renewed
-    results.append(("renewal (lego renew --days "
-                    f"{plan['certificates']['acme']['validMinDays']})", changed,
-                    f"serial {first.serial_number if first else 0:x} -> "
-                    f"{renewed.serial_number:x}, valid until "
-                    f"{renewed.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"))
+    changed = (
+        first is not None
+        and after is not None
+        and after.serial_number != first.serial_number
+        and after == renewed
+    )
+    results.append(
+        (
+            f"renewal (lego renew --days {plan['certificates']['acme']['validMinDays']})",
+            changed,
+            f"serial {first.serial_number if first else 0:x} -> "
+            f"{renewed.serial_number:x}, valid until "
+            f"{renewed.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+        )
+    )
     cleaned("TXT challenge records cleaned up after the renewal")
     return results

@@ -41,7 +41,8 @@ class Report:
     @property
     def failures(self) -> int:
         return sum(not c.ok for c in self.checks) + sum(
-            not r.ok for rs in self.matrix.values() for r in rs)
+            not r.ok for rs in self.matrix.values() for r in rs
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,14 +50,23 @@ class Report:
             "failures": self.failures,
             "seconds": round(self.seconds, 2),
             "checks": [asdict(c) for c in self.checks],
-            "matrix": {mode: [{**asdict(r.flow), "allowed": r.allowed, "outcome": r.outcome,
-                               "ok": r.ok, "gap": r.gap} for r in rs]
-                       for mode, rs in self.matrix.items()},
+            "matrix": {
+                mode: [
+                    {
+                        **asdict(r.flow),
+                        "allowed": r.allowed,
+                        "outcome": r.outcome,
+                        "ok": r.ok,
+                        "gap": r.gap,
+                    }
+                    for r in rs
+                ]
+                for mode, rs in self.matrix.items()
+            },
         }
 
 
-def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
-        strict: bool = False) -> Report:
+def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, strict: bool = False) -> Report:
     """Run every check. ``strict``: a flow no guest takes part in (the LAN or the tunnel to
     the hypervisor and beyond) must be blocked even when only the guests' firewalls filter."""
     state = load_state(paths)
@@ -64,8 +74,10 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
         raise UserError("tools lab test: no lab is up (run `tools lab up` first)")
     topo = Topology.from_plan(plan, paths.prefix)
     if set(topo.namespaces) != set(state.namespaces):
-        raise UserError("tools lab test: the running lab was built from another inventory; "
-                        "run `tools lab up` again")
+        raise UserError(
+            "tools lab test: the running lab was built from another inventory; "
+            "run `tools lab up` again"
+        )
     started = time.monotonic()
     report = Report()
     cafile = str(state.info["root"])
@@ -76,24 +88,33 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
         front = _front_door(pool, plan, topo, cafile)
         report.checks += [f.result() for f in front]
         if acme.enabled(plan):  # certificate, TXT clean-up, one renewal (it restarts Caddy)
-            report.checks += [Check("acme", name, ok, detail) for name, ok, detail
-                              in acme.check(plan, paths, runner, topo, state)]
+            report.checks += [
+                Check("acme", name, ok, detail)
+                for name, ok, detail in acme.check(plan, paths, runner, topo, state)
+            ]
             state = load_state(paths) or state
         try:
             for mode in MODES:
                 firewall.apply_mode(runner, rules, mode)
                 state = _record_mode(paths, state, mode)
                 flows = matrix.submit_all(pool, topo, plan, ports, mode, strict=strict)
-                logins = (_logins(pool, plan, topo, runner, passwords=passwords,
-                                   layer="firewalls and pg_hba")
-                          if mode is firewall.Mode.BOTH else [])
+                logins = (
+                    _logins(
+                        pool, plan, topo, runner, passwords=passwords, layer="firewalls and pg_hba"
+                    )
+                    if mode is firewall.Mode.BOTH
+                    else []
+                )
                 report.matrix[mode.value] = [f.result() for f in flows]
                 report.checks += [f.result() for f in logins]
             firewall.apply_mode(runner, rules, firewall.Mode.NONE)
             state = _record_mode(paths, state, firewall.Mode.NONE)
-            report.checks += [f.result() for f in
-                              _logins(pool, plan, topo, runner, passwords=passwords,
-                                      layer="pg_hba alone")]
+            report.checks += [
+                f.result()
+                for f in _logins(
+                    pool, plan, topo, runner, passwords=passwords, layer="pg_hba alone"
+                )
+            ]
         finally:
             firewall.apply_mode(runner, rules, firewall.Mode.BOTH)
             _record_mode(paths, state, firewall.Mode.BOTH)
@@ -107,8 +128,9 @@ def _record_mode(paths: LabPaths, state: LabState, mode: firewall.Mode) -> LabSt
     return new
 
 
-def _front_door(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology,
-                cafile: str) -> list[Future[Check]]:
+def _front_door(
+    pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, cafile: str
+) -> list[Future[Check]]:
     """DNS for every name, HTTPS for every route with our root and without it."""
     server = topo.dns_server
     proxy = topo.proxy
@@ -130,8 +152,13 @@ def _front_door(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology,
         except OSError as exc:
             return Check("dns", name, False, f"no answer: {exc}")
         ok = set(ans.addresses) == want
-        return Check("dns", name, ok, f"{', '.join(ans.addresses) or 'nothing'}"
-                     + ("" if ok else f" (expected {', '.join(sorted(want))})"))
+        return Check(
+            "dns",
+            name,
+            ok,
+            f"{', '.join(ans.addresses) or 'nothing'}"
+            + ("" if ok else f" (expected {', '.join(sorted(want))})"),
+        )
 
     def outside() -> Check:
         try:
@@ -139,8 +166,14 @@ def _front_door(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology,
         except OSError as exc:
             return Check("dns", OUTSIDE_NAME, True, f"no answer ({exc})")
         ok = not ans.addresses
-        return Check("dns", OUTSIDE_NAME, ok, "not resolved, nothing forwarded upstream" if ok
-                     else f"resolved to {ans.addresses}: the proxy forwards names upstream")
+        return Check(
+            "dns",
+            OUTSIDE_NAME,
+            ok,
+            "not resolved, nothing forwarded upstream"
+            if ok
+            else f"resolved to {ans.addresses}: the proxy forwards names upstream",
+        )
 
     jobs += [pool.submit(dns, n, w) for n, w in sorted(expected.items())]
     jobs.append(pool.submit(outside))
@@ -156,22 +189,38 @@ def _front_door(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology,
         if not ans.ok:
             return Check("https", name, False, ans.error)
         ok = ans.status == 200 and ans.upstream in {want, ""}
-        return Check("https", name, ok, f"{ans.status} from {ans.upstream or '(real service)'}"
-                     + ("" if ans.upstream in {want, ""} else f", expected {want}"))
+        return Check(
+            "https",
+            name,
+            ok,
+            f"{ans.status} from {ans.upstream or '(real service)'}"
+            + ("" if ans.upstream in {want, ""} else f", expected {want}"),
+        )
 
     def untrusted(fqdn: str) -> Check:
         ans = probes.https_get(client, proxy.address, fqdn, "/", cafile=None)
         ok = not ans.ok and "certificate" in ans.error
-        return Check("https-untrusted", f"https://{fqdn}/ without the lab root", ok,
-                     ans.error if not ans.ok else f"accepted ({ans.status}) without our root")
+        return Check(
+            "https-untrusted",
+            f"https://{fqdn}/ without the lab root",
+            ok,
+            ans.error if not ans.ok else f"accepted ({ans.status}) without our root",
+        )
 
     jobs += [pool.submit(https, r) for r in plan.get("routes", [])]
     jobs += [pool.submit(untrusted, n) for n in route_names]
     return jobs
 
 
-def _logins(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, runner: Runner,
-            *, passwords: dict[str, str], layer: str) -> list[Future[Check]]:
+def _logins(
+    pool: ThreadPoolExecutor,
+    plan: dict[str, Any],
+    topo: Topology,
+    runner: Runner,
+    *,
+    passwords: dict[str, str],
+    layer: str,
+) -> list[Future[Check]]:
     """Each database's owner logs in with its role; every other guest is turned away."""
 
     def login(src_netns: str, src: str, db: dict[str, Any]) -> Check:
@@ -183,28 +232,54 @@ def _logins(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, runn
             # psql would wait its 2 s minimum timeout only to report the same.
             return Check("postgresql", name, True, f"blocked: no TCP connection ({reach})")
         result = runner.run(
-            ["ip", "netns", "exec", src_netns, "psql", "-X", "-w", "-h", db["serverAddress"],
-             "-p", str(db.get("port", 5432)), "-U", db["role"], "-d", db["name"], "-tAc",
-             "select current_user"],
-            check=False, timeout=15,
+            [
+                "ip",
+                "netns",
+                "exec",
+                src_netns,
+                "psql",
+                "-X",
+                "-w",
+                "-h",
+                db["serverAddress"],
+                "-p",
+                str(db.get("port", 5432)),
+                "-U",
+                db["role"],
+                "-d",
+                db["name"],
+                "-tAc",
+                "select current_user",
+            ],
+            check=False,
+            timeout=15,
             env={"PGPASSWORD": passwords.get(db["role"], ""), "PGCONNECT_TIMEOUT": "2"},
         )
         got = result.returncode == 0
         why = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "logged in"
         why = why.split(" failed: ", 1)[-1]  # keep the server's reason, not the preamble
         verdict = "logged in" if got else "refused"
-        return Check("postgresql", name, got == expect,
-                     f"{verdict}: {why}" if not got else verdict)
+        return Check("postgresql", name, got == expect, f"{verdict}: {why}" if not got else verdict)
 
-    return [pool.submit(login, g.netns, g.name, db)
-            for db in plan.get("databases", [])
-            for g in topo.guests if g.name != db["server"]]
+    return [
+        pool.submit(login, g.netns, g.name, db)
+        for db in plan.get("databases", [])
+        for g in topo.guests
+        if g.name != db["server"]
+    ]
 
 
 def render(report: Report, topo: Topology, plan: dict[str, Any]) -> str:
     out = []
-    for group in ("dns", "https", "https-untrusted", "acme", "browser", "browser-control",
-                  "postgresql"):
+    for group in (
+        "dns",
+        "https",
+        "https-untrusted",
+        "acme",
+        "browser",
+        "browser-control",
+        "postgresql",
+    ):
         rows = [c for c in report.checks if c.group == group]
         if not rows:
             continue
@@ -212,21 +287,30 @@ def render(report: Report, topo: Topology, plan: dict[str, Any]) -> str:
         width = max(len(c.name) for c in rows)
         out += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}" for c in rows]
     ports = all_ports(plan)
-    titles = {"guest": "guest firewalls alone", "bridge": "hypervisor alone",
-              "both": "guest firewalls and hypervisor"}
+    titles = {
+        "guest": "guest firewalls alone",
+        "bridge": "hypervisor alone",
+        "both": "guest firewalls and hypervisor",
+    }
     for mode, results in report.matrix.items():
         bad = [r for r in results if not r.ok]
         gaps = [r for r in results if r.gap]
         opened = sum(r.outcome == probes.OPEN for r in results)
-        out.append(f"== allow matrix, {titles.get(mode, mode)} "
-                   f"({len(results)} flows, {opened} open, {len(bad)} wrong) ==")
+        out.append(
+            f"== allow matrix, {titles.get(mode, mode)} "
+            f"({len(results)} flows, {opened} open, {len(bad)} wrong) =="
+        )
         out.append(matrix.table(results, topo, ports))
-        out += [f"  FAIL {r.flow.label}: expected {'open' if r.allowed else 'blocked'}, "
-                f"got {r.outcome}" for r in bad]
+        out += [
+            f"  FAIL {r.flow.label}: expected {'open' if r.allowed else 'blocked'}, got {r.outcome}"
+            for r in bad
+        ]
         if gaps:
-            out.append(f"  note: {len(gaps)} flows marked `gap` involve no guest (the LAN or "
-                       "the tunnel to the hypervisor and beyond): only the hypervisor filters "
-                       "them, and it is off in this run (--strict counts them as failures)")
+            out.append(
+                f"  note: {len(gaps)} flows marked `gap` involve no guest (the LAN or "
+                "the tunnel to the hypervisor and beyond): only the hypervisor filters "
+                "them, and it is off in this run (--strict counts them as failures)"
+            )
     total = len(report.checks) + sum(len(rs) for rs in report.matrix.values())
     out.append(f"lab test: {total} checks, {report.failures} failed, {report.seconds:.1f} s")
     return "\n".join(out)

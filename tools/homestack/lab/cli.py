@@ -20,8 +20,13 @@ from homestack.plan import load_plan
 
 NEEDED = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql")
 inventory_option = click.option(
-    "--inventory", "-i", "inventory_path", type=click.Path(path_type=Path), default=None,
-    help="Inventory file (default: ./inventory.toml or $HOMESTACK_INVENTORY).")
+    "--inventory",
+    "-i",
+    "inventory_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Inventory file (default: ./inventory.toml or $HOMESTACK_INVENTORY).",
+)
 
 
 def _preflight() -> None:
@@ -33,7 +38,8 @@ def _preflight() -> None:
     if missing:
         raise UserError(
             f"tools lab: missing {', '.join(missing)} (Debian: apt-get install iproute2 "
-            "nftables util-linux caddy dnsmasq-base postgresql-15)")
+            "nftables util-linux caddy dnsmasq-base postgresql-15)"
+        )
 
 
 def lab_engine(plan: dict[str, Any], path: Path, wanted: str | None) -> str:
@@ -41,11 +47,15 @@ def lab_engine(plan: dict[str, Any], path: Path, wanted: str | None) -> str:
     engines = {h["engine"] for h in plan["hosts"].values() if h.get("role") == "hypervisor"}
     engine = engines.pop() if len(engines) == 1 else "microvm"
     if wanted == "incus" and engine != "incus":
-        raise UserError(f"{path.name}: hosts.*.engine: no hypervisor has engine = \"incus\"; "
-                        "set it on the hypervisor to run the lab on Incus")
+        raise UserError(
+            f'{path.name}: hosts.*.engine: no hypervisor has engine = "incus"; '
+            "set it on the hypervisor to run the lab on Incus"
+        )
     if engine == "incus" and shutil.which("incus") is None:
-        raise UserError("tools lab: the inventory's engine is incus and incus is not installed "
-                        "(scripts/bootstrap installs incus-base from bookworm-backports)")
+        raise UserError(
+            "tools lab: the inventory's engine is incus and incus is not installed "
+            "(scripts/bootstrap installs incus-base from bookworm-backports)"
+        )
     return engine
 
 
@@ -58,8 +68,10 @@ def _plan_for(paths: LabPaths, inventory_path: Path | None) -> dict[str, Any]:
         return plan
     path = find_inventory(inventory_path).resolve()
     if state is not None and state.inventory and state.inventory != str(path):
-        raise UserError(f"tools lab: the running lab was built from {state.inventory}, "
-                        f"not {path}; run `tools lab up -i {path}` first")
+        raise UserError(
+            f"tools lab: the running lab was built from {state.inventory}, "
+            f"not {path}; run `tools lab up -i {path}` first"
+        )
     return load_plan(path)
 
 
@@ -74,13 +86,21 @@ def lab() -> None:
 
 @lab.command()
 @inventory_option
-@click.option("--cold", is_flag=True,
-              help="Initialise PostgreSQL from scratch instead of copying the cached cluster.")
-@click.option("--replace", is_flag=True,
-              help="Take down a running lab built from another inventory first.")
-@click.option("--engine", type=click.Choice(["microvm", "incus"]), default=None,
-              help="Run the guests in namespaces (microvm) or as real Incus containers "
-                   "(incus); default: the hypervisor's engine in the inventory.")
+@click.option(
+    "--cold",
+    is_flag=True,
+    help="Initialise PostgreSQL from scratch instead of copying the cached cluster.",
+)
+@click.option(
+    "--replace", is_flag=True, help="Take down a running lab built from another inventory first."
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["microvm", "incus"]),
+    default=None,
+    help="Run the guests in namespaces (microvm) or as real Incus containers "
+    "(incus); default: the hypervisor's engine in the inventory.",
+)
 def up(inventory_path: Path | None, cold: bool, replace: bool, engine: str | None) -> None:
     """Build the lab from the inventory's plan and start every daemon (idempotent)."""
     _preflight()
@@ -89,30 +109,56 @@ def up(inventory_path: Path | None, cold: bool, replace: bool, engine: str | Non
     plan = load_plan(path)
     paths = LabPaths.from_env()
     engine = lab_engine(plan, path, engine)
-    state = lifecycle.up(plan, paths, daemons.runner, inventory=str(path), cold=cold,
-                         replace_other=replace, log=click.echo, engine=engine)
+    state = lifecycle.up(
+        plan,
+        paths,
+        daemons.runner,
+        inventory=str(path),
+        cold=cold,
+        replace_other=replace,
+        log=click.echo,
+        engine=engine,
+    )
     (paths.root / "plan.json").write_text(json.dumps(plan))
     topo = Topology.from_plan(plan, paths.prefix)
     click.echo(f"lab up from {path} in {time.monotonic() - started:.2f} s")
     _print_status(lifecycle.status(paths), topo)
     root = state.info.get("root")
-    click.echo(f"\ntry: ip netns exec {topo.client.netns} curl --cacert {root} "
-               f"https://{(plan.get('routes') or [{'fqdn': topo.domain}])[0]['fqdn']}/")
+    click.echo(
+        f"\ntry: ip netns exec {topo.client.netns} curl --cacert {root} "
+        f"https://{(plan.get('routes') or [{'fqdn': topo.domain}])[0]['fqdn']}/"
+    )
 
 
 @lab.command()
 @inventory_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--strict", is_flag=True,
-              help="Also fail flows no guest takes part in (LAN or tunnel to the "
-                   "hypervisor and beyond) when only the guests' firewalls filter.")
-@click.option("--browser", "use_browser", is_flag=True,
-              help="Also load every route in headless Chromium from the LAN, trusting only "
-                   "the lab's root, and once without it (must fail).")
-@click.option("--screenshot", type=click.Path(path_type=Path), default=None,
-              help="With --browser: write a PNG of the first route and its security details.")
-def test(inventory_path: Path | None, as_json: bool, strict: bool, use_browser: bool,
-         screenshot: Path | None) -> None:
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Also fail flows no guest takes part in (LAN or tunnel to the "
+    "hypervisor and beyond) when only the guests' firewalls filter.",
+)
+@click.option(
+    "--browser",
+    "use_browser",
+    is_flag=True,
+    help="Also load every route in headless Chromium from the LAN, trusting only "
+    "the lab's root, and once without it (must fail).",
+)
+@click.option(
+    "--screenshot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --browser: write a PNG of the first route and its security details.",
+)
+def test(
+    inventory_path: Path | None,
+    as_json: bool,
+    strict: bool,
+    use_browser: bool,
+    screenshot: Path | None,
+) -> None:
     """Check DNS, HTTPS, the whole allow matrix (three filter layers) and database logins.
 
     Exits 2 when any check fails.
@@ -132,8 +178,11 @@ def test(inventory_path: Path | None, as_json: bool, strict: bool, use_browser: 
 
 
 @lab.command()
-@click.option("--purge-cache", is_flag=True,
-              help="Also remove the cached PostgreSQL cluster used for fast bring-up.")
+@click.option(
+    "--purge-cache",
+    is_flag=True,
+    help="Also remove the cached PostgreSQL cluster used for fast bring-up.",
+)
 def down(purge_cache: bool) -> None:
     """Stop every lab process and delete every lab namespace and file (idempotent)."""
     _preflight()
@@ -158,8 +207,9 @@ def status(as_json: bool) -> None:
         click.echo("lab: not running")
         return
     saved = paths.root / "plan.json"
-    topo = (Topology.from_plan(json.loads(saved.read_text()), paths.prefix)
-            if saved.exists() else None)
+    topo = (
+        Topology.from_plan(json.loads(saved.read_text()), paths.prefix) if saved.exists() else None
+    )
     _print_status(rows, topo)
     state = load_state(paths)
     if state is not None and not state.complete:
@@ -169,23 +219,33 @@ def status(as_json: bool) -> None:
 
 
 def _print_status(rows: list[dict[str, Any]], topo: Topology | None) -> None:
-    procs = sorted((r for r in rows if r["kind"] == "process"),
-                   key=lambda r: (r["netns"], r["role"]))
+    procs = sorted(
+        (r for r in rows if r["kind"] == "process"), key=lambda r: (r["netns"], r["role"])
+    )
     spaces = [r for r in rows if r["kind"] == "netns"]
     addresses = {m.netns: (m.name, m.address) for m in topo.machines} if topo else {}
     width = max([10, *(len(name) + 1 for name, _ in addresses.values())])
     click.echo(f"{'namespace':<18} {'machine':<{width}} {'address':<16} state")
     for r in spaces:
         name, addr = addresses.get(r["name"], ("?", "?"))
-        click.echo(f"{r['name']:<18} {name:<{width}} {addr:<16} "
-                   f"{'present' if r['running'] else 'MISSING'}")
+        click.echo(
+            f"{r['name']:<18} {name:<{width}} {addr:<16} {'present' if r['running'] else 'MISSING'}"
+        )
     click.echo(f"\n{'process':<20} {'what':<34} {'pid':>7}  {'namespace':<18} state")
     for r in procs:
-        what = ("STAND-IN, not the real service" if r.get("standin")
-                else "listener for the other plan ports" if r["role"] == "standin"
-                else "real Pebble, the lab's ACME CA" if r["role"] == "pebble"
-                else "lego's real provider (--dns exec)" if r["role"] == "lego-dns"
-                else "real daemon, rendered config")
+        what = (
+            "STAND-IN, not the real service"
+            if r.get("standin")
+            else "listener for the other plan ports"
+            if r["role"] == "standin"
+            else "real Pebble, the lab's ACME CA"
+            if r["role"] == "pebble"
+            else "lego's real provider (--dns exec)"
+            if r["role"] == "lego-dns"
+            else "real daemon, rendered config"
+        )
         name = r["name"] if r["role"] != "standin" or r.get("standin") else "port listener"
-        click.echo(f"{name:<20} {what:<34} {r['pid']:>7}  {r['netns']:<18} "
-                   f"{'running' if r['running'] else 'STOPPED'}")
+        click.echo(
+            f"{name:<20} {what:<34} {r['pid']:>7}  {r['netns']:<18} "
+            f"{'running' if r['running'] else 'STOPPED'}"
+        )

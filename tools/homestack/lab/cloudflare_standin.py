@@ -65,29 +65,56 @@ def envelope(result: Any, *, info: dict[str, int] | None = None) -> dict[str, An
 
 
 def failure(code: int, message: str) -> dict[str, Any]:
-    return {"success": False, "errors": [{"code": code, "message": message}],
-            "messages": [], "result": None}
+    return {
+        "success": False,
+        "errors": [{"code": code, "message": message}],
+        "messages": [],
+        "result": None,
+    }
 
 
 def page_info(items: list[Any]) -> dict[str, int]:
-    return {"page": 1, "per_page": 50, "count": len(items), "total_count": len(items),
-            "total_pages": 1}
+    return {
+        "page": 1,
+        "per_page": 50,
+        "count": len(items),
+        "total_count": len(items),
+        "total_pages": 1,
+    }
 
 
 def zone_doc(store: Store) -> dict[str, Any]:
-    return {"id": store.zone_id, "name": store.zone_name, "status": "active", "paused": False,
-            "type": "full", "development_mode": 0,
-            "name_servers": ["ns.homestack-lab.test"], "original_name_servers": None,
-            "original_registrar": None, "original_dnshost": None,
-            "created_on": now(), "modified_on": now(), "activated_on": now(),
-            "meta": {"step": 4, "phishing_detected": False},
-            "owner": {"id": None, "type": "user", "email": None},
-            "account": {"id": "0" * 32, "name": "homestack lab"},
-            "permissions": ["#dns_records:edit", "#dns_records:read", "#zone:read"],
-            "plan": {"id": "0feeeeeeeeeeeeeeeeeeeeeeeeeeeeee", "name": "Free Website",
-                     "price": 0, "currency": "USD", "frequency": "", "is_subscribed": False,
-                     "can_subscribe": False, "legacy_id": "free", "legacy_discount": False,
-                     "externally_managed": False}}
+    return {
+        "id": store.zone_id,
+        "name": store.zone_name,
+        "status": "active",
+        "paused": False,
+        "type": "full",
+        "development_mode": 0,
+        "name_servers": ["ns.homestack-lab.test"],
+        "original_name_servers": None,
+        "original_registrar": None,
+        "original_dnshost": None,
+        "created_on": now(),
+        "modified_on": now(),
+        "activated_on": now(),
+        "meta": {"step": 4, "phishing_detected": False},
+        "owner": {"id": None, "type": "user", "email": None},
+        "account": {"id": "0" * 32, "name": "homestack lab"},
+        "permissions": ["#dns_records:edit", "#dns_records:read", "#zone:read"],
+        "plan": {
+            "id": "0feeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
+            "name": "Free Website",
+            "price": 0,
+            "currency": "USD",
+            "frequency": "",
+            "is_subscribed": False,
+            "can_subscribe": False,
+            "legacy_id": "free",
+            "legacy_discount": False,
+            "externally_managed": False,
+        },
+    }
 
 
 def make_handler(store: Store) -> type[BaseHTTPRequestHandler]:
@@ -118,8 +145,11 @@ def make_handler(store: Store) -> type[BaseHTTPRequestHandler]:
                 self._send(404, failure(7003, "Could not route to " + url.path))
                 return
             if parts == ["zones"] and self.command == "GET":
-                zones = [zone_doc(store)] if query.get("name", store.zone_name) == \
-                    store.zone_name else []
+                zones = (
+                    [zone_doc(store)]
+                    if query.get("name", store.zone_name) == store.zone_name
+                    else []
+                )
                 self._send(200, envelope(zones, info=page_info(zones)))
                 return
             if len(parts) < 3 or parts[1] != store.zone_id or parts[2] != "dns_records":
@@ -127,23 +157,37 @@ def make_handler(store: Store) -> type[BaseHTTPRequestHandler]:
                 return
             with store.lock:
                 if len(parts) == 3 and self.command == "GET":
-                    found = [r for r in store.records
-                             if query.get("type", r["type"]) == r["type"]
-                             and query.get("name", r["name"]) == r["name"]]
+                    found = [
+                        r
+                        for r in store.records
+                        if query.get("type", r["type"]) == r["type"]
+                        and query.get("name", r["name"]) == r["name"]
+                    ]
                     self._send(200, envelope(found, info=page_info(found)))
                 elif len(parts) == 3 and self.command == "POST":
                     length = int(self.headers.get("Content-Length", "0"))
                     try:
                         asked = json.loads(self.rfile.read(length))
                         record = {
-                            "id": secrets.token_hex(16), "zone_id": store.zone_id,
-                            "zone_name": store.zone_name, "name": asked["name"],
-                            "type": asked["type"], "content": asked["content"],
-                            "proxiable": False, "proxied": False,
-                            "ttl": int(asked.get("ttl") or 1), "locked": False,
-                            "meta": {"auto_added": False, "managed_by_apps": False,
-                                     "managed_by_argo_tunnel": False, "source": "primary"},
-                            "created_on": now(), "modified_on": now()}
+                            "id": secrets.token_hex(16),
+                            "zone_id": store.zone_id,
+                            "zone_name": store.zone_name,
+                            "name": asked["name"],
+                            "type": asked["type"],
+                            "content": asked["content"],
+                            "proxiable": False,
+                            "proxied": False,
+                            "ttl": int(asked.get("ttl") or 1),
+                            "locked": False,
+                            "meta": {
+                                "auto_added": False,
+                                "managed_by_apps": False,
+                                "managed_by_argo_tunnel": False,
+                                "source": "primary",
+                            },
+                            "created_on": now(),
+                            "modified_on": now(),
+                        }
                     except (KeyError, ValueError, TypeError):
                         self._send(400, failure(9207, "Request body is invalid."))
                         return

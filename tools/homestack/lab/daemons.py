@@ -76,8 +76,15 @@ class LabRunner(Runner):
         timeout: float | None = None,
         capture: bool = True,
     ) -> Result:
-        result = super().run(args, check=False, input=input, env=env,
-                             cwd="/" if cwd is None else cwd, timeout=timeout, capture=capture)
+        result = super().run(
+            args,
+            check=False,
+            input=input,
+            env=env,
+            cwd="/" if cwd is None else cwd,
+            timeout=timeout,
+            capture=capture,
+        )
         if check and result.returncode != 0:
             raise UserError(failure_message(result))
         return result
@@ -120,8 +127,13 @@ def start_time(pid: int) -> int:
 
 def setpriv(user: str, *, bind_low_ports: bool = False) -> list[str]:
     entry = pwd.getpwnam(user)
-    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
-            *(_CAPS if bind_low_ports else [])]
+    return [
+        "setpriv",
+        f"--reuid={entry.pw_uid}",
+        f"--regid={entry.pw_gid}",
+        "--init-groups",
+        *(_CAPS if bind_low_ports else []),
+    ]
 
 
 # How to enter a namespace that is a container's (homestack.lab.incus): its mount and
@@ -129,9 +141,16 @@ def setpriv(user: str, *, bind_low_ports: bool = False) -> list[str]:
 ENTER: dict[str, list[str]] = {}
 
 
-def spawn(netns: str, args: Sequence[str], *, log: Path, user: str | None = None,
-          bind_low_ports: bool = False, own_ipc: bool = False,
-          env: Mapping[str, str] | None = None) -> Started:
+def spawn(
+    netns: str,
+    args: Sequence[str],
+    *,
+    log: Path,
+    user: str | None = None,
+    bind_low_ports: bool = False,
+    own_ipc: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Started:
     """Start a detached daemon in ``netns``; its output goes to ``log``."""
     cmd = list(ENTER.get(netns, ["ip", "netns", "exec", netns]))
     if own_ipc:
@@ -172,8 +191,9 @@ def _listening(pid: int, proto: str, port: int) -> bool:
     return False
 
 
-def wait_listening(started: Started, name: str, sockets: Sequence[tuple[str, int]],
-                   timeout: float = 10.0) -> None:
+def wait_listening(
+    started: Started, name: str, sockets: Sequence[tuple[str, int]], timeout: float = 10.0
+) -> None:
     """Wait until ``sockets`` listen in the daemon's namespace; fail with its log if it dies."""
     deadline = time.monotonic() + timeout
     while True:
@@ -182,8 +202,10 @@ def wait_listening(started: Started, name: str, sockets: Sequence[tuple[str, int
         if all(_listening(started.pid, proto, port) for proto, port in sockets):
             return
         if time.monotonic() > deadline:
-            raise UserError(f"tools lab: {name} did not listen on {sockets} within "
-                            f"{timeout:.0f} s: {_tail(started.log)}")
+            raise UserError(
+                f"tools lab: {name} did not listen on {sockets} within "
+                f"{timeout:.0f} s: {_tail(started.log)}"
+            )
         time.sleep(0.01)
 
 

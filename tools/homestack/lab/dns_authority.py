@@ -27,9 +27,9 @@ def parse_question(msg: bytes) -> tuple[int, int, str, int, int]:
     pos, labels = 12, []
     while msg[pos]:
         length = msg[pos]
-        labels.append(msg[pos + 1: pos + 1 + length].decode("ascii", "replace"))
+        labels.append(msg[pos + 1 : pos + 1 + length].decode("ascii", "replace"))
         pos += 1 + length
-    qtype, _qclass = struct.unpack(">HH", msg[pos + 1: pos + 5])
+    qtype, _qclass = struct.unpack(">HH", msg[pos + 1 : pos + 5])
     return ident, flags, ".".join(labels).lower(), qtype, pos + 5
 
 
@@ -51,7 +51,7 @@ def txt_strings(content: str) -> list[str]:
     text = content.strip()
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         return [part.replace('\\"', '"') for part in re.findall(r'"((?:[^"\\]|\\.)*)"', text)]
-    return [text[i:i + 255] for i in range(0, max(len(text), 1), 255)]
+    return [text[i : i + 255] for i in range(0, max(len(text), 1), 255)]
 
 
 def txt_rdata(content: str) -> bytes:
@@ -66,8 +66,11 @@ class Zone:
         self.records = Path(cfg["records"])
 
     def soa(self) -> bytes:
-        rdata = encode_name(self.ns) + encode_name(f"hostmaster.{self.zone}") + struct.pack(
-            ">IIIII", 1, 3600, 600, 86400, 60)
+        rdata = (
+            encode_name(self.ns)
+            + encode_name(f"hostmaster.{self.zone}")
+            + struct.pack(">IIIII", 1, 3600, 600, 86400, 60)
+        )
         return rr(self.zone, SOA, 60, rdata)
 
     def txt(self, name: str) -> list[str]:
@@ -75,11 +78,15 @@ class Zone:
             records = json.loads(self.records.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return []
-        return [r["content"] for r in records
-                if r["type"] == "TXT" and r["name"].lower().strip(".") == name]
+        return [
+            r["content"]
+            for r in records
+            if r["type"] == "TXT" and r["name"].lower().strip(".") == name
+        ]
 
     def answer(  # noqa: PLR0911 - one return per kind of answer
-            self, name: str, qtype: int) -> tuple[int, list[bytes], list[bytes], bool]:
+        self, name: str, qtype: int
+    ) -> tuple[int, list[bytes], list[bytes], bool]:
         """(rcode, answers, authority section, authoritative)."""
         if name in self.hosts:
             if qtype == A:

@@ -69,11 +69,13 @@ def rulesets(plan: dict[str, Any], topo: Topology) -> list[Ruleset]:
     """Each guest's rule set, and the hypervisor's: its bridge filter and its host rules."""
     artifacts = plan["artifacts"]
     guest_rules: dict[str, str] = artifacts.get("nftables", {})
-    out = [Ruleset(g.netns, guest_rules[g.name], False)
-           for g in topo.guests if g.name in guest_rules]
+    out = [
+        Ruleset(g.netns, guest_rules[g.name], False) for g in topo.guests if g.name in guest_rules
+    ]
     hv = topo.hypervisor.name
     bridge = (artifacts.get("bridgeNftablesByHost") or {}).get(hv) or artifacts.get(
-        "bridgeNftables")
+        "bridgeNftables"
+    )
     host = (artifacts.get("hostNftables") or {}).get(hv)
     hv_text = "\n".join(str(t) for t in (bridge, host) if t)
     if hv_text:

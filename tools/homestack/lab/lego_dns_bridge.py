@@ -28,9 +28,18 @@ def serve(config: Path) -> int:
     cfg = json.loads(config.read_text())
     # The provider reads the same variables as `lego --dns cloudflare` (CLOUDFLARE_*).
     credentials = {k: v for k, v in os.environ.items() if k.startswith(("CLOUDFLARE_", "CF_"))}
-    configured = json.loads(cmd(json.dumps({
-        "action": "configure", "provider": cfg["provider"], "credentials": credentials,
-        "nameservers": cfg["nameservers"]})))
+    configured = json.loads(
+        cmd(
+            json.dumps(
+                {
+                    "action": "configure",
+                    "provider": cfg["provider"],
+                    "credentials": credentials,
+                    "nameservers": cfg["nameservers"],
+                }
+            )
+        )
+    )
     if not configured["success"]:
         print(f"lego_dns_bridge: {configured['error']}", file=sys.stderr)
         return 1
@@ -46,11 +55,17 @@ def serve(config: Path) -> int:
         with conn:
             request: dict[str, Any] = json.loads(conn.makefile("rb").readline())
             action = {"present": "perform", "cleanup": "cleanup"}[request["action"]]
-            answer = cmd(json.dumps({"action": action, "domain": request["domain"],
-                                     "token": request["token"],
-                                     "key_authorization": request["key_auth"]}))
-            print(f"lego_dns_bridge: {request['action']} {request['domain']}: {answer}",
-                  flush=True)
+            answer = cmd(
+                json.dumps(
+                    {
+                        "action": action,
+                        "domain": request["domain"],
+                        "token": request["token"],
+                        "key_authorization": request["key_auth"],
+                    }
+                )
+            )
+            print(f"lego_dns_bridge: {request['action']} {request['domain']}: {answer}", flush=True)
             conn.sendall(answer.encode() + b"\n")
 
 
@@ -60,8 +75,12 @@ def call(argv: list[str]) -> int:
     action, domain, token, key_auth = args[0], args[1], args[2], args[3]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(os.environ["HOMESTACK_LAB_DNS_BRIDGE"])
-        sock.sendall(json.dumps({"action": action, "domain": domain, "token": token,
-                                 "key_auth": key_auth}).encode() + b"\n")
+        sock.sendall(
+            json.dumps(
+                {"action": action, "domain": domain, "token": token, "key_auth": key_auth}
+            ).encode()
+            + b"\n"
+        )
         answer = json.loads(sock.makefile("rb").readline())
     if not answer["success"]:
         print(f"cloudflare: {answer['error']}", file=sys.stderr)

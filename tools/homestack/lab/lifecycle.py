@@ -45,7 +45,8 @@ class _Recorder:
     def add(self, started: daemons.Started, role: str, machine: Machine, label: str = "") -> None:
         with self.lock:
             self.state = self.state.with_proc(
-                Proc(started.pid, started.start, role, machine.netns, label))
+                Proc(started.pid, started.start, role, machine.netns, label)
+            )
             save_state(self.paths, self.state)
 
 
@@ -57,9 +58,17 @@ def _dir(path: Path, owner: str | None = None, mode: int = 0o755) -> Path:
     return path
 
 
-def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str = "",
-       cold: bool = False, replace_other: bool = False,
-       log: Callable[[str], None] = print, engine: str = "microvm") -> LabState:
+def up(
+    plan: dict[str, Any],
+    paths: LabPaths,
+    runner: Runner,
+    *,
+    inventory: str = "",
+    cold: bool = False,
+    replace_other: bool = False,
+    log: Callable[[str], None] = print,
+    engine: str = "microvm",
+) -> LabState:
     """Build the lab for ``plan``; a complete, running lab for the same inventory is kept.
 
     A lab built from another inventory is taken down only with ``replace_other``: someone
@@ -67,11 +76,12 @@ def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str 
     """
     topo = Topology.from_plan(plan, paths.prefix)
     existing = load_state(paths)
-    if (existing and existing.complete and existing.inventory != inventory
-            and not replace_other):
-        raise UserError(f"tools lab up: a lab from {existing.inventory or 'another inventory'} "
-                        "is running; `tools lab down` it first, or run `tools lab up "
-                        f"--replace -i {inventory}`")
+    if existing and existing.complete and existing.inventory != inventory and not replace_other:
+        raise UserError(
+            f"tools lab up: a lab from {existing.inventory or 'another inventory'} "
+            "is running; `tools lab down` it first, or run `tools lab up "
+            f"--replace -i {inventory}`"
+        )
     if existing and existing.complete and existing.inventory == inventory and healthy(existing):
         if existing.mode != firewall.Mode.BOTH.value:  # a `test` was interrupted
             firewall.apply_mode(runner, firewall.rulesets(plan, topo), firewall.Mode.BOTH)
@@ -105,13 +115,27 @@ def up(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, inventory: str 
     return rec.state
 
 
-def _build(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner,
-           rec: _Recorder, *, cold: bool, engine: str = "microvm",
-           log: Callable[[str], None] = print) -> None:
+def _build(
+    plan: dict[str, Any],
+    topo: Topology,
+    paths: LabPaths,
+    runner: Runner,
+    rec: _Recorder,
+    *,
+    cold: bool,
+    engine: str = "microvm",
+    log: Callable[[str], None] = print,
+) -> None:
     if engine == "incus":  # the guests are Incus containers (homestack.lab.incus)
         _dir(paths.root / "logs")
-        incus.start(plan, topo, paths, runner,
-                    record=lambda s: rec.add(s, "incusd", topo.hypervisor, "incusd"), log=log)
+        incus.start(
+            plan,
+            topo,
+            paths,
+            runner,
+            record=lambda s: rec.add(s, "incusd", topo.hypervisor, "incusd"),
+            log=log,
+        )
     netns.create(runner, topo, incus=engine == "incus")
     files = _write_files(plan, topo, paths)
     if acme.enabled(plan):  # Pebble, lego and the stand-ins obtain the certificate first
@@ -142,10 +166,17 @@ def _build(plan: dict[str, Any], topo: Topology, paths: LabPaths, runner: Runner
             fut.result()
 
     with rec.lock:
-        rec.state = replace(rec.state, complete=True, mode="both", info={
-            "root": str(files["root"]), "passwords": str(files["passwords"]),
-            "client": topo.client.netns, "started": time.time(),
-        })
+        rec.state = replace(
+            rec.state,
+            complete=True,
+            mode="both",
+            info={
+                "root": str(files["root"]),
+                "passwords": str(files["passwords"]),
+                "client": topo.client.netns,
+                "started": time.time(),
+            },
+        )
         save_state(paths, rec.state)
 
 
@@ -153,8 +184,10 @@ def _check_reachable(place: Path) -> None:
     """The daemons run as their own users: every parent directory must let them through."""
     for parent in place.absolute().parents:
         if parent.exists() and not parent.stat().st_mode & 0o001:
-            raise UserError(f"tools lab: {parent} is closed to other users, so caddy and "
-                            f"postgres cannot reach {place}; choose another directory")
+            raise UserError(
+                f"tools lab: {parent} is closed to other users, so caddy and "
+                f"postgres cannot reach {place}; choose another directory"
+            )
 
 
 def _write_files(plan: dict[str, Any], topo: Topology, paths: LabPaths) -> dict[str, Path]:
@@ -162,20 +195,29 @@ def _write_files(plan: dict[str, Any], topo: Topology, paths: LabPaths) -> dict[
     certs_dir = _dir(paths.root / "certs")
     cert_plan = plan["certificates"]
     names = list(cert_plan.get("names") or [f"*.{topo.domain}", topo.domain])
-    certs = pki.issue(certs_dir, topo.domain, names,
-                      topo.network if cert_plan.get("includeNetwork") else None)
+    certs = pki.issue(
+        certs_dir, topo.domain, names, topo.network if cert_plan.get("includeNetwork") else None
+    )
     shutil.chown(certs.key, "root", "caddy")
 
     caddy_dir = _dir(paths.root / "caddy", "caddy", 0o750)
     (caddy_dir / "Caddyfile.rendered").write_text(art["caddyfile"])
-    (caddy_dir / "Caddyfile").write_text(overlay.caddyfile(
-        art["caddyfile"], cert=certs.chain, key=certs.key, storage=caddy_dir / "storage",
-        rendered_cert=cert_plan.get("certFile"), rendered_key=cert_plan.get("keyFile")))
+    (caddy_dir / "Caddyfile").write_text(
+        overlay.caddyfile(
+            art["caddyfile"],
+            cert=certs.chain,
+            key=certs.key,
+            storage=caddy_dir / "storage",
+            rendered_cert=cert_plan.get("certFile"),
+            rendered_key=cert_plan.get("keyFile"),
+        )
+    )
 
     dns_dir = _dir(paths.root / "dnsmasq")
     (dns_dir / "dnsmasq.rendered.conf").write_text(art["dnsmasq"])
     (dns_dir / "dnsmasq.conf").write_text(
-        overlay.dnsmasq(dns_dir / "dnsmasq.rendered.conf", pid_file=dns_dir / "dnsmasq.pid"))
+        overlay.dnsmasq(dns_dir / "dnsmasq.rendered.conf", pid_file=dns_dir / "dnsmasq.pid")
+    )
 
     pg_dir = _dir(paths.root / "postgresql", "postgres", 0o750)
     (pg_dir / "pg_hba.rendered.conf").write_text(art["pgHba"])
@@ -192,10 +234,18 @@ def _write_files(plan: dict[str, Any], topo: Topology, paths: LabPaths) -> dict[
     _dir(paths.root / "logs")
     # `nobody` runs the stand-ins: it reads this copy, never the checkout (which may sit in
     # a home directory closed to other users, such as Debian's /root).
-    shutil.copyfile(Path(__file__).with_name("standins.py"),
-                    _dir(paths.root / "standins") / "standins.py")
-    return {"root": certs.root, "chain": certs.chain, "key": certs.key,
-            "caddy": caddy_dir, "dnsmasq": dns_dir, "postgresql": pg_dir, "passwords": pw_file}
+    shutil.copyfile(
+        Path(__file__).with_name("standins.py"), _dir(paths.root / "standins") / "standins.py"
+    )
+    return {
+        "root": certs.root,
+        "chain": certs.chain,
+        "key": certs.key,
+        "caddy": caddy_dir,
+        "dnsmasq": dns_dir,
+        "postgresql": pg_dir,
+        "passwords": pw_file,
+    }
 
 
 def _client_resolver(plan: dict[str, Any], topo: Topology, paths: LabPaths) -> None:
@@ -206,7 +256,8 @@ def _client_resolver(plan: dict[str, Any], topo: Topology, paths: LabPaths) -> N
     etc = paths.netns_dir(topo.client.netns)
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "resolv.conf").write_text(
-        f"# homestack lab client\nnameserver {dns_guest}\nsearch {topo.domain}\n")
+        f"# homestack lab client\nnameserver {dns_guest}\nsearch {topo.domain}\n"
+    )
 
 
 def _caddy(guest: Machine, paths: LabPaths, files: dict[str, Path], rec: _Recorder) -> None:
@@ -214,9 +265,14 @@ def _caddy(guest: Machine, paths: LabPaths, files: dict[str, Path], rec: _Record
     started = daemons.spawn(
         guest.netns,
         ["caddy", "run", "--config", str(home / "Caddyfile"), "--adapter", "caddyfile"],
-        log=paths.root / "logs" / "caddy.log", user="caddy", bind_low_ports=True,
-        env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
-             "XDG_DATA_HOME": str(home / "data")},
+        log=paths.root / "logs" / "caddy.log",
+        user="caddy",
+        bind_low_ports=True,
+        env={
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_DATA_HOME": str(home / "data"),
+        },
     )
     rec.add(started, "caddy", guest)
     daemons.wait_listening(started, "caddy", [("tcp", 443)])
@@ -238,9 +294,19 @@ def _pg_template(paths: LabPaths, db: Machine, runner: Runner, target: Path, col
     Long steps run inside the db namespace, so a `down` after a killed `up` stops them too.
     """
     initdb = [
-        "ip", "netns", "exec", db.netns, *daemons.setpriv("postgres"),
-        str(PG_BIN / "initdb"), "--no-sync", "--auth-local=peer", "--auth-host=reject",
-        "--username=postgres", "--encoding=UTF8", "--locale=C", "--wal-segsize=1",
+        "ip",
+        "netns",
+        "exec",
+        db.netns,
+        *daemons.setpriv("postgres"),
+        str(PG_BIN / "initdb"),
+        "--no-sync",
+        "--auth-local=peer",
+        "--auth-host=reject",
+        "--username=postgres",
+        "--encoding=UTF8",
+        "--locale=C",
+        "--wal-segsize=1",
     ]
     template = paths.cache / "pg15-template-v2"
     if cold:
@@ -254,8 +320,9 @@ def _pg_template(paths: LabPaths, db: Machine, runner: Runner, target: Path, col
         _dir(tmp, "postgres", 0o700)
         runner.run([*initdb, "-D", str(tmp)], check=True)
         tmp.rename(template)
-    runner.run(["ip", "netns", "exec", db.netns, "cp", "-a", str(template), str(target)],
-               check=True)
+    runner.run(
+        ["ip", "netns", "exec", db.netns, "cp", "-a", str(template), str(target)], check=True
+    )
 
 
 def _data_dir(paths: LabPaths, rec: _Recorder) -> Path:
@@ -275,8 +342,15 @@ def _data_dir(paths: LabPaths, rec: _Recorder) -> Path:
     return data
 
 
-def _postgres(plan: dict[str, Any], db: Machine, paths: LabPaths, runner: Runner,
-              rec: _Recorder, *, cold: bool) -> None:
+def _postgres(
+    plan: dict[str, Any],
+    db: Machine,
+    paths: LabPaths,
+    runner: Runner,
+    rec: _Recorder,
+    *,
+    cold: bool,
+) -> None:
     pg_dir = paths.root / "postgresql"
     data = _data_dir(paths, rec)
     sock = _dir(pg_dir / "socket", "postgres", 0o755)
@@ -284,16 +358,41 @@ def _postgres(plan: dict[str, Any], db: Machine, paths: LabPaths, runner: Runner
     port = int(plan["databases"][0].get("port", 5432))
     started = daemons.spawn(
         db.netns,
-        [str(PG_BIN / "postgres"), "-D", str(data),
-         *overlay.postgres_options(address=db.address, port=port, socket_dir=sock,
-                                   hba=pg_dir / "pg_hba.conf")],
-        log=paths.root / "logs" / "postgresql.log", user="postgres", own_ipc=True,
+        [
+            str(PG_BIN / "postgres"),
+            "-D",
+            str(data),
+            *overlay.postgres_options(
+                address=db.address, port=port, socket_dir=sock, hba=pg_dir / "pg_hba.conf"
+            ),
+        ],
+        log=paths.root / "logs" / "postgresql.log",
+        user="postgres",
+        own_ipc=True,
     )
     rec.add(started, "postgresql", db)
     daemons.wait_listening(started, "postgresql", [("tcp", port)])
-    psql = ["ip", "netns", "exec", db.netns, *daemons.setpriv("postgres"), "psql", "-X", "-q",
-            "-w", "-v", "ON_ERROR_STOP=1", "-h", str(sock), "-p", str(port), "-U", "postgres",
-            "-d", "postgres"]
+    psql = [
+        "ip",
+        "netns",
+        "exec",
+        db.netns,
+        *daemons.setpriv("postgres"),
+        "psql",
+        "-X",
+        "-q",
+        "-w",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        str(sock),
+        "-p",
+        str(port),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+    ]
     deadline = time.monotonic() + 10
     while True:  # the postmaster listens a moment before it accepts logins
         ready = runner.run([*psql, "-c", "select 1"], check=False)
@@ -302,22 +401,26 @@ def _postgres(plan: dict[str, Any], db: Machine, paths: LabPaths, runner: Runner
         if time.monotonic() > deadline:
             raise UserError(f"tools lab: postgresql did not accept logins: {ready.stderr.strip()}")
         time.sleep(0.02)
-    runner.run([*psql, "-f", str(pg_dir / "init.sql"), "-f", str(pg_dir / "passwords.sql")],
-               check=True)
+    runner.run(
+        [*psql, "-f", str(pg_dir / "init.sql"), "-f", str(pg_dir / "passwords.sql")], check=True
+    )
 
 
 def _standin_config(plan: dict[str, Any], guest: Machine) -> dict[str, Any]:
     """Listeners for every plan port of this guest that no real daemon serves."""
     g = plan["guests"][guest.name]
-    real = {(p["port"], p["proto"]) for p in g.get("ports", [])
-            if p.get("service") in REAL_SERVICES}
+    real = {
+        (p["port"], p["proto"]) for p in g.get("ports", []) if p.get("service") in REAL_SERVICES
+    }
     wanted = {(p["port"], p["proto"]) for p in all_ports(plan)} - real
     services = [s for s in g.get("services", []) if s not in REAL_SERVICES]
     named = [STANDIN_NAMES.get(s, s) for s in services]
     label = (" + ".join(named) + " stand-in") if named else "port listener"
     routes = g.get("routes") or []
     return {
-        "guest": guest.name, "label": label, "address": guest.address,
+        "guest": guest.name,
+        "label": label,
+        "address": guest.address,
         "tcp": sorted(p for p, proto in wanted if proto == "tcp"),
         "udp": sorted(p for p, proto in wanted if proto == "udp"),
         "issuer": f"https://{routes[0]['fqdn']}" if routes else "",
@@ -330,7 +433,9 @@ def _listener_config(plan: dict[str, Any], machine: Machine) -> dict[str, Any]:
     ports = all_ports(plan)
     return {
         # All addresses: the hypervisor is reached at the gateway, on the LAN and in the tunnel.
-        "guest": machine.name, "label": "port listener", "address": "0.0.0.0",  # noqa: S104
+        "guest": machine.name,
+        "label": "port listener",
+        "address": "0.0.0.0",  # noqa: S104
         "tcp": sorted(p["port"] for p in ports if p["proto"] == "tcp"),
         "udp": sorted(p["port"] for p in ports if p["proto"] == "udp"),
         "issuer": "",
@@ -343,11 +448,11 @@ def all_ports(plan: dict[str, Any]) -> list[dict[str, Any]]:
     seen: dict[tuple[int, str], dict[str, Any]] = {}
     for g in plan["guests"].values():
         for p in g.get("ports", []):
-            seen.setdefault((int(p["port"]), p["proto"]), {"port": int(p["port"]),
-                                                          "proto": p["proto"]})
+            seen.setdefault(
+                (int(p["port"]), p["proto"]), {"port": int(p["port"]), "proto": p["proto"]}
+            )
     for a in [*plan.get("allow", []), *plan.get("egress", []), *plan.get("input", [])]:
-        seen.setdefault((int(a["port"]), a["proto"]), {"port": int(a["port"]),
-                                                      "proto": a["proto"]})
+        seen.setdefault((int(a["port"]), a["proto"]), {"port": int(a["port"]), "proto": a["proto"]})
     return [seen[k] for k in sorted(seen, key=lambda k: (k[0], k[1]))]
 
 
@@ -355,19 +460,22 @@ def _standin(guest: Machine, cfg: dict[str, Any], paths: LabPaths, rec: _Recorde
     cfg_file = paths.root / "standins" / f"{guest.name}.json"
     cfg_file.write_text(json.dumps(cfg))
     started = daemons.spawn(
-        guest.netns, daemons.python_program(paths.root / "standins" / "standins.py",
-                                            str(cfg_file)),
-        log=paths.root / "logs" / f"standin-{guest.name}.log", user="nobody",
+        guest.netns,
+        daemons.python_program(paths.root / "standins" / "standins.py", str(cfg_file)),
+        log=paths.root / "logs" / f"standin-{guest.name}.log",
+        user="nobody",
         bind_low_ports=True,
     )
     rec.add(started, "standin", guest, cfg["label"])
-    daemons.wait_listening(started, f"{guest.name} {cfg['label']}",
-                           [("tcp", p) for p in cfg["tcp"]] + [("udp", p) for p in cfg["udp"]])
+    daemons.wait_listening(
+        started,
+        f"{guest.name} {cfg['label']}",
+        [("tcp", p) for p in cfg["tcp"]] + [("udp", p) for p in cfg["udp"]],
+    )
 
 
 def healthy(state: LabState) -> bool:
-    return all(netns.exists(n) for n in state.namespaces) and all(
-        _alive(p) for p in state.procs)
+    return all(netns.exists(n) for n in state.namespaces) and all(_alive(p) for p in state.procs)
 
 
 def _alive(proc: Proc) -> bool:
@@ -401,9 +509,11 @@ def down(paths: LabPaths, runner: Runner, *, log: Callable[[str], None] = print)
         present = [n for n in sorted(names) if netns.exists(n)]
         netns.delete(runner, present)
         removed += len(present)
-        files = [*(state.files if state else ()),
-                 *(str(paths.netns_dir(n)) for n in names),
-                 str(Path("/dev/shm") / f"{paths.prefix}postgresql")]
+        files = [
+            *(state.files if state else ()),
+            *(str(paths.netns_dir(n)) for n in names),
+            str(Path("/dev/shm") / f"{paths.prefix}postgresql"),
+        ]
         for f in files:
             shutil.rmtree(f, ignore_errors=True)
         shutil.rmtree(paths.root, ignore_errors=True)
@@ -429,9 +539,17 @@ def status(paths: LabPaths) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for p in state.procs:
         name = p.label or p.role
-        rows.append({"kind": "process", "name": name, "role": p.role, "pid": p.pid,
-                     "netns": p.netns, "running": _alive(p),
-                     "standin": p.role == "standin" and "stand-in" in p.label})
+        rows.append(
+            {
+                "kind": "process",
+                "name": name,
+                "role": p.role,
+                "pid": p.pid,
+                "netns": p.netns,
+                "running": _alive(p),
+                "standin": p.role == "standin" and "stand-in" in p.label,
+            }
+        )
     for n in state.namespaces:
         rows.append({"kind": "netns", "name": n, "running": netns.exists(n)})
     return rows

@@ -29,8 +29,10 @@ DIRECT, ROUTED = "direct", "routed"
 SECTIONS = (
     ("into guests", lambda f, kinds: f.path == DIRECT and kinds[f.dst] == "guest"),
     ("guest to guest through the gateway", lambda f, kinds: f.path == ROUTED),
-    ("out of guests, and around the guest network",
-     lambda f, kinds: f.path == DIRECT and kinds[f.dst] != "guest"),
+    (
+        "out of guests, and around the guest network",
+        lambda f, kinds: f.path == DIRECT and kinds[f.dst] != "guest",
+    ),
 )
 
 
@@ -89,8 +91,12 @@ def allowed_flows(plan: dict[str, Any], topo: Topology) -> set[Flow]:
 def _pairs(topo: Topology) -> list[tuple[Machine, Machine, str]]:
     guests = topo.guests
     hv, lan, internet, relay = topo.hypervisor, topo.client, topo.internet, topo.relay
-    into = [(s, d, DIRECT) for s in (*guests, hv, lan, *((relay,) if relay else ()))
-            for d in guests if s.name != d.name]
+    into = [
+        (s, d, DIRECT)
+        for s in (*guests, hv, lan, *((relay,) if relay else ()))
+        for d in guests
+        if s.name != d.name
+    ]
     routed = [(s, d, ROUTED) for s in guests for d in guests if s.name != d.name]
     beyond = [hv, lan, internet, *((relay,) if relay else ())]
     around = [(s, d, DIRECT) for s in guests for d in beyond]
@@ -101,8 +107,11 @@ def _pairs(topo: Topology) -> list[tuple[Machine, Machine, str]]:
 
 
 def all_flows(topo: Topology, ports: list[dict[str, Any]]) -> list[Flow]:
-    return [Flow(s.name, d.name, int(p["port"]), p["proto"], path)
-            for s, d, path in _pairs(topo) for p in ports]
+    return [
+        Flow(s.name, d.name, int(p["port"]), p["proto"], path)
+        for s, d, path in _pairs(topo)
+        for p in ports
+    ]
 
 
 def probe(flow: Flow, src: Machine, address: str, allowed: bool, guarded: bool) -> FlowResult:
@@ -115,9 +124,15 @@ def probe(flow: Flow, src: Machine, address: str, allowed: bool, guarded: bool) 
     return FlowResult(flow, allowed, outcome, guarded)
 
 
-def submit_all(pool: ThreadPoolExecutor, topo: Topology, plan: dict[str, Any],
-               ports: list[dict[str, Any]], mode: Mode, *,
-               strict: bool = False) -> list[Future[FlowResult]]:
+def submit_all(
+    pool: ThreadPoolExecutor,
+    topo: Topology,
+    plan: dict[str, Any],
+    ports: list[dict[str, Any]],
+    mode: Mode,
+    *,
+    strict: bool = False,
+) -> list[Future[FlowResult]]:
     """Probe every flow under ``mode``.
 
     The hypervisor's rule sets are responsible for every flow (they see everything that
@@ -170,7 +185,8 @@ def table(results: list[FlowResult], topo: Topology, ports: list[dict[str, Any]]
         lines.append(f"-- {title}")
         lines.append("".ljust(rowlab) + "".join(c.rjust(width) for c in cols))
         for src, dst, path in keys:
-            cells = [cell(index.get(Flow(src, dst, int(p["port"]), p["proto"], path)))
-                     for p in ports]
+            cells = [
+                cell(index.get(Flow(src, dst, int(p["port"]), p["proto"], path))) for p in ports
+            ]
             lines.append(f"{src} -> {dst}".ljust(rowlab) + "".join(c.rjust(width) for c in cells))
     return "\n".join(lines)

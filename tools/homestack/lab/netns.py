@@ -57,8 +57,12 @@ def _sysctls(routes: bool) -> list[str]:
         "net.ipv4.conf.default.accept_redirects=0",
     ]
     if routes:
-        return [*common, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
-                "net.ipv4.conf.default.send_redirects=0"]
+        return [
+            *common,
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.default.send_redirects=0",
+        ]
     return common
 
 
@@ -79,14 +83,24 @@ def create(runner: Runner, topo: Topology, *, incus: bool = False) -> None:
     c = topo.client
     routers = {hv.netns, c.netns}  # the LAN client is also the home router
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda ns: runner.run(
-            ["ip", "netns", "exec", ns, "sysctl", "-qw", *_sysctls(ns in routers)],
-            check=True), topo.namespaces))
-    lines = ["link set lo up"] + ([] if incus else [
-        f"link add {topo.bridge} type bridge",
-        f"addr add {topo.gateway}/{topo.prefixlen} dev {topo.bridge}",
-        f"link set {topo.bridge} up",
-    ])
+        list(
+            pool.map(
+                lambda ns: runner.run(
+                    ["ip", "netns", "exec", ns, "sysctl", "-qw", *_sysctls(ns in routers)],
+                    check=True,
+                ),
+                topo.namespaces,
+            )
+        )
+    lines = ["link set lo up"] + (
+        []
+        if incus
+        else [
+            f"link add {topo.bridge} type bridge",
+            f"addr add {topo.gateway}/{topo.prefixlen} dev {topo.bridge}",
+            f"link set {topo.bridge} up",
+        ]
+    )
     for g in () if incus else topo.guests:
         lines += [
             f"link add {g.tap} type veth peer name {g.interface} address {g.mac} netns {g.netns}",
@@ -109,34 +123,69 @@ def create(runner: Runner, topo: Topology, *, incus: bool = False) -> None:
         ]
     _batch(runner, hv.netns, lines)
     net = topo.internet
-    _batch(runner, c.netns, [
-        f"link add {WAN} type veth peer name {net.interface} netns {net.netns}",
-        f"addr add {topo.internet_gateway}/{_len(topo.internet_network)} dev {WAN}",
-        f"link set {WAN} up",
-    ])
+    _batch(
+        runner,
+        c.netns,
+        [
+            f"link add {WAN} type veth peer name {net.interface} netns {net.netns}",
+            f"addr add {topo.internet_gateway}/{_len(topo.internet_network)} dev {WAN}",
+            f"link set {WAN} up",
+        ],
+    )
 
     def guest_side(netns: str, address: str, plen: int, iface: str, routes: list[str]) -> None:
-        _batch(runner, netns, [
-            "link set lo up",
-            f"addr add {address}/{plen} dev {iface}",
-            f"link set {iface} up",
-            *routes,
-        ])
+        _batch(
+            runner,
+            netns,
+            [
+                "link set lo up",
+                f"addr add {address}/{plen} dev {iface}",
+                f"link set {iface} up",
+                *routes,
+            ],
+        )
 
     ports = f"{ROUTED_PORTS[0]}-{ROUTED_PORTS[1]}"
-    routed = [f"rule add sport {ports} table {ROUTED_TABLE}",
-              f"rule add dport {ports} table {ROUTED_TABLE}",
-              f"route add {topo.network} via {topo.gateway} table {ROUTED_TABLE}"]
-    jobs = [(g.netns, g.address, topo.prefixlen, g.interface,
-             [f"route add default via {topo.gateway}", *routed]) for g in topo.guests]
-    back = [f"route add {n} via {topo.lan_gateway}"
-            for n in (topo.network, topo.tunnel_network if relay else None) if n]
+    routed = [
+        f"rule add sport {ports} table {ROUTED_TABLE}",
+        f"rule add dport {ports} table {ROUTED_TABLE}",
+        f"route add {topo.network} via {topo.gateway} table {ROUTED_TABLE}",
+    ]
+    jobs = [
+        (
+            g.netns,
+            g.address,
+            topo.prefixlen,
+            g.interface,
+            [f"route add default via {topo.gateway}", *routed],
+        )
+        for g in topo.guests
+    ]
+    back = [
+        f"route add {n} via {topo.lan_gateway}"
+        for n in (topo.network, topo.tunnel_network if relay else None)
+        if n
+    ]
     jobs.append((c.netns, c.address, _len(topo.lan_network), c.interface, back))
-    jobs.append((net.netns, net.address, _len(topo.internet_network), net.interface,
-                 [f"route add default via {topo.internet_gateway}"]))
+    jobs.append(
+        (
+            net.netns,
+            net.address,
+            _len(topo.internet_network),
+            net.interface,
+            [f"route add default via {topo.internet_gateway}"],
+        )
+    )
     if relay is not None and topo.tunnel_interface and topo.tunnel_network:
-        jobs.append((relay.netns, relay.address, _len(topo.tunnel_network),
-                     topo.tunnel_interface, [f"route add default via {topo.tunnel_gateway}"]))
+        jobs.append(
+            (
+                relay.netns,
+                relay.address,
+                _len(topo.tunnel_network),
+                topo.tunnel_interface,
+                [f"route add default via {topo.tunnel_gateway}"],
+            )
+        )
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda j: guest_side(*j), jobs))
     # Once the LAN side is up: everything else leaves through the LAN, as at home.
@@ -214,4 +263,3 @@ def enter(name: str) -> None:
     finally:
         os.close(fd)
     _local.netns = name
-

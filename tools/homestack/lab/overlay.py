@@ -15,8 +15,15 @@ from pathlib import Path
 _TLS_LINE = re.compile(r"^(?P<indent>\s*)tls\s+(?P<cert>\S+)\s+(?P<key>\S+)\s*$")
 
 
-def caddyfile(rendered: str, *, cert: Path, key: Path, storage: Path,
-              rendered_cert: str | None = None, rendered_key: str | None = None) -> str:
+def caddyfile(
+    rendered: str,
+    *,
+    cert: Path,
+    key: Path,
+    storage: Path,
+    rendered_cert: str | None = None,
+    rendered_key: str | None = None,
+) -> str:
     """The rendered Caddyfile with the lab's global options and certificate paths.
 
     Lab-only global options: no admin endpoint, no automatic HTTPS (no ACME, no OCSP
@@ -29,23 +36,27 @@ def caddyfile(rendered: str, *, cert: Path, key: Path, storage: Path,
         "\tocsp_stapling off",
         f"\tstorage file_system {storage}",
     ]
-    lines = [_lab_tls_paths(line, cert, key, rendered_cert, rendered_key)
-             for line in rendered.splitlines()]
-    first = next((i for i, line in enumerate(lines)
-                  if line.strip() and not line.strip().startswith("#")), None)
+    lines = [
+        _lab_tls_paths(line, cert, key, rendered_cert, rendered_key)
+        for line in rendered.splitlines()
+    ]
+    first = next(
+        (i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")),
+        None,
+    )
     if first is not None and lines[first].strip() == "{":
         # The rendered file has a global options block: the lab's lines go first inside it.
-        return "\n".join([*lines[: first + 1], *lab_options, *lines[first + 1:]]) + "\n"
+        return "\n".join([*lines[: first + 1], *lab_options, *lines[first + 1 :]]) + "\n"
     return "\n".join(["{", *lab_options, "}", "", *lines]) + "\n"
 
 
-def _lab_tls_paths(line: str, cert: Path, key: Path, rendered_cert: str | None,
-                   rendered_key: str | None) -> str:
+def _lab_tls_paths(
+    line: str, cert: Path, key: Path, rendered_cert: str | None, rendered_key: str | None
+) -> str:
     match = _TLS_LINE.match(line)
     if not match or match["cert"].startswith("{") or "@" in match["cert"]:
         return line
-    if rendered_cert is not None and (match["cert"], match["key"]) != (rendered_cert,
-                                                                     rendered_key):
+    if rendered_cert is not None and (match["cert"], match["key"]) != (rendered_cert, rendered_key):
         return line
     return f"{match['indent']}tls {cert} {key}"
 
@@ -56,29 +67,33 @@ def dnsmasq(rendered_file: Path, *, pid_file: Path) -> str:
     Lab-only: our PID file, logs to stderr, and neither the lab machine's /etc/hosts nor its
     /etc/resolv.conf (the guest would use its own; the lab has no way out anyway).
     """
-    return "\n".join([
-        "# homestack lab: lab-only dnsmasq options around the rendered config",
-        f"conf-file={rendered_file}",
-        f"pid-file={pid_file}",
-        "user=dnsmasq",
-        "log-facility=-",
-        "no-hosts",
-        "no-resolv",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# homestack lab: lab-only dnsmasq options around the rendered config",
+            f"conf-file={rendered_file}",
+            f"pid-file={pid_file}",
+            "user=dnsmasq",
+            "log-facility=-",
+            "no-hosts",
+            "no-resolv",
+            "",
+        ]
+    )
 
 
 def pg_hba(rendered: str) -> str:
     """The rendered pg_hba lines after one lab line: the superuser over the Unix socket only,
     which the lab needs to create the databases. Remote (`host`) rules are the rendered ones.
     """
-    return "\n".join([
-        "# homestack lab: lab-only local superuser access for setup",
-        "local all postgres peer",
-        "# rendered by lib/:",
-        rendered.rstrip("\n"),
-        "",
-    ])
+    return "\n".join(
+        [
+            "# homestack lab: lab-only local superuser access for setup",
+            "local all postgres peer",
+            "# rendered by lib/:",
+            rendered.rstrip("\n"),
+            "",
+        ]
+    )
 
 
 def postgres_options(*, address: str, port: int, socket_dir: Path, hba: Path) -> list[str]:
@@ -106,5 +121,5 @@ def passwords_sql(roles: dict[str, str]) -> str:
     out = []
     for role, password in sorted(roles.items()):
         quoted = password.replace("'", "''")
-        out.append(f'ALTER ROLE "{role}" WITH LOGIN PASSWORD \'{quoted}\';')
+        out.append(f"ALTER ROLE \"{role}\" WITH LOGIN PASSWORD '{quoted}';")
     return "\n".join(out) + "\n"

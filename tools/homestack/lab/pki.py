@@ -29,17 +29,22 @@ class LabCerts:
 
 
 def _name(common: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Homestack lab"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Homestack lab"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common),
+        ]
+    )
 
 
 def issue(directory: Path, domain: str, names: list[str], network: str | None = None) -> LabCerts:
     """Write root.pem, the leaf and its key under ``directory``."""
     pem = serialization.Encoding.PEM
-    certs = LabCerts(root=directory / "root.pem", chain=directory / "wildcard.pem",
-                     key=directory / "wildcard-key.pem")
+    certs = LabCerts(
+        root=directory / "root.pem",
+        chain=directory / "wildcard.pem",
+        key=directory / "wildcard-key.pem",
+    )
     try:  # optional: the project's certificate code, when this build carries it
         from homestack.certs.ca import build_root  # noqa: PLC0415
         from homestack.certs.issue import build_leaf  # noqa: PLC0415
@@ -49,19 +54,20 @@ def issue(directory: Path, domain: str, names: list[str], network: str | None = 
         now = dt.datetime.now(dt.UTC)
         net = ipaddress.ip_network(network) if network else None
         authority = build_root(domain, net, now=now, lifetime=dt.timedelta(days=2))
-        leaf, leaf_key = build_leaf(authority, tuple(names), now=now,
-                                    lifetime=dt.timedelta(days=2))
+        leaf, leaf_key = build_leaf(authority, tuple(names), now=now, lifetime=dt.timedelta(days=2))
         root = authority.certificate
     certs.root.write_bytes(root.public_bytes(pem))
     certs.chain.write_bytes(leaf.public_bytes(pem))
     certs.key.touch(mode=0o640)
-    certs.key.write_bytes(leaf_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    certs.key.write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return certs
 
 
-def _build(domain: str, names: list[str]) -> tuple[
-        x509.Certificate, x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _build(
+    domain: str, names: list[str]
+) -> tuple[x509.Certificate, x509.Certificate, ec.EllipticCurvePrivateKey]:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     later = now + dt.timedelta(days=2)
     root_key = ec.generate_private_key(ec.SECP384R1())
@@ -83,8 +89,9 @@ def _build(domain: str, names: list[str]) -> tuple[
             critical=True,
         )
         .add_extension(constraint, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False
+        )
         .sign(root_key, hashes.SHA384())
     )
     leaf_key = ec.generate_private_key(ec.SECP256R1())
@@ -102,8 +109,9 @@ def _build(domain: str, names: list[str]) -> tuple[
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
             critical=False,

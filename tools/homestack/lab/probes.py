@@ -35,8 +35,7 @@ def _mark(sock: socket.socket, routed: bool) -> None:
     raise OSError(errno.EADDRINUSE, "no free source port for a routed probe")
 
 
-def tcp(src_netns: str, address: str, port: int, timeout: float, *,
-        routed: bool = False) -> str:
+def tcp(src_netns: str, address: str, port: int, timeout: float, *, routed: bool = False) -> str:
     """Whether a TCP connection from ``src_netns`` to address:port is accepted."""
     netns.enter(src_netns)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -50,12 +49,12 @@ def tcp(src_netns: str, address: str, port: int, timeout: float, *,
             return REFUSED
     if code == 0:
         return OPEN
-    return REFUSED if code in {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH} \
-        else DROPPED
+    return (
+        REFUSED if code in {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH} else DROPPED
+    )
 
 
-def udp(src_netns: str, address: str, port: int, timeout: float, *,
-        routed: bool = False) -> str:
+def udp(src_netns: str, address: str, port: int, timeout: float, *, routed: bool = False) -> str:
     """Whether a UDP request gets an answer (a DNS query: servers and echo listeners reply)."""
     netns.enter(src_netns)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -76,7 +75,8 @@ def dns_query(name: str, qtype: int = 1) -> tuple[int, bytes]:
     ident = secrets.randbelow(0xFFFF)
     qname = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
     return ident, struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack(
-        ">HH", qtype, 1)
+        ">HH", qtype, 1
+    )
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,10 @@ def resolve(src_netns: str, server: str, name: str, timeout: float = 2.0) -> Dns
     addresses = []
     for _ in range(an):
         pos = _skip_name(data, pos)
-        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[pos:pos + 10])
+        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[pos : pos + 10])
         pos += 10
         if rtype == 1 and rdlen == 4:
-            addresses.append(socket.inet_ntoa(data[pos:pos + 4]))
+            addresses.append(socket.inet_ntoa(data[pos : pos + 4]))
         pos += rdlen
     return DnsAnswer(flags & 0xF, tuple(sorted(addresses)))
 
@@ -129,8 +129,9 @@ class HttpsAnswer:
     error: str
 
 
-def https_get(src_netns: str, address: str, host: str, path: str, *,
-              cafile: str | None, timeout: float = 3.0) -> HttpsAnswer:
+def https_get(
+    src_netns: str, address: str, host: str, path: str, *, cafile: str | None, timeout: float = 3.0
+) -> HttpsAnswer:
     """GET https://host/path from ``src_netns`` (connecting to ``address``), trusting only
     ``cafile``, or the system's trust store when ``cafile`` is None."""
     netns.enter(src_netns)
@@ -141,8 +142,10 @@ def https_get(src_netns: str, address: str, host: str, path: str, *,
     try:  # a proxy that is down or filtered is a failed check, not a crash
         raw = socket.create_connection((address, 443), timeout=timeout)
         with ctx.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
-                        "User-Agent: homestack-lab\r\n\r\n".encode())
+            tls.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+                "User-Agent: homestack-lab\r\n\r\n".encode()
+            )
             data = b""
             while b"\r\n\r\n" not in data and len(data) < 65536:
                 chunk = tls.recv(4096)

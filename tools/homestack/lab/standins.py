@@ -46,8 +46,7 @@ def body_for(cfg: Config, port: int, path: str) -> bytes:
             "id_token_signing_alg_values_supported": ["ES256"],
         }
     else:
-        doc = {"standin": cfg.label, "guest": cfg.guest, "port": port, "path": path,
-               "status": "ok"}
+        doc = {"standin": cfg.label, "guest": cfg.guest, "port": port, "path": path, "status": "ok"}
     return json.dumps(doc).encode()
 
 
@@ -75,8 +74,12 @@ def make_handler(cfg: Config, port: int) -> type[BaseHTTPRequestHandler]:
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
-        ">I", stream) + payload
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream)
+        + payload
+    )
 
 
 def _literal(name: bytes, value: bytes) -> bytes:
@@ -107,8 +110,11 @@ def serve_h2(conn: socket.socket, cfg: Config, port: int) -> None:
         elif kind == 1 and stream not in answered:
             answered.add(stream)
             body = body_for(cfg, port, "(h2)")
-            headers = b"\x88" + _literal(b"content-type", b"application/json") + _literal(
-                b"x-homestack-lab-upstream", f"{cfg.guest}:{port}".encode())
+            headers = (
+                b"\x88"
+                + _literal(b"content-type", b"application/json")
+                + _literal(b"x-homestack-lab-upstream", f"{cfg.guest}:{port}".encode())
+            )
             conn.sendall(_frame(1, 4, stream, headers) + _frame(0, 1, stream, body))
 
 
@@ -174,4 +180,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
-

@@ -114,8 +114,10 @@ class Topology:
         names = {g.name for g in guests} | {hv_name} | ({relay["host"]} if relay else set())
         for taken_name in (LAN, INTERNET):
             if taken_name in names:
-                raise UserError(f"tools lab: a machine named {taken_name!r} clashes with the "
-                                f"lab's {taken_name} namespace")
+                raise UserError(
+                    f"tools lab: a machine named {taken_name!r} clashes with the "
+                    f"lab's {taken_name} namespace"
+                )
         lan_iface = plan["hosts"][hv_name].get("lanInterface") or "lan0"
         return cls(
             prefix=prefix,
@@ -124,19 +126,30 @@ class Topology:
             gateway=network["gateway"],
             network=str(net),
             prefixlen=net.prefixlen,
-            hypervisor=Machine(name=hv_name, kind="host", netns=prefix + hv_name,
-                               address=network["gateway"]),
+            hypervisor=Machine(
+                name=hv_name, kind="host", netns=prefix + hv_name, address=network["gateway"]
+            ),
             guests=guests,
             client=Machine(name=LAN, kind="lan", netns=prefix + LAN, address=str(hosts_list[99])),
             lan_network=str(lan_net),
             lan_gateway=str(hosts_list[0]),
             lan_interface=lan_iface,
-            internet=Machine(name=INTERNET, kind="internet", netns=prefix + INTERNET,
-                             address=str(internet_hosts[99])),
+            internet=Machine(
+                name=INTERNET,
+                kind="internet",
+                netns=prefix + INTERNET,
+                address=str(internet_hosts[99]),
+            ),
             internet_network=str(internet_net),
             internet_gateway=str(internet_hosts[0]),
-            relay=Machine(name=relay["host"], kind="relay", netns=prefix + relay["host"],
-                          address=relay["address"]) if relay else None,
+            relay=Machine(
+                name=relay["host"],
+                kind="relay",
+                netns=prefix + relay["host"],
+                address=relay["address"],
+            )
+            if relay
+            else None,
             tunnel_network=plan["tunnel"]["cidr"] if relay else None,
             tunnel_interface=relay["interface"] if relay else None,
             tunnel_gateway=relay["peer"]["address"] if relay else None,
@@ -148,8 +161,13 @@ class Topology:
     def machines(self) -> tuple[Machine, ...]:
         """Every namespace's machine: the guests, the hypervisor, the LAN client, the
         internet stand-in and the relay (when the plan has one)."""
-        return (*self.guests, self.hypervisor, self.client, self.internet,
-                *((self.relay,) if self.relay else ()))
+        return (
+            *self.guests,
+            self.hypervisor,
+            self.client,
+            self.internet,
+            *((self.relay,) if self.relay else ()),
+        )
 
     @property
     def outside(self) -> tuple[Machine, ...]:
@@ -195,10 +213,12 @@ class Topology:
         return guest.address if guest else None
 
 
-def _first_free(candidates: tuple[str, ...],
-                taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
-                ) -> ipaddress.IPv4Network:
+def _first_free(
+    candidates: tuple[str, ...],
+    taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> ipaddress.IPv4Network:
     return next(
-        ipaddress.IPv4Network(c) for c in candidates
+        ipaddress.IPv4Network(c)
+        for c in candidates
         if not any(ipaddress.ip_network(c).overlaps(t) for t in taken)
     )

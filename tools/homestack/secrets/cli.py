@@ -339,8 +339,12 @@ def sync(repo: Repo, jobs: int, as_json: bool) -> None:
 
 @secrets.command(short_help="Audit every secret file against the inventory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-@click.option("--values", "values", is_flag=True,
-              help="Also decrypt (in memory; needs an admin key) and check every value's format.")
+@click.option(
+    "--values",
+    "values",
+    is_flag=True,
+    help="Also decrypt (in memory; needs an admin key) and check every value's format.",
+)
 @click.option(
     "--metadata-only", is_flag=True,
     help="Do not decrypt: skip the MAC check (it then says the MACs were not verified).",
@@ -390,20 +394,27 @@ def check_values(repo: Repo, as_json: bool) -> None:
     slots = generate_mod.Slot.all_from_plan(load_plan(repo.inventory))
     findings = generate_mod.check_values(repo.root, slots, Sops())
     if as_json:
-        click.echo(json.dumps([{"path": f.file, "key": f.key, "message": f.message}
-                               for f in findings], indent=2))
+        click.echo(
+            json.dumps(
+                [{"path": f.file, "key": f.key, "message": f.message} for f in findings], indent=2
+            )
+        )
         if findings:
             sys.exit(2)
         return
     if findings:
-        raise CheckFailed(f"secrets: {len(findings)} value(s) missing or malformed",
-                          [str(f) for f in findings])
+        raise CheckFailed(
+            f"secrets: {len(findings)} value(s) missing or malformed", [str(f) for f in findings]
+        )
     click.echo(f"secrets: {len(slots)} values match their formats")
 
 
 @secrets.command(short_help="Fill every missing secret with a fresh value of its format.")
-@click.option("--replace-invalid", is_flag=True,
-              help="Also replace values not of their format (decrypts: needs an admin key).")
+@click.option(
+    "--replace-invalid",
+    is_flag=True,
+    help="Also replace values not of their format (decrypts: needs an admin key).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was made as JSON.")
 @pass_repo
 def generate(repo: Repo, replace_invalid: bool, as_json: bool) -> None:
@@ -417,15 +428,28 @@ def generate(repo: Repo, replace_invalid: bool, as_json: bool) -> None:
         if not as_json:
             click.echo(f"{slot.file}: {slot.key}: new {slot.format} value", err=True)
 
-    result = generate_mod.generate(repo.root, plan, Sops(), set_inventory=repo.set_value,
-                                   replace_invalid=replace_invalid, progress=progress)
+    result = generate_mod.generate(
+        repo.root,
+        plan,
+        Sops(),
+        set_inventory=repo.set_value,
+        replace_invalid=replace_invalid,
+        progress=progress,
+    )
     if as_json:
-        click.echo(json.dumps({
-            "made": [{"path": s.file, "key": s.key} for s in result.made],
-            "left": [{"path": s.file, "key": s.key, "generator": s.generator.value, "why": why}
-                     for s, why in result.left],
-            "inventory": [{"key": ".".join(k), "value": v} for k, v in result.inventory],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "made": [{"path": s.file, "key": s.key} for s in result.made],
+                    "left": [
+                        {"path": s.file, "key": s.key, "generator": s.generator.value, "why": why}
+                        for s, why in result.left
+                    ],
+                    "inventory": [{"key": ".".join(k), "value": v} for k, v in result.inventory],
+                },
+                indent=2,
+            )
+        )
         return
     for keys, _ in result.inventory:
         click.echo(f"{repo.shown}: {'.'.join(keys)}: set to the new key's public half")

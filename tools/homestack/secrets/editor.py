@@ -77,8 +77,7 @@ def _ask_again(why: str) -> bool:
     """On a terminal, offer to re-open the editor on the same text (still on the private
     tmpfs); without one there is nobody to ask."""
     if not sys.stdin.isatty():
-        print(f"edit: {why}; your changes were discarded (no terminal to ask on)",
-              file=sys.stderr)
+        print(f"edit: {why}; your changes were discarded (no terminal to ask on)", file=sys.stderr)
         return False
     print(f"edit: {why}", file=sys.stderr)
     print("re-open the editor with your changes? [Y/n] ", file=sys.stderr, end="", flush=True)

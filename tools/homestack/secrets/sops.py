@@ -78,8 +78,9 @@ def index_of(key: str) -> str:
         raise UserError(f"{key!r}: empty secret name")
     for part in parts:
         if "[" in part or any(ord(c) < 0x20 for c in part):
-            raise UserError(f"{key!r}: sops cannot address a key holding '[' or a control "
-                            "character")
+            raise UserError(
+                f"{key!r}: sops cannot address a key holding '[' or a control character"
+            )
     return "".join(f'["{p}"]' for p in parts)
 
 
