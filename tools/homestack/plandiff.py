@@ -119,8 +119,9 @@ class PlanDiff:
 
 
 def _machines(plan: Plan) -> dict[str, dict[str, Any]]:
-    out = {n: {"kind": "host", **h} for n, h in (plan.get("hosts") or {}).items()}
-    out |= {n: {"kind": "guest", **g} for n, g in (plan.get("guests") or {}).items()}
+    # "machine" says host or guest (a guest's own "kind" is its Incus instance type).
+    out = {n: {**h, "machine": "host"} for n, h in (plan.get("hosts") or {}).items()}
+    out |= {n: {**g, "machine": "guest"} for n, g in (plan.get("guests") or {}).items()}
     return out
 
 
@@ -206,42 +207,42 @@ def _unit_configs(plan: Plan) -> dict[tuple[str, str], Any]:
     return out
 
 
-_GUEST_FIELDS = ("address", "mac", "vcpu", "memory", "services", "ports", "hypervisor")
-_HOST_FIELDS = ("role", "system", "target", "publicAddress")
+_GUEST_FIELDS = ("address", "mac", "vcpu", "memory", "services", "ports", "hypervisor", "kind")
+_HOST_FIELDS = ("role", "system", "target", "publicAddress", "engine")
 
 
 def _machine_changes(old: Plan, new: Plan) -> Iterator[Change]:
     a, b = _machines(old), _machines(new)
     for name in sorted(b.keys() - a.keys()):
         m = b[name]
-        where = f" on {m['host']}" if m["kind"] == "guest" else ""
+        where = f" on {m['host']}" if m["machine"] == "guest" else ""
         yield Change(
             "machine-added",
             Risk.INFO,
-            f"{m['kind']} {name} added{where}",
+            f"{m['machine']} {name} added{where}",
             name,
-            detail={"machine": m["kind"], "host": m.get("host")},
+            detail={"machine": m["machine"], "host": m.get("host")},
         )
     for name in sorted(a.keys() - b.keys()):
         m = a[name]
         yield Change(
             "machine-removed",
             Risk.INFO,
-            f"{m['kind']} {name} removed",
+            f"{m['machine']} {name} removed",
             name,
-            detail={"machine": m["kind"], "host": m.get("host")},
+            detail={"machine": m["machine"], "host": m.get("host")},
         )
     for name in sorted(a.keys() & b.keys()):
         was, now = a[name], b[name]
-        if was["kind"] != now["kind"]:
+        if was["machine"] != now["machine"]:
             yield Change(
                 "machine-changed",
                 Risk.INFO,
-                f"{name} is now a {now['kind']} (was a {was['kind']})",
+                f"{name} is now a {now['machine']} (was a {was['machine']})",
                 name,
             )
             continue
-        if was["kind"] == "guest" and was["host"] != now["host"]:
+        if was["machine"] == "guest" and was["host"] != now["host"]:
             yield Change(
                 "machine-moved",
                 Risk.INFO,
@@ -249,7 +250,7 @@ def _machine_changes(old: Plan, new: Plan) -> Iterator[Change]:
                 name,
                 detail={"from": was["host"], "to": now["host"]},
             )
-        fields = _GUEST_FIELDS if was["kind"] == "guest" else _HOST_FIELDS
+        fields = _GUEST_FIELDS if was["machine"] == "guest" else _HOST_FIELDS
         changed = {
             k: {"old": was.get(k), "new": now.get(k)} for k in fields if was.get(k) != now.get(k)
         }
@@ -257,7 +258,7 @@ def _machine_changes(old: Plan, new: Plan) -> Iterator[Change]:
             what = ", ".join(
                 f"{k} {_short(v['old'])} -> {_short(v['new'])}" for k, v in changed.items()
             )
-            restart = f"; restarts microvm@{name}.service" if was["kind"] == "guest" else ""
+            restart = f"; restarts microvm@{name}.service" if was["machine"] == "guest" else ""
             yield Change(
                 "machine-changed", Risk.INFO, f"{name}: {what}{restart}", name, detail=changed
             )
