@@ -1,29 +1,71 @@
-"""Benchmark: the lab's bring-up (cold and warm), `test`, and tear-down over N runs.
+"""Benchmark: the lab's bring-up (cold and warm), `test`, and tear-down over N runs; the
+lab at 10, 20 and 30 guests; and the filters' per-packet cost at 10 and 1,000 guests.
 
-    sudo python bench/lab.py [--runs 5] [--inventory inventory.toml]
+    sudo python bench/lab.py [--runs 5] [--inventory inventory.toml] [--only NAME]
 
 Cold: PostgreSQL is initialised with initdb. Warm: a cached, initialised cluster is copied.
 Times are the library calls behind `tools lab up/test/down` (the command adds ~0.3 s of
 Python start-up and plan evaluation). Targets: warm bring-up <= 2 s, cold <= 4 s,
-tear-down <= 0.5 s. Uses its own prefix and directories, so a lab started by hand stays up.
+tear-down <= 0.5 s.
+
+Scale: the example grown to 10, 20 and 30 guests by small web apps (`grown`): warm
+bring-up plus `test` at 30 guests <= 10 s, and the test's time against the flows it probes
+(it should grow as they do). Filters: the median time of a TCP connection from app0 to the
+proxy (every packet of it passes three rule sets: app0's, the bridge filter, the proxy's)
+with the rules rendered for 10 guests loaded, then those rendered for 1,000 (the same
+machines at the same addresses), in alternating rounds; target ratio <= 1.1.
+Uses its own prefix and directories, so a lab started by hand stays up.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from homestack.lab import checks, lifecycle
+from homestack.lab import checks, firewall, lifecycle, matrix, netns
 from homestack.lab.state import LabPaths
+from homestack.lab.topology import Topology
 from homestack.plan import load_plan
-from homestack.process import default_runner
+from homestack.process import Runner, default_runner
 
 REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "tests" / "example" / "inventory.toml"
+
+
+def grown(guests: int, example: Path = EXAMPLE, *, wide: bool = False) -> str:
+    """The example inventory grown to `guests` guests by small web apps, each with a route
+    through the proxy and a database on the example's server: a homelab that has grown.
+    `wide` puts the guests in a /20 (room for 1,000 apps; app<i> has the same address at
+    every size)."""
+    text = example.read_text()
+    apps = guests - text.count("\n[guests.")
+    if apps < 0:
+        raise ValueError(f"{example.name} has more than {guests} guests")
+    if wide:
+        net = 'cidr = "192.168.100.0/24"'
+        if net not in text:
+            raise ValueError(f"{example.name}: no {net} to widen")
+        text = text.replace(net, 'cidr = "192.168.96.0/20"')
+
+    def address(i: int) -> str:
+        return f"192.168.{101 + i // 250}.{10 + i % 250}" if wide else f"192.168.100.{100 + i}"
+
+    return text + "".join(
+        f"\n[guests.app{i}]\nhost = \"homelab\"\naddress = \"{address(i)}\"\n"
+        f"vcpu = 1\nmemory = 256\nservices = []\nports = [{{ port = 3000, proto = \"tcp\" }}]\n"
+        f"state_size = 256\nroutes = [{{ name = \"app{i}\", port = 3000 }}]\n"
+        f"databases = [{{ name = \"app{i}\", server = \"db\" }}]\n"
+        for i in range(apps)
+    )
 TARGETS = {"bring-up, cold": 4.0, "bring-up, warm": 2.0, "tear-down": 0.5}
 
 
@@ -33,42 +75,28 @@ def timed(step: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--inventory", type=Path, default=REPO / "inventory.toml")
-    args = parser.parse_args()
-    plan = load_plan(args.inventory)
-    base = Path("/run/homestack-lab-bench")
-    base.mkdir(mode=0o755, exist_ok=True)
-    paths = LabPaths(root=base / "run", prefix="hsbench-", cache=base / "cache")
-    quiet = lambda _msg: None  # noqa: E731
+def lifecycle_runs(plan: dict[str, Any], name: str, paths: LabPaths, runs: int) -> bool:
+    """Cold and warm bring-up, test and tear-down of one inventory, `runs` times."""
     runner = default_runner
     times: dict[str, list[float]] = {
         k: [] for k in ("bring-up, cold", "bring-up, warm", "test", "tear-down")
     }
     failures = 0
-    try:
-        lifecycle.down(paths, runner, log=quiet)
-        lifecycle.up(plan, paths, runner, log=quiet)  # fills the cluster cache
-        lifecycle.down(paths, runner, log=quiet)
-        for _ in range(args.runs):
-            times["bring-up, cold"].append(
-                timed(lambda: lifecycle.up(plan, paths, runner, cold=True, log=quiet))
-            )
-            times["tear-down"].append(timed(lambda: lifecycle.down(paths, runner, log=quiet)))
-            times["bring-up, warm"].append(
-                timed(lambda: lifecycle.up(plan, paths, runner, log=quiet))
-            )
-            start = time.perf_counter()
-            report = checks.run(plan, paths, runner)
-            times["test"].append(time.perf_counter() - start)
-            failures += report.failures
-            times["tear-down"].append(timed(lambda: lifecycle.down(paths, runner, log=quiet)))
-    finally:
-        lifecycle.down(paths, runner, log=quiet)
-        shutil.rmtree(base, ignore_errors=True)
-    print(f"lab benchmark, {args.runs} runs, {args.inventory.name} ({len(plan['guests'])} guests)")
+    lifecycle.down(paths, runner, log=quiet)
+    lifecycle.up(plan, paths, runner, log=quiet)  # fills the cluster cache
+    lifecycle.down(paths, runner, log=quiet)
+    for _ in range(runs):
+        times["bring-up, cold"].append(
+            timed(lambda: lifecycle.up(plan, paths, runner, cold=True, log=quiet))
+        )
+        times["tear-down"].append(timed(lambda: lifecycle.down(paths, runner, log=quiet)))
+        times["bring-up, warm"].append(timed(lambda: lifecycle.up(plan, paths, runner, log=quiet)))
+        start = time.perf_counter()
+        report = checks.run(plan, paths, runner)
+        times["test"].append(time.perf_counter() - start)
+        failures += report.failures
+        times["tear-down"].append(timed(lambda: lifecycle.down(paths, runner, log=quiet)))
+    print(f"lab benchmark, {runs} runs, {name} ({len(plan['guests'])} guests)")
     print(f"{'step':<16} {'runs':>4} {'median':>8} {'max':>8} {'target':>8}")
     ok = failures == 0
     for step, values in times.items():
@@ -82,6 +110,135 @@ def main() -> int:
             f"{max(values):>7.2f}s {f'{target:.1f}s' if target else '':>8} {verdict}"
         )
     print(f"lab test failures across runs: {failures}")
+    return ok
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def plan_of(text: str, folder: Path, name: str) -> dict[str, Any]:
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return load_plan(path)
+
+
+def scale_runs(folder: Path, paths: LabPaths, runs: int) -> bool:
+    """Warm bring-up and test at 10, 20 and 30 guests, against the flows the test probes."""
+    runner = default_runner
+    print("\nlab at 10, 20 and 30 guests (warm bring-up, then test; medians of "
+          f"{runs} runs)")  # fmt: skip
+    print(f"{'guests':>6} {'allowed':>8} {'probes':>7} {'up':>7} {'test':>7} {'up+test':>8} "
+          f"{'ms/probe':>9} {'wrong':>6}")  # fmt: skip
+    ok = True
+    per_probe: dict[int, float] = {}
+    for n in (10, 20, 30):
+        plan = plan_of(grown(n), folder, f"grown-{n}")
+        topo = Topology.from_plan(plan, paths.prefix)
+        allowed = matrix.allowed_flows(plan, topo)
+        ups, tests, wrong, probes = [], [], 0, 0
+        for _ in range(runs):
+            lifecycle.down(paths, runner, log=quiet)
+            start = time.perf_counter()
+            lifecycle.up(plan, paths, runner, log=quiet)
+            ups.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            report = checks.run(plan, paths, runner)
+            tests.append(time.perf_counter() - start)
+            wrong += report.failures
+            probes = sum(len(rs) for rs in report.matrix.values())
+        lifecycle.down(paths, runner, log=quiet)
+        up, test = statistics.median(ups), statistics.median(tests)
+        per_probe[n] = test / probes * 1000
+        print(f"{n:>6} {len(allowed):>8} {probes:>7} {up:>6.2f}s {test:>6.2f}s "
+              f"{up + test:>7.2f}s {per_probe[n]:>9.3f} {wrong:>6}")  # fmt: skip
+        ok = ok and wrong == 0
+        if n == 30:
+            met = up + test <= 10
+            ok = ok and met
+            print(f"up + test at 30 guests: {up + test:.2f} s  (target <= 10 s: "
+                  f"{'met' if met else 'MISSED'})")  # fmt: skip
+    print(f"test time per probe, 30 vs 10 guests: {per_probe[30] / per_probe[10]:.2f}  "
+          "(1.0: the test grows as the probes, and so as the flows)")
+    return ok
+
+
+def connect_times(src: str, address: str, port: int, count: int) -> list[float]:
+    """`count` TCP connections from the namespace `src`, one at a time: seconds each."""
+
+    def run() -> list[float]:
+        netns.enter(src)
+        out = []
+        for _ in range(count):
+            start = time.perf_counter()
+            with socket.create_connection((address, port), timeout=2):
+                pass
+            out.append(time.perf_counter() - start)
+        return out
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
+
+
+def filter_ratio(folder: Path, paths: LabPaths, rounds: int) -> bool:
+    """A connection's time with the rules of 10 guests loaded, then those of 1,000."""
+    runner: Runner = default_runner
+    small = plan_of(grown(10, wide=True), folder, "wide-10")
+    big = plan_of(grown(1000, wide=True), folder, "wide-1000")
+    lifecycle.down(paths, runner, log=quiet)
+    lifecycle.up(small, paths, runner, log=quiet)
+    topo = Topology.from_plan(small, paths.prefix)
+    src, dst = topo.machine("app0"), topo.machine("proxy")
+    address = topo.address_for(src, dst)
+    rules = {"10": firewall.rulesets(small, topo), "1000": firewall.rulesets(big, topo)}
+    sizes = {k: sum(len(r.text) for r in v) for k, v in rules.items()}
+    samples: dict[str, list[float]] = {"10": [], "1000": []}
+    try:
+        for _ in range(rounds):
+            for key in ("10", "1000"):
+                firewall.apply_mode(runner, rules[key], firewall.Mode.BOTH)
+                connect_times(src.netns, address, 443, 50)  # warm caches and conntrack
+                samples[key] += connect_times(src.netns, address, 443, 400)
+        firewall.apply_mode(runner, rules["10"], firewall.Mode.BOTH)
+        report = checks.run(small, paths, runner)
+    finally:
+        lifecycle.down(paths, runner, log=quiet)
+    t10, t1000 = (statistics.median(samples[k]) for k in ("10", "1000"))
+    ratio = t1000 / t10
+    print(f"\nfilters: TCP connection app0 -> proxy:443, median of {len(samples['10'])} each, "
+          "both layers loaded")  # fmt: skip
+    print(f"  rules of    10 guests ({sizes['10'] / 1024:7.0f} KiB of nftables): "
+          f"{t10 * 1e6:7.1f} us")  # fmt: skip
+    print(f"  rules of 1,000 guests ({sizes['1000'] / 1024:7.0f} KiB of nftables): "
+          f"{t1000 * 1e6:7.1f} us")  # fmt: skip
+    met = ratio <= 1.1
+    print(f"  ratio 1,000 / 10 guests: {ratio:.3f}  (target <= 1.1: {'met' if met else 'MISSED'})")
+    print(f"  allow matrix with the rules of 10 guests afterwards: {report.failures} wrong")
+    return met and report.failures == 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--inventory", type=Path, default=REPO / "inventory.toml")
+    parser.add_argument("--only", choices=("lifecycle", "scale", "filters"))
+    args = parser.parse_args()
+    base = Path("/run/homestack-lab-bench")
+    base.mkdir(mode=0o755, exist_ok=True)
+    paths = LabPaths(root=base / "run", prefix="hsbench-", cache=base / "cache")
+    ok = True
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.only in (None, "lifecycle"):
+                plan = load_plan(args.inventory)
+                ok = lifecycle_runs(plan, args.inventory.name, paths, args.runs) and ok
+            if args.only in (None, "scale"):
+                ok = scale_runs(Path(tmp), paths, max(1, args.runs // 2)) and ok
+            if args.only in (None, "filters"):
+                ok = filter_ratio(Path(tmp), paths, args.runs) and ok
+    finally:
+        lifecycle.down(paths, default_runner, log=quiet)
+        shutil.rmtree(base, ignore_errors=True)
     return 0 if ok else 1
 
 
