@@ -7,6 +7,7 @@ flows from every machine, database logins from every guest.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -17,7 +18,7 @@ from homestack.errors import UserError
 from homestack.lab import firewall, matrix, probes
 from homestack.lab.lifecycle import all_ports
 from homestack.lab.state import LabPaths, LabState, load_state, save_state
-from homestack.lab.topology import Topology
+from homestack.lab.topology import Machine, Topology
 from homestack.process import Runner
 
 MODES = (firewall.Mode.GUEST, firewall.Mode.BRIDGE, firewall.Mode.BOTH)
@@ -168,7 +169,10 @@ def _front_door(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology,
 
 def _logins(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, runner: Runner,
             *, passwords: dict[str, str], layer: str) -> list[Future[Check]]:
-    """Each database's owner logs in with its role; every other guest is turned away."""
+    """Each database's owner logs in with its role; other guests are turned away."""
+    # The lab's PostgreSQL takes 30 connections (overlay.py); a lab of many databases
+    # would otherwise try more at once and read "too many clients" as a refusal.
+    psql_slots = threading.BoundedSemaphore(16)
 
     def login(src_netns: str, src: str, db: dict[str, Any]) -> Check:
         expect = src == db["owner"]
@@ -178,13 +182,14 @@ def _logins(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, runn
         if reach != probes.OPEN and not expect:
             # psql would wait its 2 s minimum timeout only to report the same.
             return Check("postgresql", name, True, f"blocked: no TCP connection ({reach})")
-        result = runner.run(
-            ["ip", "netns", "exec", src_netns, "psql", "-X", "-w", "-h", db["serverAddress"],
-             "-p", str(db.get("port", 5432)), "-U", db["role"], "-d", db["name"], "-tAc",
-             "select current_user"],
-            check=False, timeout=15,
-            env={"PGPASSWORD": passwords.get(db["role"], ""), "PGCONNECT_TIMEOUT": "2"},
-        )
+        with psql_slots:
+            result = runner.run(
+                ["ip", "netns", "exec", src_netns, "psql", "-X", "-w", "-h", db["serverAddress"],
+                 "-p", str(db.get("port", 5432)), "-U", db["role"], "-d", db["name"], "-tAc",
+                 "select current_user"],
+                check=False, timeout=15,
+                env={"PGPASSWORD": passwords.get(db["role"], ""), "PGCONNECT_TIMEOUT": "2"},
+            )
         got = result.returncode == 0
         why = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "logged in"
         why = why.split(" failed: ", 1)[-1]  # keep the server's reason, not the preamble
@@ -192,9 +197,15 @@ def _logins(pool: ThreadPoolExecutor, plan: dict[str, Any], topo: Topology, runn
         return Check("postgresql", name, got == expect,
                      f"{verdict}: {why}" if not got else verdict)
 
+    def tried(db: dict[str, Any]) -> list[Machine]:
+        # The owner and up to matrix.STRANGERS other guests: every guest for each database
+        # would grow with guests x databases (812 psql runs a layer at 30 guests).
+        others = [g for g in topo.guests if g.name not in {db["server"], db["owner"]}]
+        keep = {db["owner"], *(g.name for g in others[:matrix.STRANGERS])}
+        return [g for g in topo.guests if g.name in keep]
+
     return [pool.submit(login, g.netns, g.name, db)
-            for db in plan.get("databases", [])
-            for g in topo.guests if g.name != db["server"]]
+            for db in plan.get("databases", []) for g in tried(db)]
 
 
 def render(report: Report, topo: Topology, plan: dict[str, Any]) -> str:
