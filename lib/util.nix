@@ -27,6 +27,16 @@ rec {
       first = builtins.listToAttrs indexed;
     in
     map (x: x.name) (builtins.filter (x: first.${x.name} == x.value) indexed);
+  # The first element of each key (key x: a string), in order; linear, and each key is
+  # computed once (listToAttrs keeps the first name).
+  firstOfEach =
+    key: list:
+    let
+      n = length list;
+      keys = map key list;
+      first = builtins.listToAttrs (genList (i: { name = elemAt keys i; value = i; }) n);
+    in
+    builtins.filter (x: x != null) (genList (i: if first.${elemAt keys i} == i then elemAt list i else null) n);
   # A set for fast membership tests: toSet [ "a" ] ? a.
   toSet = list: builtins.listToAttrs (map (x: { name = x; value = true; }) list);
   mapAttrsToList = f: attrs: map (name: f name attrs.${name}) (builtins.attrNames attrs);
