@@ -13,9 +13,7 @@ let
   inherit (builtins)
     attrNames
     concatStringsSep
-    elemAt
     filter
-    genList
     length
     stringLength
     substring
@@ -51,9 +49,8 @@ let
     name: type: interval: elems:
     let
       n = length elems;
-      # Elements at the first index of their key (listToAttrs keeps the first name).
-      firstAt = builtins.listToAttrs (genList (i: { name = (elemAt elems i).key; value = i; }) n);
-      unique = if n < 2 then elems else filter (e: e != null) (genList (i: let e = elemAt elems i; in if firstAt.${e.key} == i then e else null) n);
+      # The first element of each key, in order (see util.nix firstOfEach).
+      unique = if n < 2 then elems else builtins.genericClosure { startSet = elems; operator = _: [ ]; };
       line = e: if e.why == null then "\t\t\t${e.key}," else "\t\t\t${e.key} ${comment e.why},";
       opening = "\tset ${name} {\n\t\ttype ${type}" + (if interval then "\n\t\tflags interval" else "");
     in
