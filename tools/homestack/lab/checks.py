@@ -7,6 +7,7 @@ flows from every machine, database logins from every guest.
 from __future__ import annotations
 
 import json
+import resource
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,7 +74,7 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
     passwords = json.loads(Path(str(state.info["passwords"])).read_text())
     ports = all_ports(plan)
     rules = firewall.rulesets(plan, topo)
-    with ThreadPoolExecutor(max_workers=256) as pool:
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
         front = _front_door(pool, plan, topo, cafile)
         report.checks += [f.result() for f in front]
         try:
@@ -96,6 +97,22 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *,
             _record_mode(paths, state, firewall.Mode.BOTH)
     report.seconds = time.monotonic() - started
     return report
+
+
+# Most probes of the matrix wait out a drop (matrix.BLOCKED_TIMEOUT): the test takes about
+# probes x timeout / workers. Each worker holds one socket at a time.
+WORKERS = 1024
+
+
+def _workers() -> int:
+    """WORKERS, or fewer where the open-files limit cannot make room for their sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = WORKERS + 256  # the daemons' pipes, logs and the pool's own
+    if soft != resource.RLIM_INFINITY and soft < want:
+        top = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+        soft = top
+    return max(1, min(WORKERS, soft - 256)) if soft != resource.RLIM_INFINITY else WORKERS
 
 
 def _record_mode(paths: LabPaths, state: LabState, mode: firewall.Mode) -> LabState:

@@ -95,7 +95,7 @@ def up(inventory_path: Path | None, cold: bool) -> None:
               help="With --browser: write a PNG of the first route and its security details.")
 def test(inventory_path: Path | None, as_json: bool, strict: bool, use_browser: bool,
          screenshot: Path | None) -> None:
-    """Check DNS, HTTPS, the whole allow matrix (three filter layers) and database logins.
+    """Check DNS, HTTPS, the allow matrix (three filter layers) and database logins.
 
     Exits 2 when any check fails.
     """
