@@ -85,7 +85,10 @@ let
       h2c = r.h2c or false;
       upstream = "${address}:${toString r.port}";
     }) (inv.guests.${g}.routes or [ ]);
-  routes = concatMap routesOfGuest guestNames;
+  # Each guest's routes, databases and needs, computed once: the plan lists them per guest
+  # and all together, and the flows and the boot order use them again.
+  routesBy = builtins.mapAttrs (g: _: routesOfGuest g) inv.guests;
+  routes = concatMap (g: routesBy.${g}) guestNames;
   routeNameSet = u.toSet (map (r: r.name) routes);
 
   # The guest running the ingress (caddy or traefik) and the mesh server (lib/alternatives.nix).
@@ -106,7 +109,8 @@ let
       secretsFile = "secrets/shared/pg-${d.name}.yaml";
       secretKey = "password";
     }) (inv.guests.${g}.databases or [ ]);
-  databases = concatMap databasesOfGuest guestNames;
+  databasesBy = builtins.mapAttrs (g: _: databasesOfGuest g) inv.guests;
+  databases = concatMap (g: databasesBy.${g}) guestNames;
 
   # A flow's source as the destination's firewall sees it: a guest by its address, the
   # relay by its tunnel address (it masquerades what it forwards), a hypervisor by the
@@ -162,13 +166,7 @@ let
     ) guestNames
     ++ map (d: flow d.owner d.server 5432 "tcp" "database ${d.name}") databases;
   flowKey = f: "${f.from}>${f.to}:${toString f.port}/${f.proto}";
-  allow =
-    let
-      valid = filter (f: f.from != f.to) rawFlows;
-      byKey = builtins.groupBy flowKey valid;
-      keys = u.uniqueOrdered (map flowKey valid);
-    in
-    map (k: head byKey.${k}) keys;
+  allow = u.firstOfEach flowKey (filter (f: f.from != f.to) rawFlows);
 
   # Outbound flows: what a guest may reach outside the guest network. `to` is "internet"
   # (any public address, through the hypervisor's LAN interface), "lan" (RFC 1918 addresses
@@ -201,11 +199,7 @@ let
       ++ map (e: egressFlow g e.to e.port (e.proto or "tcp") "guests.${g}.egress") (gs.egress or [ ])
     ) guestNames;
   egressKey = f: "${f.from}>${f.to}:${toString f.port}/${f.proto}";
-  egress =
-    let
-      byKey = builtins.groupBy egressKey rawEgress;
-    in
-    map (k: head byKey.${k}) (u.uniqueOrdered (map egressKey rawEgress));
+  egress = u.firstOfEach egressKey rawEgress;
 
   # The mesh client on the hypervisors (NetBird's, or Tailscale's for Headscale), when the
   # inventory runs a mesh server with a route: its interface and WireGuard port, which the
@@ -245,6 +239,12 @@ let
       )
   ) hostNames;
 
+  # The guests running each service, in guestNames' order.
+  runningBy = builtins.mapAttrs (_: map (x: x.g)) (
+    builtins.groupBy (x: x.s) (concatMap (g: map (s: { inherit g s; }) inv.guests.${g}.services) guestNames)
+  );
+  running = s: runningBy.${s} or [ ];
+
   # What each guest's services need at run time (the catalogue's `needs`), resolved to the
   # guests that provide it. A need `through` a service (the proxy) is reached at that
   # service's guest, which routes on to the provider.
@@ -263,7 +263,7 @@ let
             if n.ifDatabases then
               u.unique (map (d: d.server) own)
             else
-              filter (o: elem n.service inv.guests.${o}.services) guestNames;
+              running n.service;
           portEntry = builtins.head (
             filter (p: p.name == n.port) (services.${n.service}.ports or [ ])
             ++ [ { port = 0; proto = "tcp"; } ]
@@ -272,7 +272,7 @@ let
           via =
             if n.through == null then [ ]
             else if n.through == "ingress" then u.optional (proxy != null) proxy
-            else filter (o: elem n.through inv.guests.${o}.services) guestNames;
+            else running n.through;
         in
         if n.ifDatabases && own == [ ] then
           [ ]
@@ -294,8 +294,9 @@ let
     g:
     u.unique (
       map (d: d.server) (inv.guests.${g}.databases or [ ])
-      ++ concatMap (n: (if n.through == null then n.providers else n.via ++ n.providers)) (needsOf g)
+      ++ concatMap (n: (if n.through == null then n.providers else n.via ++ n.providers)) needsBy.${g}
     );
+  needsBy = builtins.mapAttrs (g: _: needsOf g) inv.guests;
   dependsOn = listToAttrs (map (g: { name = g; value = filter (d: d != g) (deps g); }) guestNames);
 
   # Guests in waves: each wave depends only on earlier ones.
@@ -333,6 +334,8 @@ let
       address = g.address;
       stateSize = g.state_size or 0;
       host = inv.hosts.${g.host};
+      own = servicePorts name;
+      ports = own ++ extraPorts name;
     in
     {
       inherit name address prefix gateway;
@@ -356,22 +359,20 @@ let
           }
         else
           null;
-      ports = servicePorts name ++ extraPorts name;
+      inherit ports;
       # The same by service and name, for the modules: portOf.netbird-server.dashboard = 8080.
       portOf = builtins.mapAttrs (
         _: ps: builtins.listToAttrs (map (p: { inherit (p) name; value = p.port; }) ps)
-      ) (builtins.groupBy (p: p.service) (servicePorts name));
+      ) (builtins.groupBy (p: p.service) own);
       health = concatMap (s: map (h: h // { service = s; argv = probeArgv address h; }) services.${s}.health) g.services;
       # Every port a process of this guest binds, with its owner ("extra" for guests.<g>.ports).
-      listening = map (p: { inherit (p) port proto service name; scope = p.scope or "any"; }) (
-        servicePorts name ++ extraPorts name
-      );
-      needs = needsOf name;
+      listening = map (p: { inherit (p) port proto service name; scope = p.scope or "any"; }) ports;
+      needs = needsBy.${name};
       # The catalogue's entries of this guest's services, for the NixOS modules.
       units = concatMap (s: services.${s}.units) g.services;
       persist = concatMap (s: services.${s}.persist) g.services;
-      routes = routesOfGuest name;
-      databases = databasesOfGuest name;
+      routes = routesBy.${name};
+      databases = databasesBy.${name};
       public = map (p: { inherit (p) port; proto = p.proto or "tcp"; }) (g.public or [ ]);
       dependsOn = dependsOn.${name};
       secretsFile = "secrets/${name}.yaml";

@@ -19,14 +19,19 @@ rec {
   optional = cond: x: if cond then [ x ] else [ ];
   optionals = cond: xs: if cond then xs else [ ];
   unique = list: builtins.attrNames (builtins.listToAttrs (map (x: { name = x; value = null; }) list));
-  # Keeps the first of each string, in order; linear (listToAttrs keeps the first name).
-  uniqueOrdered =
-    list:
-    let
-      indexed = genList (i: { name = elemAt list i; value = i; }) (length list);
-      first = builtins.listToAttrs indexed;
-    in
-    map (x: x.name) (builtins.filter (x: first.${x.name} == x.value) indexed);
+  # Keeps the first of each string, in order (see firstOfEach).
+  uniqueOrdered = list: map (x: x.key) (builtins.genericClosure { startSet = map (key: { inherit key; }) list; operator = _: [ ]; });
+  # The first element of each key (key x: a string), in order. genericClosure keeps the
+  # first item of each `key` it meets and compares keys as strings: no attribute set of
+  # keys is built, so no key becomes one of the evaluator's interned names.
+  firstOfEach =
+    key: list:
+    map (x: x.v) (
+      builtins.genericClosure {
+        startSet = map (v: { key = key v; inherit v; }) list;
+        operator = _: [ ];
+      }
+    );
   # A set for fast membership tests: toSet [ "a" ] ? a.
   toSet = list: builtins.listToAttrs (map (x: { name = x; value = true; }) list);
   mapAttrsToList = f: attrs: map (name: f name attrs.${name}) (builtins.attrNames attrs);
@@ -43,7 +48,8 @@ rec {
     let
       counts = builtins.groupBy (x: x) list;
     in
-    uniqueOrdered (builtins.filter (x: length counts.${x} > 1) list);
+    # Most lists have none: seen without grouping (and interning) every element.
+    if length (uniqueOrdered list) == length list then [ ] else uniqueOrdered (builtins.filter (x: length counts.${x} > 1) list);
 
   # 2^n for 0 <= n <= 32.
   pow2 = n: elemAt pow2Table n;

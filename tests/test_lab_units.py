@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLE, requires_nix
+from conftest import EXAMPLE, REPO, requires_nix
 
 from homestack.errors import UserError
 from homestack.lab import daemons, firewall, matrix, overlay
@@ -188,6 +189,55 @@ def test_matrix_covers_every_path_and_port(plan: dict[str, Any]) -> None:
     assert not any(
         f.src == "cloud-relay" and f.dst in {"lan", "internet", "homelab"} for f in allowed
     )
+
+
+def _grown(guests: int, tmp_path: Path) -> dict[str, Any]:
+    """The plan of the example grown to `guests` guests (bench/lab.py's inventory)."""
+    spec = importlib.util.spec_from_file_location("bench_lab", REPO / "bench" / "lab.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = tmp_path / f"inventory-{guests}.toml"
+    path.write_text(bench.grown(guests))
+    return load_plan(path)
+
+
+@requires_nix
+def test_matrix_grows_with_the_flows_not_the_pairs(plan: dict[str, Any], tmp_path: Path) -> None:
+    """A small lab probes every pair of guests; a large one every allowed flow and every
+    port of the pairs that have one, plus STRANGERS pairs per guest that have none."""
+    topo = Topology.from_plan(plan, "p-")
+    ports = all_ports(plan)
+    allowed = matrix.allowed_flows(plan, topo)
+    assert set(matrix.all_flows(topo, ports, allowed)) == set(matrix.all_flows(topo, ports))
+    counts = {}
+    for n in (10, 20, 30):
+        big = _grown(n, tmp_path)
+        topo = Topology.from_plan(big, "p-")
+        ports = all_ports(big)
+        allowed = matrix.allowed_flows(big, topo)
+        probed = matrix.all_flows(topo, ports, allowed)
+        assert allowed <= set(probed)
+        assert len(set(probed)) == len(probed)
+        pairs = {(f.src, f.dst, f.path) for f in probed}
+        guests = {g.name for g in topo.guests}
+        for g in guests:
+            strangers = (
+                {s for s, d, _ in pairs if d == g and s in guests}
+                - {f.src for f in allowed if f.dst == g}
+                - {f.dst for f in allowed if f.src == g}
+            )
+            assert len(strangers) <= matrix.STRANGERS, g
+            assert strangers or g in {"proxy", "db"}, f"{g} is probed from no stranger"
+        # app0 has flows with the proxy and the database only: it is probed from those
+        # two, two strangers, and the machines outside the guest network.
+        into_app0 = {s for s, d, path in pairs if d == "app0" and path == matrix.DIRECT}
+        assert {"proxy", "db"} <= into_app0 and len(into_app0 & guests) == 4
+        counts[n] = (len(allowed), len(pairs))
+    # Pairs grow as the flows do: 10 more guests add the same number of both each time.
+    (f10, p10), (f20, p20), (f30, p30) = counts[10], counts[20], counts[30]
+    assert f30 - f20 == f20 - f10 and p30 - p20 == p20 - p10
+    assert p30 < 30 * 29, "fewer pairs than every pair of guests"
 
 
 @requires_nix

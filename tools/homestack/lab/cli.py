@@ -159,7 +159,7 @@ def test(
     use_browser: bool,
     screenshot: Path | None,
 ) -> None:
-    """Check DNS, HTTPS, the whole allow matrix (three filter layers) and database logins.
+    """Check DNS, HTTPS, the allow matrix (three filter layers) and database logins.
 
     Exits 2 when any check fails.
     """
