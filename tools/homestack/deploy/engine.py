@@ -206,6 +206,8 @@ def find_stale(plan: Mapping[str, Any], machines: Sequence[Machine], runner: Run
     for machine in machines:
         if machine.kind is not Kind.HOST or plan["hosts"][machine.name].get("role") != "hypervisor":
             continue
+        if incus.runs_incus(plan, machine.name):
+            continue  # OpenTofu's plan removes instances that left (homestack.deploy.incus)
         try:
             result = Remote(runner, ssh, machine.target).run(["ls", "-1", STATE_DIR])
         except ConnectionLost as exc:
