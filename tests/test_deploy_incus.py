@@ -252,3 +252,20 @@ def test_dry_run_prints_everything_and_writes_nothing(
     ):
         assert needle in joined
     assert joined.index("incus snapshot create db") < joined.index("tofu -chdir=infra/incus apply")
+
+
+def test_a_lost_connection_before_the_apply_applies_nothing(
+    plan: dict[str, Any], tmp_path: Path
+) -> None:
+    class Lost(Fleet):
+        def __call__(self, call: tuple[str, ...]) -> Result | None:
+            if "incus exec auth -- readlink" in text(call):
+                return Result(call, 255, "", "client_loop: send disconnect: Broken pipe")
+            return super().__call__(call)
+
+    report, calls, _ = deploy(plan, tmp_path, Lost())
+    assert not any("tofu -chdir=infra/incus" in c for c in calls)
+    auth = next(m for m in report.machines if m.name == "auth")
+    assert auth.outcome is Outcome.NOT_STARTED
+    assert "lost the connection" in auth.state
+    assert next(m for m in report.machines if m.name == "homelab").outcome is Outcome.SWITCHED

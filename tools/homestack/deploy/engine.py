@@ -150,7 +150,6 @@ def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
             continue
         for machine in [m for m in wave if m.hypervisor in halted]:
             reports += _not_started([machine], halted[str(machine.hypervisor)])
-            failed.append(machine.name)
         wave = [m for m in wave if m.hypervisor not in halted]  # noqa: PLW2901
         if not wave:
             continue

@@ -131,9 +131,12 @@ def apply(  # noqa: PLR0911, PLR0912 - one return per way it stops
         say(f"tofu export: wrote {len(written)} files in {TOFU_DIR}")
 
     # What each guest runs before anything changes: its rollback target.
-    for guest in guests:
-        seen = remote.run(in_instance(guest, ["readlink", "-f", "/run/current-system"]))
-        ctx.booted[guest] = seen.stdout.strip() if seen.returncode == 0 else ""
+    try:
+        for guest in guests:
+            seen = remote.run(in_instance(guest, ["readlink", "-f", "/run/current-system"]))
+            ctx.booted[guest] = seen.stdout.strip() if seen.returncode == 0 else ""
+    except ConnectionLost as exc:
+        return f"not started: {exc}; nothing was applied"
 
     for step, command in (
         ("init", tofu("init", "-input=false")),
