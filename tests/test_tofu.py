@@ -116,3 +116,14 @@ def test_no_secret_of_the_example_in_the_export(files: dict[str, Any], tmp_path:
     assert len(secrets) >= 10  # wireguard keys, host keys, passwords, the CA key
     text = "\n".join(json.dumps(doc) for doc in files.values())
     assert [s[:6] + "..." for s in secrets if s in text] == []
+
+
+def test_a_new_image_does_not_replace_an_instance(files: dict[str, Any]) -> None:
+    """The provider replaces an instance whose `image` changes (RequiresReplace): that would
+    drop its root disk and snapshots on every rebuild, so deploy switches inside instead."""
+    instances = files["instances.tf.json"]["resource"]["incus_instance"]
+    assert sorted(instances) == ["auth", "db", "proxy", "vpn"]
+    assert all(i["lifecycle"] == {"ignore_changes": ["image"]} for i in instances.values())
+    bad = copy.deepcopy(files)
+    bad["instances.tf.json"]["resource"]["incus_instance"]["db"]["device"][0]["lifecycle"] = {}
+    assert any("device[0].lifecycle: not an attribute" in p for p in validate(bad, SCHEMA))

@@ -27,6 +27,8 @@ PROVIDER_SOURCE = "lxc/incus"
 PROVIDER_VERSION = "1.1.1"
 PASSPHRASE_VARIABLE = "state_passphrase"  # noqa: S105 (a variable name, not a secret)
 IMAGE_DIR_VARIABLE = "image_dir"
+# OpenTofu's own arguments of every resource, not the provider's
+META_ARGUMENTS = frozenset({"count", "depends_on", "for_each", "lifecycle", "provider"})
 
 Json = dict[str, Any]
 
@@ -137,6 +139,11 @@ def export(plan: Json, host: str) -> dict[str, Json]:
             "profiles": [f"${{incus_profile.{_id(models['profile'])}.name}}"],
             "config": inst["config"],
             "device": [_device(d, refs) for d in inst["devices"]],
+            # The provider replaces an instance whose image changes (RequiresReplace on
+            # `image`, internal/instance/resource_instance.go), which would drop its root
+            # disk and snapshots on every rebuild: the image only seeds a new instance, and
+            # `tools deploy` switches the system inside it (homestack.deploy.incus).
+            "lifecycle": {"ignore_changes": ["image"]},
         }
     profile = next(p for p in models["profiles"] if p["name"] == models["profile"])
     zone = models["zone"]
@@ -182,8 +189,10 @@ def validate(files: dict[str, Json], schema: Json) -> list[str]:
     problems: list[str] = []
     types: Json = schema["resources"]
 
-    def check(where: str, body: Json, attrs: Json) -> None:
+    def check(where: str, body: Json, attrs: Json, *, top: bool = False) -> None:
         for key, value in body.items():
+            if top and key in META_ARGUMENTS:
+                continue
             decl = attrs.get(key)
             if decl is None:
                 problems.append(f"{where}.{key}: not an attribute of the provider's schema")
@@ -213,7 +222,7 @@ def validate(files: dict[str, Json], schema: Json) -> list[str]:
                 problems.append(f"{fname}: {rtype} is not a resource of {schema['provider']}")
                 continue
             for rname, body in named.items():
-                check(f"{fname}: {rtype}.{rname}", body, types[rtype])
+                check(f"{fname}: {rtype}.{rname}", body, types[rtype], top=True)
     return problems
 
 

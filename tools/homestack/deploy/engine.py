@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from homestack.deploy import health, steps
+from homestack.deploy import health, incus, steps
 from homestack.deploy.order import STATE_DIR, Kind, Machine, waves
 from homestack.deploy.remote import ConnectionLost, Remote, Ssh
 from homestack.deploy.report import DeployReport, MachineReport, Outcome, Removal
@@ -77,7 +77,7 @@ def _not_started(machines: Sequence[Machine], why: str) -> tuple[MachineReport, 
     return tuple(MachineReport(m.name, m.kind.value, Outcome.NOT_STARTED, why) for m in machines)
 
 
-def deploy(
+def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
     plan: Mapping[str, Any],
     *,
     runner: Runner,
@@ -99,6 +99,8 @@ def deploy(
     stamp = stamp or timestamp()
     order = waves(plan, selected)
     machines = [m for wave in order for m in wave]
+    if not (options.dry_run or options.build_only):
+        incus.require_passphrase(plan, machines)
 
     if validate is not None:
         progress("deploy", "validate: secrets and certificates")
@@ -165,9 +167,15 @@ def deploy(
     reports: list[MachineReport] = []
     removals: list[Removal] = list(kept)
     failed: list[str] = []
+    halted: dict[str, str] = {}  # Incus hypervisor -> why its guests are not switched
     for number, wave in enumerate(order, start=1):
         if failed:
             reports += _not_started(wave, f"not started: {', '.join(failed)} failed earlier")
+            continue
+        for machine in [m for m in wave if m.hypervisor in halted]:
+            reports += _not_started([machine], halted[str(machine.hypervisor)])
+        wave = [m for m in wave if m.hypervisor not in halted]  # noqa: PLW2901
+        if not wave:
             continue
         together = " (in parallel)" if len(wave) > 1 else ""
         progress(
@@ -180,7 +188,7 @@ def deploy(
                     lambda m: (
                         _unreachable(m, built[m.name], unreachable[m.target])
                         if m.target in unreachable
-                        else MachineRun(ctx, m, built[m.name]).run()
+                        else _run(ctx, m, built[m.name])
                     ),
                     wave,
                 )
@@ -190,7 +198,21 @@ def deploy(
         for machine, outcome in zip(wave, done, strict=True):
             if machine.kind is Kind.HOST and outcome.outcome.ok:
                 removals += [remove_guest(ctx, s) for s in to_remove if s.host == machine.name]
+            if (
+                machine.kind is Kind.HOST
+                and outcome.outcome.ok
+                and incus.runs_incus(plan, machine.name)
+            ):
+                why = incus.apply(ctx, plan, machine, flake=flake, confirm=confirm)
+                if why is not None:
+                    halted[machine.name] = why
     return DeployReport(tuple(reports), tuple(removals), dry_run=options.dry_run)
+
+
+def _run(ctx: Context, machine: Machine, new: str) -> MachineReport:
+    if machine.kind is Kind.GUEST and machine.engine == "incus":
+        return incus.GuestRun(ctx, machine, new).run()
+    return MachineRun(ctx, machine, new).run()
 
 
 def _question(stale: Stale) -> str:
@@ -231,6 +253,8 @@ def find_stale(
     for machine in machines:
         if machine.kind is not Kind.HOST or plan["hosts"][machine.name].get("role") != "hypervisor":
             continue
+        if incus.runs_incus(plan, machine.name):
+            continue  # OpenTofu's plan removes instances that left (homestack.deploy.incus)
         try:
             result = Remote(runner, ssh, machine.target).run(["ls", "-1", STATE_DIR])
         except ConnectionLost as exc:

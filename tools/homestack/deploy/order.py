@@ -84,11 +84,12 @@ class Machine:
     guests: tuple[str, ...]  # hypervisors only: the guests it runs
     datasets: tuple[str, ...]  # ZFS datasets a switch of this machine can touch
     health: tuple[HealthCheck, ...]
+    engine: str = "microvm"  # the hypervisor's (a guest's: its hypervisor's)
 
     @property
     def installable(self) -> str:
         """The flake attribute that is built for this machine (relative to the flake)."""
-        if self.kind is Kind.HOST:
+        if self.kind is Kind.HOST or self.engine == "incus":  # an Incus guest switches inside
             return f".#nixosConfigurations.{self.name}.config.system.build.toplevel"
         # A guest is deployed as its microvm.nix runner: the VM's whole system, booted
         # by the hypervisor's microvm@<guest> unit from /var/lib/microvms/<guest>/current.
@@ -117,6 +118,9 @@ class Machine:
             mine = tuple(g for g in host.get("guests", []) if g in guests)
             ordered = [n for wave in plan.get("deployOrder", []) for n in wave if n in mine]
             datasets = tuple(d for g in mine if (d := _dataset(guests[g])))
+            engine = str(host.get("engine") or "microvm")
+            if engine == "incus":  # its guests are instances (homestack.deploy.incus)
+                mine, datasets, ordered = (), (), []
             return cls(
                 name=name,
                 kind=Kind.HOST,
@@ -131,13 +135,16 @@ class Machine:
                     for g in ordered
                     for h in guests[g].get("health", [])
                 ),
+                engine=engine,
             )
         if name in guests:
             guest = guests[name]
             host_name = str(guest["host"])
             if host_name not in hosts:
                 raise UserError(f"plan: guests.{name}.host: no host named {host_name!r}")
-            dataset = _dataset(guest)
+            engine = str(hosts[host_name].get("engine") or "microvm")
+            # An Incus guest's state is a custom volume, snapshotted by Incus, not a dataset.
+            dataset = _dataset(guest) if engine != "incus" else ""
             return cls(
                 name=name,
                 kind=Kind.GUEST,
@@ -146,6 +153,7 @@ class Machine:
                 guests=(),
                 datasets=(dataset,) if dataset else (),
                 health=tuple(HealthCheck.from_plan(guest, h) for h in guest.get("health", [])),
+                engine=engine,
             )
         raise UserError(unknown_machine(plan, name))
 
