@@ -8,7 +8,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -18,12 +17,12 @@ from urllib.request import Request, urlopen
 
 import pytest
 from conftest import REPO, requires_nix
+from labenv import lab_environment, run_lab
 
 from homestack.lab import acme, cloudflare_standin, dns_authority, probes
 from homestack.plan import load_plan
 
 INVENTORY = REPO / "tests" / "inventories" / "acme-dns01.toml"
-TOOLS = str(Path(sys.executable).with_name("tools"))
 PREFIX = f"hsa{os.getpid()}-"
 
 
@@ -220,25 +219,12 @@ def _lego_bridge() -> bool:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, str]]:
-    base = Path(f"/run/homestack-lab-acme-test-{os.getpid()}")
-    base.mkdir(mode=0o755)
-    environ = {
-        **os.environ,
-        "HOMESTACK_LAB_DIR": str(base / "run"),
-        "HOMESTACK_LAB_PREFIX": PREFIX,
-        "HOMESTACK_LAB_CACHE": str(base / "cache"),
-    }
-    try:
+    with lab_environment("lab-acme-test", PREFIX) as environ:
         yield environ
-    finally:
-        subprocess.run([TOOLS, "lab", "down"], env=environ, check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def lab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TOOLS, "lab", *args], env=env, capture_output=True, text=True, check=False, timeout=400
-    )
+    return run_lab(env, *args, timeout=400)
 
 
 @requires_nix

@@ -12,12 +12,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE, requires_nix
+from labenv import lab_environment, run_lab
 
 from homestack.lab import browser, lifecycle
 from homestack.lab.state import LabPaths
@@ -25,7 +25,6 @@ from homestack.lab.topology import Topology
 from homestack.plan import load_plan
 from homestack.process import Runner
 
-TOOLS = str(Path(sys.executable).with_name("tools"))
 PREFIX = f"hsb{os.getpid()}-"
 PROGRAMS = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql", "chromium", "certutil")
 pytestmark = [
@@ -42,26 +41,12 @@ AUTHORITY = "net::ERR_CERT_AUTHORITY_INVALID"
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, str]]:
-    # Not under tmp_path: the daemons and Chromium run as other users.
-    base = Path(f"/run/homestack-browser-test-{os.getpid()}")
-    base.mkdir(mode=0o755)
-    environ = {
-        **os.environ,
-        "HOMESTACK_LAB_DIR": str(base / "run"),
-        "HOMESTACK_LAB_PREFIX": PREFIX,
-        "HOMESTACK_LAB_CACHE": str(base / "cache"),
-    }
-    try:
+    with lab_environment("browser-test", PREFIX) as environ:
         yield environ
-    finally:
-        subprocess.run([TOOLS, "lab", "down"], env=environ, check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def lab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TOOLS, "lab", *args], env=env, capture_output=True, text=True, check=False, timeout=300
-    )
+    return run_lab(env, *args, timeout=300)
 
 
 def deeper(tmp_path: Path) -> Path:

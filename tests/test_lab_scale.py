@@ -12,15 +12,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, requires_nix
+from labenv import lab_environment, run_lab
 
-TOOLS = str(Path(sys.executable).with_name("tools"))
 PREFIX = f"hs30{os.getpid()}-"
 PROGRAMS = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql")
 pytestmark = [
@@ -45,25 +44,12 @@ def grown(guests: int) -> str:
 
 @pytest.fixture
 def env() -> Iterator[dict[str, str]]:
-    base = Path(f"/run/homestack-lab-test30-{os.getpid()}")
-    base.mkdir(mode=0o755)
-    environ = {
-        **os.environ,
-        "HOMESTACK_LAB_DIR": str(base / "run"),
-        "HOMESTACK_LAB_PREFIX": PREFIX,
-        "HOMESTACK_LAB_CACHE": str(base / "cache"),
-    }
-    try:
+    with lab_environment("lab-test30", PREFIX) as environ:
         yield environ
-    finally:
-        subprocess.run([TOOLS, "lab", "down"], env=environ, check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def lab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TOOLS, "lab", *args], env=env, capture_output=True, text=True, check=False, timeout=600
-    )
+    return run_lab(env, *args, timeout=600)
 
 
 def test_thirty_guests(env: dict[str, str], tmp_path: Path) -> None:
