@@ -379,22 +379,25 @@ def test_a_path_traefik_cannot_express_is_refused() -> None:
 SHAPE = REPO.parent / "shared" / "tools" / "nixos-shape" / "run"
 
 
-@pytest.mark.skipif(not SHAPE.exists(), reason="nixos-shape is not beside the repository")
-@pytest.mark.parametrize("name", ["headscale", "traefik", "traefik-acme"])
-def test_nixos_shape_is_clean_on_the_fixture(name: str) -> None:
-    """scripts/shape-fixture: every machine of the example switched to the alternative
-    evaluates with the real module system, every option it sets declared."""
-    machines = ["vpn", "proxy", "homelab"]
-    result = subprocess.run(
-        [str(REPO / "scripts" / "shape-fixture"), str(FIXTURES / f"{name}.toml"), *machines],
-        capture_output=True, text=True, check=False, env={**os.environ, "SHAPE_QUICK": "1"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    for machine in ("vpn", "proxy", "homelab"):
-        assert (
-            f"{machine}: ok - 0 unknown option names, 0 values rejected, 0 assertions false"
-            in result.stdout
-        )
+# nixos-shape is a development tool beside this repository (../shared), not part of the
+# product: the test exists only where the tool does, so a fork's CI neither runs nor skips it.
+if SHAPE.exists():
+
+    @pytest.mark.parametrize("name", ["headscale", "traefik", "traefik-acme"])
+    def test_nixos_shape_is_clean_on_the_fixture(name: str) -> None:
+        """scripts/shape-fixture: every machine of the example switched to the alternative
+        evaluates with the real module system, every option it sets declared."""
+        machines = ["vpn", "proxy", "homelab"]
+        result = subprocess.run(
+            [str(REPO / "scripts" / "shape-fixture"), str(FIXTURES / f"{name}.toml"), *machines],
+            capture_output=True, text=True, check=False, env={**os.environ, "SHAPE_QUICK": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        for machine in ("vpn", "proxy", "homelab"):
+            assert (
+                f"{machine}: ok - 0 unknown option names, 0 values rejected, 0 assertions false"
+                in result.stdout
+            )
 
 
 def test_a_hostile_route_cannot_add_to_a_traefik_rule() -> None:
