@@ -22,7 +22,7 @@ from homestack.deploy import health
 from homestack.deploy.order import Kind, Machine
 from homestack.deploy.remote import ConnectionLost, Remote
 from homestack.deploy.report import MachineReport, Outcome, StepLog
-from homestack.deploy.steps import NIX, PROFILE, Context, StepFailed, copy_command
+from homestack.deploy.steps import NIX, PROFILE, Context, Reporting, StepFailed, copy_command
 from homestack.errors import UserError
 from homestack.process import error_line
 
@@ -202,7 +202,7 @@ def apply(  # noqa: PLR0911, PLR0912 - one return per way it stops
     return None
 
 
-class GuestRun:
+class GuestRun(Reporting):
     """Switches one guest's system inside its instance; always ends with a report."""
 
     def __init__(self, ctx: Context, machine: Machine, new: str) -> None:
@@ -215,22 +215,6 @@ class GuestRun:
         self.previous = ctx.booted.get(machine.name) or None
         taken = f"incus:{self.instance}" in ctx.snapshots.done
         self.snapshot = snapshot_name(ctx.stamp) if taken else None
-
-    def say(self, message: str) -> None:
-        self.ctx.progress(self.m.name, message)
-
-    def report(self, outcome: Outcome, state: str, error: str | None = None) -> MachineReport:
-        return MachineReport(
-            name=self.m.name,
-            kind=self.m.kind.value,
-            outcome=outcome,
-            state=state,
-            new=self.new,
-            previous=self.previous,
-            snapshot=self.snapshot,
-            error=error,
-            steps=tuple(self.log.steps),
-        )
 
     def must(self, step: str, command: list[str]) -> str:
         result = self.remote.run(command)

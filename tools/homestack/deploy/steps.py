@@ -105,7 +105,34 @@ def snapshot_command(datasets: list[str], name: str) -> list[str]:
     return ["zfs", "snapshot", "-r", *[f"{d}@{name}" for d in datasets]]
 
 
-class MachineRun:
+class Reporting:
+    """What every machine's run shares: progress lines and the report it ends with."""
+
+    ctx: Context
+    m: Machine
+    new: str
+    previous: str | None
+    snapshot: str | None
+    log: StepLog
+
+    def say(self, message: str) -> None:
+        self.ctx.progress(self.m.name, message)
+
+    def report(self, outcome: Outcome, state: str, error: str | None = None) -> MachineReport:
+        return MachineReport(
+            name=self.m.name,
+            kind=self.m.kind.value,
+            outcome=outcome,
+            state=state,
+            new=self.new,
+            previous=self.previous,
+            snapshot=self.snapshot,
+            error=error,
+            steps=tuple(self.log.steps),
+        )
+
+
+class MachineRun(Reporting):
     """Deploys one machine and always ends with a report saying what it runs now."""
 
     def __init__(self, ctx: Context, machine: Machine, new: str) -> None:
@@ -124,22 +151,6 @@ class MachineRun:
         self.switched = False  # set the moment the machine may run the new configuration
 
     # -- helpers ---------------------------------------------------------------------
-    def say(self, message: str) -> None:
-        self.ctx.progress(self.m.name, message)
-
-    def report(self, outcome: Outcome, state: str, error: str | None = None) -> MachineReport:
-        return MachineReport(
-            name=self.m.name,
-            kind=self.m.kind.value,
-            outcome=outcome,
-            state=state,
-            new=self.new,
-            previous=self.previous,
-            snapshot=self.snapshot,
-            error=error,
-            steps=tuple(self.log.steps),
-        )
-
     def must(self, step: str, command: list[str]) -> str:
         result = self.remote.run(command)
         if result.returncode != 0:
