@@ -21,11 +21,11 @@ probed, a small lab still gets every pair, and the matrix grows with the flows.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from homestack.lab import probes
+from homestack.lab import probes, sweep
 from homestack.lab.firewall import Mode
 from homestack.lab.topology import Machine, Topology
 
@@ -145,26 +145,8 @@ def all_flows(
     ]
 
 
-def probe(flow: Flow, src: Machine, address: str, allowed: bool, guarded: bool) -> FlowResult:
-    check = probes.tcp if flow.proto == "tcp" else probes.udp
-    routed = flow.path == ROUTED
-    outcome = check(src.netns, address, flow.port, BLOCKED_TIMEOUT, routed=routed)
-    if allowed and outcome != probes.OPEN:
-        # A loaded machine may be slow: an allowed flow gets a second, patient try.
-        outcome = check(src.netns, address, flow.port, ALLOWED_RETRY_TIMEOUT, routed=routed)
-    return FlowResult(flow, allowed, outcome, guarded)
-
-
-def submit_all(
-    pool: ThreadPoolExecutor,
-    topo: Topology,
-    plan: dict[str, Any],
-    ports: list[dict[str, Any]],
-    mode: Mode,
-    *,
-    strict: bool = False,
-) -> list[Future[FlowResult]]:
-    """Probe every flow under ``mode``.
+def responsible(topo: Topology, mode: Mode, *, strict: bool = False) -> Callable[[Flow], bool]:
+    """Whether the filters active in ``mode`` are responsible for a flow.
 
     The hypervisor's rule sets are responsible for every flow (they see everything that
     crosses the bridge or the host). A guest's own rule set is responsible only for what
@@ -172,19 +154,71 @@ def submit_all(
     machines outside the guest network (the LAN or the tunnel to the hypervisor) that is
     open is a `gap`, not a failure, unless ``strict``.
     """
-    allowed = allowed_flows(plan, topo)
-    by_name = {m.name: m for m in topo.machines}
+    kinds = {m.name: m.kind for m in topo.machines}
 
     def guarded(f: Flow) -> bool:
         if strict or mode is not Mode.GUEST:
             return True
-        return "guest" in {by_name[f.src].kind, by_name[f.dst].kind}
+        return "guest" in {kinds[f.src], kinds[f.dst]}
 
-    def call(f: Flow) -> FlowResult:
-        src, dst = by_name[f.src], by_name[f.dst]
-        return probe(f, src, topo.address_for(src, dst), f in allowed, guarded(f))
+    return guarded
 
-    return [pool.submit(call, f) for f in all_flows(topo, ports, allowed)]
+
+@dataclass
+class ModeResult:
+    results: list[FlowResult]
+    sweeps: list[sweep.Sweep]
+
+    @property
+    def lost(self) -> dict[str, int]:
+        """Packets the kernel itself dropped during the last run of a sweep (see sweep)."""
+        out: dict[str, int] = {}
+        for s in self.sweeps:
+            for k, v in s.lost.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+
+def check_mode(
+    topo: Topology,
+    plan: dict[str, Any],
+    ports: list[dict[str, Any]],
+    mode: Mode,
+    *,
+    strict: bool = False,
+) -> ModeResult:
+    """Probe every flow of the matrix under ``mode``, all at once (see sweep). A flow the
+    plan allows that does not answer within BLOCKED_TIMEOUT gets a second, patient try:
+    a loaded machine may be slow."""
+    allowed = allowed_flows(plan, topo)
+    by_name = {m.name: m for m in topo.machines}
+    flows = all_flows(topo, ports, allowed)
+    batch = [
+        sweep.Probe(
+            by_name[f.src].netns,
+            topo.address_for(by_name[f.src], by_name[f.dst]),
+            f.port,
+            f.proto,
+            f.path == ROUTED,
+            f in allowed,
+        )
+        for f in flows
+    ]
+    watch = topo.namespaces
+    first = sweep.run(batch, BLOCKED_TIMEOUT, watch=watch)
+    outcomes = list(first.outcomes)
+    sweeps = [first]
+    again = [i for i, f in enumerate(flows) if f in allowed and outcomes[i] != probes.OPEN]
+    if again:
+        patient = sweep.run([batch[i] for i in again], ALLOWED_RETRY_TIMEOUT, watch=watch)
+        sweeps.append(patient)
+        for i, outcome in zip(again, patient.outcomes, strict=True):
+            outcomes[i] = outcome
+    guarded = responsible(topo, mode, strict=strict)
+    results = [
+        FlowResult(f, f in allowed, o, guarded(f)) for f, o in zip(flows, outcomes, strict=True)
+    ]
+    return ModeResult(results, sweeps)
 
 
 def table(results: list[FlowResult], topo: Topology, ports: list[dict[str, Any]]) -> str:

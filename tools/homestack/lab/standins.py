@@ -16,9 +16,10 @@ import socket
 import struct
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -51,6 +52,10 @@ def body_for(cfg: Config, port: int, path: str) -> bytes:
 
 
 def make_handler(cfg: Config, port: int) -> type[BaseHTTPRequestHandler]:
+    # Imported on the first HTTP request: most listeners only ever see the matrix's probes,
+    # and a lab starts one of these processes per machine.
+    from http.server import BaseHTTPRequestHandler
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "homestack-lab-standin"
         protocol_version = "HTTP/1.1"
@@ -152,14 +157,16 @@ def handle(conn: socket.socket, cfg: Config, port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    with Path(argv[1]).open() as handle_file:
+    with open(argv[1]) as handle_file:
         cfg = Config(json.load(handle_file))
     sel = selectors.DefaultSelector()
     for port in cfg.tcp:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((cfg.address, port))
-        sock.listen(128)
+        # The matrix opens thousands of connections at once: a short accept queue would
+        # drop some and make a reachable port look filtered (the sweep would see it).
+        sock.listen(4096)
         sel.register(sock, selectors.EVENT_READ, ("tcp", port))
     for port in cfg.udp:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
