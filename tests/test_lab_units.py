@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,25 +265,9 @@ def test_guest_layer_is_responsible_only_for_flows_a_guest_takes_part_in(
     topo = Topology.from_plan(plan, "p-")
 
     def guarded_in(mode: firewall.Mode, strict: bool = False) -> dict[matrix.Flow, bool]:
-        seen: dict[matrix.Flow, bool] = {}
-        original = matrix.probe
-
-        def fake(
-            flow: matrix.Flow, src: Any, address: str, allowed: bool, guarded: bool
-        ) -> matrix.FlowResult:
-            seen[flow] = guarded
-            return matrix.FlowResult(flow, allowed, "dropped", guarded)
-
-        matrix.probe = fake
-        try:
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                for fut in matrix.submit_all(
-                    pool, topo, plan, [{"port": 22, "proto": "tcp"}], mode, strict=strict
-                ):
-                    fut.result()
-        finally:
-            matrix.probe = original
-        return seen
+        guarded = matrix.responsible(topo, mode, strict=strict)
+        flows = matrix.all_flows(topo, [{"port": 22, "proto": "tcp"}])
+        return {f: guarded(f) for f in flows}
 
     guest = guarded_in(firewall.Mode.GUEST)
     assert guest[matrix.Flow("auth", "homelab", 22, "tcp")]

@@ -38,6 +38,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     matrix: dict[str, list[matrix.FlowResult]] = field(default_factory=dict)
     seconds: float = 0.0
+    matrix_seconds: dict[str, float] = field(default_factory=dict)  # each mode's probing
 
     @property
     def failures(self) -> int:
@@ -50,6 +51,7 @@ class Report:
             "ok": self.failures == 0,
             "failures": self.failures,
             "seconds": round(self.seconds, 2),
+            "matrix_seconds": {k: round(v, 3) for k, v in self.matrix_seconds.items()},
             "checks": [asdict(c) for c in self.checks],
             "matrix": {
                 mode: [
@@ -102,6 +104,7 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, strict: bool =
                 # psql processes would compete with it for this process and the CPUs.
                 swept = matrix.check_mode(topo, plan, ports, mode, strict=strict)
                 report.matrix[mode.value] = swept.results
+                report.matrix_seconds[mode.value] = swept.seconds
                 report.checks.append(_sweep_check(mode, swept))
                 if mode is firewall.Mode.BOTH:
                     layer = "firewalls and pg_hba"
@@ -242,10 +245,11 @@ def _logins(
     passwords: dict[str, str],
     layer: str,
 ) -> list[Future[Check]]:
-    """Each database's owner logs in with its role; other guests are turned away."""
+    """Each database's owner logs in with its role (psql); other guests are turned away by
+    pg_hba before a password is asked."""
     # The lab's PostgreSQL takes 30 connections (overlay.py); a lab of many databases
     # would otherwise try more at once and read "too many clients" as a refusal.
-    psql_slots = threading.BoundedSemaphore(16)
+    server_slots = threading.BoundedSemaphore(16)
 
     def login(src_netns: str, src: str, db: dict[str, Any]) -> Check:
         expect = src == db["owner"]
@@ -255,7 +259,20 @@ def _logins(
         if reach != probes.OPEN and not expect:
             # psql would wait its 2 s minimum timeout only to report the same.
             return Check("postgresql", name, True, f"blocked: no TCP connection ({reach})")
-        with psql_slots:
+        if not expect:
+            # Another guest must be turned away by pg_hba itself, before any password is
+            # asked: a server that asks is one stolen password away from a login.
+            with server_slots:
+                hello = probes.pg_hello(
+                    src_netns, db["serverAddress"], port, user=db["role"], database=db["name"]
+                )
+            if hello.kind == "auth":
+                return Check("postgresql", name, False, "pg_hba let it through: " + hello.message)
+            turned_away = hello.kind == "error" and hello.code == "28000"
+            why = f"{hello.code} {hello.message}".strip()
+            return Check("postgresql", name, turned_away, f"refused by pg_hba: {why}"
+                         if turned_away else f"no pg_hba verdict: {why}")  # fmt: skip
+        with server_slots:
             result = runner.run(
                 [
                     "ip",
@@ -280,11 +297,12 @@ def _logins(
                 timeout=15,
                 env={"PGPASSWORD": passwords.get(db["role"], ""), "PGCONNECT_TIMEOUT": "2"},
             )
-        got = result.returncode == 0
+        got = result.returncode == 0 and result.stdout.strip() == db["role"]
         why = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "logged in"
         why = why.split(" failed: ", 1)[-1]  # keep the server's reason, not the preamble
-        verdict = "logged in" if got else "refused"
-        return Check("postgresql", name, got == expect, f"{verdict}: {why}" if not got else verdict)
+        if result.returncode == 0 and not got:
+            why = f"logged in as {result.stdout.strip()!r}, not {db['role']!r}"
+        return Check("postgresql", name, got, "logged in" if got else f"refused: {why}")
 
     def tried(db: dict[str, Any]) -> list[Machine]:
         # The owner and up to matrix.STRANGERS other guests: every guest for each database

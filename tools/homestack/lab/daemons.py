@@ -201,7 +201,7 @@ def _diag_socket(pid: int) -> socket.socket | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     try:
-        theirs, ours = os.fstat(fd), os.stat("/proc/self/ns/net")
+        theirs, ours = os.fstat(fd), Path("/proc/self/ns/net").stat()
         if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
             return None
         made: list[socket.socket | BaseException] = []

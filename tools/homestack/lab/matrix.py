@@ -21,6 +21,7 @@ probed, a small lab still gets every pair, and the matrix grows with the flows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -168,6 +169,7 @@ def responsible(topo: Topology, mode: Mode, *, strict: bool = False) -> Callable
 class ModeResult:
     results: list[FlowResult]
     sweeps: list[sweep.Sweep]
+    seconds: float = 0.0
 
     @property
     def lost(self) -> dict[str, int]:
@@ -190,6 +192,7 @@ def check_mode(
     """Probe every flow of the matrix under ``mode``, all at once (see sweep). A flow the
     plan allows that does not answer within BLOCKED_TIMEOUT gets a second, patient try:
     a loaded machine may be slow."""
+    started = time.monotonic()
     allowed = allowed_flows(plan, topo)
     by_name = {m.name: m for m in topo.machines}
     flows = all_flows(topo, ports, allowed)
@@ -218,7 +221,7 @@ def check_mode(
     results = [
         FlowResult(f, f in allowed, o, guarded(f)) for f, o in zip(flows, outcomes, strict=True)
     ]
-    return ModeResult(results, sweeps)
+    return ModeResult(results, sweeps, time.monotonic() - started)
 
 
 def table(results: list[FlowResult], topo: Topology, ports: list[dict[str, Any]]) -> str:

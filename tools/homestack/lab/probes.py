@@ -122,6 +122,44 @@ def resolve(src_netns: str, server: str, name: str, timeout: float = 2.0) -> Dns
 
 
 @dataclass(frozen=True)
+class PgHello:
+    """What a PostgreSQL server answers to a startup message, before any password."""
+
+    kind: str  # "auth" (it asks for a password: pg_hba let the client in), "error", "none"
+    code: str  # the SQLSTATE of an error
+    message: str
+
+
+def pg_hello(
+    src_netns: str, address: str, port: int, *, user: str, database: str, timeout: float = 3.0
+) -> PgHello:
+    """Send a PostgreSQL startup message (protocol 3.0, no TLS) from ``src_netns`` and read
+    the server's first answer: pg_hba decides between a password request and an error."""
+    netns.enter(src_netns)
+    params = b"".join(k + b"\0" + v.encode() + b"\0" for k, v in
+                      ((b"user", user), (b"database", database))) + b"\0"  # fmt: skip
+    startup = struct.pack(">II", 8 + len(params), 196608) + params
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.sendall(startup)
+            head = sock.recv(5, socket.MSG_WAITALL)
+            if len(head) < 5:
+                return PgHello("none", "", "the server closed the connection")
+            kind, length = head[:1], struct.unpack(">I", head[1:])[0]
+            body = sock.recv(min(length - 4, 65536), socket.MSG_WAITALL)
+    except TimeoutError:
+        return PgHello("none", "", f"no answer from {address}:{port} within {timeout:g} s")
+    except OSError as exc:
+        return PgHello("none", "", f"{address}:{port}: {exc.strerror or exc}")
+    if kind == b"R":
+        return PgHello("auth", "", "asked for authentication")
+    if kind != b"E":
+        return PgHello("none", "", f"unexpected first message {kind!r}")
+    fields = {f[:1]: f[1:].decode(errors="replace") for f in body.split(b"\0") if f}
+    return PgHello("error", fields.get(b"C", ""), fields.get(b"M", ""))
+
+
+@dataclass(frozen=True)
 class HttpsAnswer:
     ok: bool
     status: int

@@ -7,9 +7,13 @@ probe's socket inside its source namespace (a socket stays in the namespace it w
 in), starts the connection without blocking, and one epoll loop waits for all of them: up to
 ``WINDOW`` probes wait at the same time, each for its whole timeout.
 
-What a probe reports is exactly what `probes.tcp` and `probes.udp` report for the same
-flow: ``open``, ``refused`` (a reset, or an ICMP error), or ``dropped`` (nothing within the
-timeout). Each probe still waits its full timeout from the moment its first packet left.
+A probe reports what `probes.tcp` and `probes.udp` report for the same flow: ``open``,
+``refused`` (a reset, or an ICMP error), or ``dropped`` (nothing within the timeout). One
+difference: the kernel rate-limits the ICMP errors it sends (net.ipv4.icmp_msgs_per_sec),
+so among thousands at once an ICMP refusal may come out as a drop; both mean "not open",
+and nothing the kernel limits can make a blocked flow look open. Each probe waits its full
+timeout from the moment its first packet left, and an answer that arrived before the
+verdict counts.
 
 Waiting at once must not turn a leak into a drop. If the kernel itself drops a packet while
 a sweep runs (a CPU's backlog full, a listener's queue full, a UDP socket's buffer full, the
@@ -21,6 +25,7 @@ the last run, and an empty `lost` is the only clean result.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -33,6 +38,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from homestack.errors import UserError
 from homestack.lab import netns
@@ -149,7 +155,7 @@ def _drops(ns: _Namespaces, names: list[str]) -> dict[str, int]:
     """The kernel's own drop counters: per CPU (backlog), and per namespace (listen queues,
     UDP buffers, connection tracking)."""
     out: dict[str, int] = {}
-    with open("/proc/net/softnet_stat") as f:  # one line a CPU; column 2: backlog drops
+    with Path("/proc/net/softnet_stat").open() as f:  # one line a CPU; column 2: backlog drops
         out["backlog"] = sum(int(line.split()[1], 16) for line in f if line.strip())
     for name in names:
         ns.enter(name)
@@ -164,7 +170,7 @@ def _drops(ns: _Namespaces, names: list[str]) -> dict[str, int]:
 
 def _table(path: str, prefix: str) -> dict[str, int]:
     """One `Name: keys` / `Name: values` pair of lines from a /proc/net statistics file."""
-    with open(path) as f:
+    with Path(path).open() as f:
         rows = [line.split() for line in f if line.startswith(prefix)]
     if len(rows) < 2:
         return {}
@@ -173,7 +179,7 @@ def _table(path: str, prefix: str) -> dict[str, int]:
 
 def _conntrack_drops() -> int:
     try:
-        with open("/proc/thread-self/net/stat/nf_conntrack") as f:
+        with Path("/proc/thread-self/net/stat/nf_conntrack").open() as f:
             head, *cpus = [line.split() for line in f]
     except FileNotFoundError:  # no connection tracking loaded: nothing it could drop
         return 0
@@ -264,6 +270,30 @@ class _Loop:
         if t is not None:
             self.busy[t] = self.busy.get(t, 0) + 1
         self.ns.enter(p.netns)
+        code = self._send(i)
+        tcp = p.proto == "tcp"
+        if code == errno.EINPROGRESS:
+            events = selectors.EVENT_WRITE if tcp else selectors.EVENT_READ
+            self.selector.register(self.live[i][0], events, i)
+            self.deadlines.append((time.monotonic() + self.timeout, i))
+        elif code == 0:
+            self._finish(i, OPEN)
+        elif code in OVERLOAD:
+            self.overloaded += 1
+            self._finish(i, DROPPED)
+        elif code in REFUSED_ERRNOS or not tcp:  # as probes.udp: any error is a refusal
+            self._finish(i, REFUSED)
+        elif code == errno.EPERM:  # the source's own output filter dropped the SYN
+            self._finish(i, DROPPED)
+        else:
+            self._finish(i, DROPPED)
+            raise UserError(f"probe {p.netns} -> {p.address}:{p.port}/{p.proto}: "
+                            f"{os.strerror(code)}")  # fmt: skip
+
+    def _send(self, i: int) -> int:
+        """Open probe ``i``'s socket (in ``self.live``) and send its first packet: the
+        errno, EINPROGRESS while the answer is awaited."""
+        p = self.batch[i]
         tcp = p.proto == "tcp"
         code = errno.EIO
         for _ in range(8):  # a routed port something else holds: the next one
@@ -291,23 +321,7 @@ class _Loop:
                 self._close(i)
                 continue
             break
-        if code == errno.EINPROGRESS:
-            events = selectors.EVENT_WRITE if tcp else selectors.EVENT_READ
-            self.selector.register(sock, events, i)
-            self.deadlines.append((time.monotonic() + self.timeout, i))
-        elif code == 0:
-            self._finish(i, OPEN)
-        elif code in OVERLOAD:
-            self.overloaded += 1
-            self._finish(i, DROPPED)
-        elif code in REFUSED_ERRNOS or not tcp:  # as probes.udp: any error is a refusal
-            self._finish(i, REFUSED)
-        elif code == errno.EPERM:  # the source's own output filter dropped the SYN
-            self._finish(i, DROPPED)
-        else:
-            self._finish(i, DROPPED)
-            raise UserError(f"probe {p.netns} -> {p.address}:{p.port}/{p.proto}: "
-                            f"{os.strerror(code)}")  # fmt: skip
+        return code
 
     def _ready(self, i: int) -> None:
         sock, _ = self.live[i]
@@ -365,10 +379,8 @@ class _Loop:
     def _close(self, i: int) -> None:
         sock, port = self.live.pop(i)
         if sock.fileno() >= 0:
-            try:
+            with contextlib.suppress(KeyError):  # never registered: finished at its start
                 self.selector.unregister(sock)
-            except KeyError:
-                pass
         sock.close()
         if port is not None:
             name = self.batch[i].netns
