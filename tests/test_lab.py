@@ -169,8 +169,10 @@ def test_example_inventory(env: dict[str, str]) -> None:
     assert code == 0, json.dumps([c for c in report["checks"] if not c["ok"]], indent=1)
     assert report["ok"] and report["failures"] == 0
     groups = {c["group"] for c in report["checks"]}
-    assert groups == {"dns", "https", "https-untrusted", "postgresql"}
+    assert groups == {"dns", "https", "https-untrusted", "postgresql", "matrix"}
     assert set(report["matrix"]) == {"guest", "bridge", "both"}
+    sweeps = [c for c in report["checks"] if c["group"] == "matrix"]
+    assert len(sweeps) == 3 and all("no packet dropped by the kernel" in c["detail"] for c in sweeps)
     both = {
         (r["src"], r["dst"], r["port"], r["proto"]): r
         for r in report["matrix"]["both"]
@@ -296,7 +298,9 @@ def test_one_more_guest_and_flow(env: dict[str, str], tmp_path: Path) -> None:
 
 # One test item a cycle, so a run shows its progress instead of going quiet for a minute.
 _RNG = random.Random(6)  # noqa: S311 - kill times, not secrets
+# When to kill `up`: a share of how long the last whole `up` took (the first cycle is one).
 _KILL_AT = [_RNG.uniform(0.15, 0.9) for _ in range(20)]
+_UP_TOOK: list[float] = []
 _KILLS_TRIED: list[int] = []
 _KILLS_LANDED: list[int] = []
 
@@ -311,14 +315,16 @@ def test_twenty_cycles_with_kill_leave_nothing(env: dict[str, str], cycle: int) 
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(_KILL_AT[cycle])
+        time.sleep(_KILL_AT[cycle] * (_UP_TOOK[-1] if _UP_TOOK else 1.0))
         _KILLS_TRIED.append(cycle)
         if proc.poll() is None:
             _KILLS_LANDED.append(cycle)
         proc.kill()
         proc.wait()
     else:
+        started = time.monotonic()
         lab(env, "up", "-i", str(EXAMPLE))
+        _UP_TOOK.append(time.monotonic() - started)
         code, report = results(env)
         assert code == 0, (cycle, [c for c in report["checks"] if not c["ok"]])
     lab(env, "down")
