@@ -172,7 +172,8 @@ def test_example_inventory(env: dict[str, str]) -> None:
     assert groups == {"dns", "https", "https-untrusted", "postgresql", "matrix"}
     assert set(report["matrix"]) == {"guest", "bridge", "both"}
     sweeps = [c for c in report["checks"] if c["group"] == "matrix"]
-    assert len(sweeps) == 3 and all("no packet dropped by the kernel" in c["detail"] for c in sweeps)
+    assert len(sweeps) == 3
+    assert all("no packet dropped by the kernel" in c["detail"] for c in sweeps)
     both = {
         (r["src"], r["dst"], r["port"], r["proto"]): r
         for r in report["matrix"]["both"]

@@ -39,6 +39,8 @@ class Report:
     matrix: dict[str, list[matrix.FlowResult]] = field(default_factory=dict)
     seconds: float = 0.0
     matrix_seconds: dict[str, float] = field(default_factory=dict)  # each mode's probing
+    matrix_cpu: dict[str, float] = field(default_factory=dict)  # its thread's CPU time
+    matrix_again: dict[str, int] = field(default_factory=dict)  # allowed flows tried twice
 
     @property
     def failures(self) -> int:
@@ -105,6 +107,8 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, strict: bool =
                 swept = matrix.check_mode(topo, plan, ports, mode, strict=strict)
                 report.matrix[mode.value] = swept.results
                 report.matrix_seconds[mode.value] = swept.seconds
+                report.matrix_cpu[mode.value] = sum(s.cpu for s in swept.sweeps)
+                report.matrix_again[mode.value] = sum(len(s.outcomes) for s in swept.sweeps[1:])
                 report.checks.append(_sweep_check(mode, swept))
                 if mode is firewall.Mode.BOTH:
                     layer = "firewalls and pg_hba"

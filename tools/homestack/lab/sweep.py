@@ -78,6 +78,7 @@ class Sweep:
     window: int  # of the last run
     runs: int
     lost: dict[str, int] = field(default_factory=dict)  # kernel drops during the last run
+    cpu: float = 0.0  # seconds of this process's CPU the sweep's thread used, all runs
 
 
 def run(
@@ -94,6 +95,7 @@ def run(
 def _guarded(batch: list[Probe], timeout: float, watched: list[str], window: int) -> Sweep:
     window = max(1, min(window, _room_for_sockets()))
     ns = _Namespaces()
+    cpu = time.thread_time()
     try:
         for attempt in range(1, ATTEMPTS + 1):
             before = _drops(ns, watched)
@@ -103,7 +105,7 @@ def _guarded(batch: list[Probe], timeout: float, watched: list[str], window: int
             if overloaded:
                 lost["no buffer for a probe's packet"] = overloaded
             if not lost or attempt == ATTEMPTS or window <= MIN_WINDOW:
-                return Sweep(outcomes, window, attempt, lost)
+                return Sweep(outcomes, window, attempt, lost, time.thread_time() - cpu)
             window = max(MIN_WINDOW, window // 4)
         raise AssertionError("unreachable")
     finally:
