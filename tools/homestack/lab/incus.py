@@ -20,6 +20,7 @@ import copy
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class Degradations:
     @property
     def notes(self) -> list[str]:
         return [
-            f"{text} [{', '.join(self.guests[key])}]" if self.guests[key] else text
+            f"{text} [{', '.join(sorted(self.guests[key]))}]" if self.guests[key] else text
             for key, text in self.texts.items()
         ]
 
@@ -203,22 +204,24 @@ FALLBACKS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
-def _start(incus: Incus, name: str, notes: Degradations, hv: str) -> None:
+def _start(incus: Incus, name: str, notes: Degradations, hv: str, learned: set[str]) -> None:
+    """Start ``name``; each group of keys Incus refuses is removed and noted, one at a time.
+    ``learned``: the groups an earlier guest's start showed this machine refuses; they are
+    removed before the first try (and noted for this guest too), saving a failed start each."""
     last_error = ""
-    for device, keys, why in (("", (), ""), *FALLBACKS):
+    tried = [fb for fb in FALLBACKS if fb[2] in learned]
+    for device, keys, why in tried:
+        if _without(incus, name, device, keys):
+            notes.add(why, name, kind=why)  # the text is the first refusal's, kept by kind
+    for device, keys, why in (("", (), ""), *(fb for fb in FALLBACKS if fb not in tried)):
         if keys:
-            inst = incus.query("GET", f"/1.0/instances/{name}")
-            config, devices = inst["config"], inst["devices"]
-            target = devices[device] if device else config
-            if not any(k in target for k in keys):
+            if not _without(incus, name, device, keys):
                 continue
-            for k in keys:
-                target.pop(k, None)
-            # PUT, not PATCH: a PATCH merges keys and would keep the ones removed here.
-            _put(incus, name, {k: inst[k] for k in WRITABLE if k in inst})
             notes.add(why.format(error=last_error), name, kind=why)
         try:
             incus.cli("start", name)
+            if why:
+                learned.add(why)
             return
         except IncusError as err:
             last_error = _reason(incus, name, err)
@@ -228,6 +231,21 @@ def _start(incus: Incus, name: str, notes: Degradations, hv: str) -> None:
                 if dev.get("type") == "nic" and dev.get("host_name"):
                     incus.runner.run(["ip", "-n", hv, "link", "del", dev["host_name"]], check=False)
     raise UserError(f"tools lab: Incus could not start {name}: {last_error}")
+
+
+def _without(incus: Incus, name: str, device: str, keys: tuple[str, ...]) -> bool:
+    """Remove ``keys`` from the instance's config (or from one of its devices); whether it
+    had any of them."""
+    inst = incus.query("GET", f"/1.0/instances/{name}")
+    config, devices = inst["config"], inst["devices"]
+    target = devices[device] if device else config
+    if not any(k in target for k in keys):
+        return False
+    for k in keys:
+        target.pop(k, None)
+    # PUT, not PATCH: a PATCH merges keys and would keep the ones removed here.
+    _put(incus, name, {k: inst[k] for k in WRITABLE if k in inst})
+    return True
 
 
 WRITABLE = ("architecture", "config", "devices", "ephemeral", "profiles", "description")
@@ -320,8 +338,10 @@ def start(
             (rootfs / d).mkdir(exist_ok=True)
         for link in MERGED_USR:
             (rootfs / link).symlink_to(f"usr/{link}")
-    for name in sorted(models["instances"]):
-        _start(incus, name, notes, hv)
+    learned: set[str] = set()
+
+    def launch(name: str) -> None:
+        _start(incus, name, notes, hv, learned)
         pid = incus.query("GET", f"/1.0/instances/{name}/state")["pid"]
         runner.run(["ip", "netns", "attach", paths.prefix + name, str(pid)], check=True)
         # The lab's daemons for this guest run inside the container: its mount and network
@@ -333,6 +353,15 @@ def start(
             "--net",
             "--",
         ]
+
+    # The first guest alone, so the others start knowing what this machine refuses; then
+    # the others at once.
+    names = sorted(models["instances"])
+    if names:
+        launch(names[0])
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for fut in [pool.submit(launch, n) for n in names[1:]]:
+            fut.result()
     log(
         f"lab: {len(models['instances'])} Incus containers running "
         f"({', '.join(sorted(models['instances']))})"
@@ -373,8 +402,9 @@ def _names(incus: Incus, url: str) -> Iterator[str]:
 
 
 def _delete_all(incus: Incus) -> None:
-    for name in _names(incus, "/1.0/instances"):
-        incus.cli("delete", "--force", name, check=False)
+    with ThreadPoolExecutor(max_workers=8) as workers:  # each waits for its container to stop
+        list(workers.map(lambda n: incus.cli("delete", "--force", n, check=False),
+                         list(_names(incus, "/1.0/instances"))))  # fmt: skip
     for acl in _names(incus, "/1.0/network-acls"):
         incus.cli("network", "acl", "delete", acl, check=False)
     for pool in _names(incus, "/1.0/storage-pools"):
