@@ -358,12 +358,14 @@ def test_a_removed_guest_is_snapshotted_and_exported_before_the_apply(
     assert "incus_instance.old (deleted), incus_storage_volume.old-state (deleted)" in question
     assert "final snapshot and an export" in question
     # each one is said in the progress and in the report
-    assert "homelab: plan: incus_instance.old (deleted) (a final snapshot and an export are" in (
-        " ".join(said)
-    )
-    assert f"homelab: final snapshot old {final}, export to /var/lib/homestack/removed/" in (
-        "\n".join(said)
-    )
+    assert (
+        "homelab: plan: incus_instance.old (deleted); a final snapshot and an export are taken"
+        " first"
+    ) in said
+    assert (
+        f"homelab: incus_instance.old: final snapshot {final}, export to "
+        f"/var/lib/homestack/removed/old-{STAMP}.tar.gz"
+    ) in said
     removals = {r.guest: r for r in report.removals}
     assert set(removals) == {"old", "old-state"}
     assert removals["old"].removed
@@ -437,6 +439,7 @@ def test_the_cli_says_a_held_apply_in_one_line_and_exits_2(
     assert "Traceback" not in result.output
     last = result.stderr.splitlines()[-1]
     assert last.startswith("deploy stopped: homelab: `incus export old ")
+    assert "--instance-only` failed: Error: scripted failure;" in last
     assert last.endswith("nothing was applied, so nothing was deleted")
     result = CliRunner().invoke(deploy_cli.deploy, ["db", "--yes", "--json"])
     assert result.exit_code == 2

@@ -321,6 +321,7 @@ def apply(  # noqa: PLR0911, PLR0912, PLR0915 - one return per way it stops
         return Applied()
 
     # What the saved plan, exactly what will be applied, deletes or replaces.
+    say("tofu show: what the saved plan deletes or replaces")
     shown = ctx.runner.run(tofu("show", "-json", saved), check=False, cwd=flake)
     if ctx.options.dry_run:
         say(
@@ -344,7 +345,7 @@ def apply(  # noqa: PLR0911, PLR0912, PLR0915 - one return per way it stops
                 f"{exc}; nothing was applied"
             )
     for item in gone:
-        kept = " (a final snapshot and an export are taken first)" if item.snapshotted else ""
+        kept = "; a final snapshot and an export are taken first" if item.snapshotted else ""
         say(f"plan: {item.what}{kept}")
 
     names = ", ".join(item.what for item in gone)
@@ -381,22 +382,20 @@ def apply(  # noqa: PLR0911, PLR0912, PLR0915 - one return per way it stops
             if made.returncode != 0:
                 return held_back(
                     host,
-                    f"cannot make {REMOVED_DIR} on {host.name}: "
+                    f"cannot make {REMOVED_DIR}: "
                     + error_line(made.stderr, f"exit code {made.returncode}"),
                     gone,
                 )
         for item in [i for i in gone if i.snapshotted]:
             where = export_path(item, ctx.stamp)
-            say(
-                f"final snapshot {item.name} {final_snapshot_name(ctx.stamp)}, export to "
-                f"{where} ({item.what})"
-            )
+            final = final_snapshot_name(ctx.stamp)
+            say(f"{item.address}: final snapshot {final}, export to {where}")
             for command in keep_commands(item, ctx.stamp):
                 result = remote.run(command, input="")
                 if result.returncode != 0:
                     return held_back(
                         host,
-                        f"`{shlex.join(command)}` failed on {host.name}: "
+                        f"`{shlex.join(command)}` failed: "
                         + error_line(result.stderr, f"exit code {result.returncode}"),
                         gone,
                     )
@@ -459,7 +458,12 @@ def held_back(host: Machine, why: str, gone: Sequence[Doomed]) -> Applied:
         halt=f"not started: {held}",
         held=held,
         removals=tuple(
-            Removal(i.name, host.name, False, f"{i.what} in the plan, not applied: {why}")
+            Removal(
+                i.name,
+                host.name,
+                False,
+                f"{i.what} in the plan, not applied: a final snapshot or export failed",
+            )
             for i in gone
             if i.snapshotted
         ),

@@ -105,7 +105,8 @@ class DeployReport:
         if self.dry_run and self.error is None:
             n = len(self.machines)
             return f"# dry run: {n} machine{'' if n == 1 else 's'}; nothing was run or changed"
-        width = max((len(m.name) for m in self.machines), default=4)
+        names = [*(m.name for m in self.machines), *(r.guest for r in self.removals)]
+        width = max((len(n) for n in names), default=4)
         lines = [f"{m.name:<{width}}  {m.outcome.value:<11}  {m.state}" for m in self.machines]
         lines += [
             f"{r.guest:<{width}}  {'removed' if r.removed else 'kept':<11}  {r.detail}"
