@@ -250,7 +250,8 @@ def gitops(  # noqa: PLR0917 - click passes options by keyword
     """Fetch BRANCH, verify the head commit, and deploy it here with the deploy engine.
 
     \b
-    Exit status: 0 switched or unchanged, 3 refused, failed or rolled back (recorded in
+    Exit status: 0 switched or unchanged, 3 refused, failed, rolled back or held (an Incus
+    host's OpenTofu plan that deletes something waits for a person; recorded in
     status.json), 75 a failure that may pass (network, lock): the next run tries again.
     """
     settings = gitops_run.Settings(
