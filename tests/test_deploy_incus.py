@@ -453,10 +453,12 @@ def test_the_cli_says_a_held_apply_in_one_line_and_exits_2(
         ("", "not JSON"),
         ('{"format_version": "2.0", "resource_changes": []}', "format_version '2.0'"),
         (
-            json.dumps({
-                "format_version": "1.2",
-                "resource_changes": [change("incus_instance.old", ["delete"])],
-            }),
+            json.dumps(
+                {
+                    "format_version": "1.2",
+                    "resource_changes": [change("incus_instance.old", ["delete"])],
+                }
+            ),
             "incus_instance.old: the plan does not say its Incus name",
         ),
     ],
@@ -587,3 +589,20 @@ def test_status_says_why_incus_could_not_answer(
     assert rows["db"]["running"] == (
         "unknown: incus list --format json failed: Error: Failed to connect to local daemon"
     )
+
+
+def test_without_consent_what_the_plan_would_destroy_is_reported_kept(
+    plan: dict[str, Any], tmp_path: Path
+) -> None:
+    report, calls, said = deploy(plan, tmp_path, Fleet(changes=DELETE_OLD), yes=False)
+    assert not any(c.startswith(("incus snapshot", "incus export")) for c in calls)
+    assert not any("tofu -chdir=infra/incus apply" in c for c in calls)
+    assert [(r.guest, r.removed) for r in report.removals] == [
+        ("old", False),
+        ("old-state", False),
+    ]
+    assert report.removals[0].detail == (
+        "incus_instance.old (deleted) in the plan, not applied: not confirmed"
+    )
+    assert report.held is None  # a plain "no": exit code 1, as for any plan not confirmed
+    assert any("It deletes or replaces incus_instance.old (deleted)" in s for s in said)

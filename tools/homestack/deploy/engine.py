@@ -146,9 +146,7 @@ def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
                 dry_run=options.dry_run,
                 error=f"build of {unbuilt}",
             )
-        images.update(
-            dict.fromkeys(plan["artifacts"]["incus"][host.name]["instances"], host.name)
-        )
+        images.update(dict.fromkeys(plan["artifacts"]["incus"][host.name]["instances"], host.name))
     if options.build_only:
         return DeployReport(
             tuple(

@@ -358,7 +358,11 @@ def apply(  # noqa: PLR0911, PLR0912, PLR0915 - one return per way it stops
                 f" on {host.name}"
             )
             say(held)
-            return Applied(halt=f"not started: {held}", held=held)
+            return Applied(
+                halt=f"not started: {held}",
+                held=held,
+                removals=not_applied(host, gone, "held for a person"),
+            )
         say("the plan only creates and updates in place: applying it")
     else:
         question = f"apply this OpenTofu plan to {host.name}'s Incus?"
@@ -373,7 +377,10 @@ def apply(  # noqa: PLR0911, PLR0912, PLR0915 - one return per way it stops
                 "the plan was shown and not applied (run on a terminal to confirm, or use "
                 f"--yes); saved as {TOFU_DIR}/{saved}"
             )
-            return stop("the OpenTofu plan was not applied (no --yes and no terminal)")
+            return Applied(
+                halt="not started: the OpenTofu plan was not applied (no --yes and no terminal)",
+                removals=not_applied(host, gone, "not confirmed"),
+            )
 
     try:
         kept_items: list[tuple[Doomed, str]] = []
@@ -457,16 +464,16 @@ def held_back(host: Machine, why: str, gone: Sequence[Doomed]) -> Applied:
     return Applied(
         halt=f"not started: {held}",
         held=held,
-        removals=tuple(
-            Removal(
-                i.name,
-                host.name,
-                False,
-                f"{i.what} in the plan, not applied: a final snapshot or export failed",
-            )
-            for i in gone
-            if i.snapshotted
-        ),
+        removals=not_applied(host, gone, "a final snapshot or export failed"),
+    )
+
+
+def not_applied(host: Machine, gone: Sequence[Doomed], why: str) -> tuple[Removal, ...]:
+    """The instances and volumes a plan that was not applied would have destroyed."""
+    return tuple(
+        Removal(i.name, host.name, False, f"{i.what} in the plan, not applied: {why}")
+        for i in gone
+        if i.snapshotted
     )
 
 
