@@ -606,3 +606,15 @@ def test_without_consent_what_the_plan_would_destroy_is_reported_kept(
     )
     assert report.held is None  # a plain "no": exit code 1, as for any plan not confirmed
     assert any("It deletes or replaces incus_instance.old (deleted)" in s for s in said)
+
+
+def test_dry_run_status_prints_the_incus_query_and_connects_to_nothing(
+    plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deploy_cli, "runner", lambda: pytest.fail("a dry run runs nothing"))
+    monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), plan))
+    result = CliRunner().invoke(deploy_cli.deploy, ["--dry-run", "status", "db"])
+    assert result.exit_code == 0, result.output
+    asked = [line.split(" -- ")[-1] for line in result.stdout.splitlines() if " -- " in line]
+    assert "'incus list --format json'" in asked
+    assert not any("microvm" in a for a in asked)
