@@ -26,11 +26,13 @@ from pathlib import Path
 import pytest
 from test_deploy import make_plan
 from test_deploy_activation import GUESTS, NEW, OLD, Hypervisor
+from test_deploy_incus import DELETE_OLD, INCUS, Fleet
 
 from homestack.deploy import gitops
 from homestack.deploy.health import Clock
 from homestack.deploy.steps import DeployOptions
 from homestack.errors import UserError
+from homestack.plan import load_plan
 from homestack.process import RecordingRunner, Result, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,6 +308,111 @@ def test_an_invalid_inventory_in_a_commit_is_recorded_not_a_crash(host: Host) ->
     assert (status.state, status.rev) == (gitops.State.FAILED, rev)
     assert "guests.db.address" in host.status()["message"]
     assert status.exit_code == gitops.EX_HANDLED
+
+
+# --- an Incus host: its OpenTofu plan, with no one to ask ----------------------------------
+
+
+@dataclass
+class IncusHost:
+    """An Incus hypervisor that pulls from ``host.origin``: git for real, every other
+    command answered by the scripted fleet of tests/test_deploy_incus.py (OpenTofu and a
+    real Incus are not run here), the running system's revision by ``revision_of``."""
+
+    host: Host
+    fleet: Fleet = field(default_factory=Fleet)
+    revision_of: dict[str, str] = field(default_factory=dict)
+    said: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+
+    def answer(self, args: tuple[str, ...]) -> Result:
+        self.calls.append(shlex.join(args))
+        if args[0] == "git":
+            return self.host.answer(args, check=False)
+        if args[-1] == "--configuration-revision":
+            return Result(args, 0, self.revision_of.get(self.fleet.host, "") + "\n", "")
+        return self.fleet(args) or Result(args, 0, "", "")
+
+    def run(self) -> gitops.Status:
+        self.calls.clear()
+        runner = RecordingRunner(script=self.answer)
+        settings = gitops.Settings(
+            machine="homelab",
+            repository=str(self.host.origin),
+            branch="main",
+            state_dir=self.host.state,
+            allowed_signers=self.host.t / "allowed_signers",
+            backoff=1,
+        )
+        clock = Clock(sleep=lambda _: None)
+        deploy = gitops.local_deploy(
+            runner,
+            clock=clock,
+            options=DeployOptions(health_timeout=0, poll_interval=0),
+            progress=lambda machine, message: self.said.append(f"{machine}: {message}"),
+        )
+        plan = load_plan(INCUS)
+        return gitops.GitOps(
+            settings, runner=runner, load_plan=lambda _: plan, deploy=deploy, clock=clock
+        ).run()
+
+
+@pytest.fixture
+def incus_host(host: Host, monkeypatch: pytest.MonkeyPatch) -> IncusHost:
+    monkeypatch.setenv("TF_VAR_state_passphrase", "correct horse battery staple")
+    h = IncusHost(host)
+    h.revision_of[h.fleet.host] = host.revision_of[OLD]  # what runs was built from "first"
+    return h
+
+
+def test_on_incus_a_plan_that_destroys_nothing_is_applied_unattended(
+    incus_host: IncusHost,
+) -> None:
+    rev = incus_host.host.commit("two", "alice")
+    status = incus_host.run()
+    assert (status.state, status.rev, status.exit_code) == (gitops.State.SWITCHED, rev, 0)
+    calls = incus_host.calls
+    apply = next(i for i, c in enumerate(calls) if c.startswith("tofu -chdir=infra/incus apply"))
+    assert any(c.startswith("tofu -chdir=infra/incus show -json") for c in calls[:apply])
+    assert "homelab: the plan only creates and updates in place: applying it" in incus_host.said
+    assert incus_host.fleet.running["db"] == "/nix/store/new-db"  # guests switched after it
+
+
+def test_on_incus_a_plan_that_destroys_is_held_for_a_person(incus_host: IncusHost) -> None:
+    """Why: GitOps stopped at every plan with changes, or (with --yes) would have applied
+    one that deletes an instance with nobody reading it."""
+    rev = incus_host.host.commit("remove old", "alice")
+    incus_host.fleet.changes = DELETE_OLD
+    status = incus_host.run()
+    assert (status.state, status.rev) == (gitops.State.HELD, rev)
+    assert status.exit_code == gitops.EX_HANDLED  # recorded; the unit does not fail
+    repo = incus_host.host.state / "repo"
+    assert status.message == (
+        "homelab: the OpenTofu plan deletes or replaces incus_instance.old (deleted), "
+        "incus_storage_volume.old-state (deleted); unattended, only plans that create or "
+        f"update in place are applied: run `cd {repo} && tools deploy --local homelab` "
+        "on homelab"
+    )
+    assert incus_host.host.status()["state"] == "held"
+    # nothing was applied, nothing in Incus touched, no guest switched
+    calls = incus_host.calls
+    assert not any(c.startswith("tofu -chdir=infra/incus apply") for c in calls)
+    assert not any(c.startswith(("incus snapshot", "incus export", "incus storage")) for c in calls)
+    assert not any("switch-to-configuration switch" in c for c in calls)
+    assert incus_host.fleet.host == "/nix/store/new-homelab"  # the host itself switched
+
+    # The host now runs the commit, but it is not "already deployed": it is tried again.
+    incus_host.revision_of[incus_host.fleet.host] = rev
+    again = incus_host.run()
+    assert again.state is gitops.State.HELD
+    assert any(c.startswith("tofu -chdir=infra/incus plan") for c in incus_host.calls)
+
+    # A person applied it by hand: the next run finds nothing to destroy and finishes.
+    incus_host.fleet.plan_code = 0
+    done = incus_host.run()
+    assert (done.state, done.rev) == (gitops.State.SWITCHED, rev)
+    assert incus_host.fleet.running["db"] == "/nix/store/new-db"
+    assert incus_host.run().state is gitops.State.UNCHANGED
 
 
 # --- the module ---------------------------------------------------------------------------

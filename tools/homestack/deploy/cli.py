@@ -71,7 +71,8 @@ class _Printer:
 @click.option(
     "--yes",
     is_flag=True,
-    help="Remove guests that left the inventory without asking (a final snapshot is kept).",
+    help="Ask nothing: remove guests that left the inventory and apply Incus hosts' OpenTofu "
+    "plans (a final snapshot of what goes is kept).",
 )
 @inventory_option
 @click.option(
@@ -126,7 +127,8 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
     tools deploy status [MACHINE…] [--json]   what each machine runs, and its GitOps state
 
     Exit status: 0 when every machine runs its new configuration, 1 when any did not
-    (each one's state is printed), 2 for a problem in the inventory or the command line.
+    (each one's state is printed), 2 for a problem in the inventory or the command line,
+    or an OpenTofu plan not applied because a final snapshot of what it deletes failed.
     """
     path, plan = load(inventory_path)
     ssh = Ssh(options=(*DEFAULT_OPTIONS, *[x for o in ssh_options for x in ("-o", o)]))
@@ -208,9 +210,12 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
     )
     if as_json:
         click.echo(report.dumps())
+        if report.held:  # the one line, for a person reading stderr
+            click.echo(f"tools deploy: {report.held}", err=True)
     else:
         click.echo(report.summary(), err=not dry_run)
-    sys.exit(0 if report.ok else 1)
+    # 2: a destructive OpenTofu apply was held back (its final snapshot or export failed)
+    sys.exit(2 if report.held else 0 if report.ok else 1)
 
 
 def _stderr(line: str) -> None:
@@ -245,7 +250,8 @@ def gitops(  # noqa: PLR0917 - click passes options by keyword
     """Fetch BRANCH, verify the head commit, and deploy it here with the deploy engine.
 
     \b
-    Exit status: 0 switched or unchanged, 3 refused, failed or rolled back (recorded in
+    Exit status: 0 switched or unchanged, 3 refused, failed, rolled back or held (an Incus
+    host's OpenTofu plan that deletes something waits for a person; recorded in
     status.json), 75 a failure that may pass (network, lock): the next run tries again.
     """
     settings = gitops_run.Settings(

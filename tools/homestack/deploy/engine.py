@@ -90,9 +90,11 @@ def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
     confirm: Confirm = _refuse,
     clock: health.Clock | None = None,
     stamp: str | None = None,
+    unattended: incus.Unattended | None = None,
 ) -> DeployReport:
     """Deploy ``selected`` machines (all when empty) of ``plan``; never raises for a
-    machine's failure: every machine's end state is in the report."""
+    machine's failure: every machine's end state is in the report. ``unattended``: no one
+    is asked whether to apply an Incus host's OpenTofu plan (GitOps), see there."""
     options = options or DeployOptions()
     ssh = ssh or Ssh()
     clock = clock or health.Clock()
@@ -133,11 +135,28 @@ def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
                 error=f"build of {machine.name} failed: {detail}",
             )
         built[machine.name] = out
+    # An Incus host's guests are created from images: built here too, before anything is
+    # touched, so that a failed one stops the deploy with nothing changed.
+    images: dict[str, str] = {}
+    for host in [m for m in machines if m.kind is Kind.HOST and incus.runs_incus(plan, m.name)]:
+        unbuilt = incus.build_images(runner, plan, host.name, flake=flake, progress=progress)
+        if unbuilt is not None:
+            return DeployReport(
+                _not_started(machines, "not started: a build failed, nothing was changed"),
+                dry_run=options.dry_run,
+                error=f"build of {unbuilt}",
+            )
+        images.update(dict.fromkeys(plan["artifacts"]["incus"][host.name]["instances"], host.name))
     if options.build_only:
         return DeployReport(
             tuple(
                 MachineReport(
-                    m.name, m.kind.value, Outcome.BUILT, f"built {built[m.name]}", new=built[m.name]
+                    m.name,
+                    m.kind.value,
+                    Outcome.BUILT,
+                    f"built {built[m.name]}"
+                    + (f"; Incus image in {incus.image_link(m.name)}" if m.name in images else ""),
+                    new=built[m.name],
                 )
                 for m in machines
             ),
@@ -168,6 +187,7 @@ def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
     removals: list[Removal] = list(kept)
     failed: list[str] = []
     halted: dict[str, str] = {}  # Incus hypervisor -> why its guests are not switched
+    held: str | None = None  # a destructive OpenTofu apply that was not made
     for number, wave in enumerate(order, start=1):
         if failed:
             reports += _not_started(wave, f"not started: {', '.join(failed)} failed earlier")
@@ -203,10 +223,14 @@ def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
                 and outcome.outcome.ok
                 and incus.runs_incus(plan, machine.name)
             ):
-                why = incus.apply(ctx, plan, machine, flake=flake, confirm=confirm)
-                if why is not None:
-                    halted[machine.name] = why
-    return DeployReport(tuple(reports), tuple(removals), dry_run=options.dry_run)
+                applied = incus.apply(
+                    ctx, plan, machine, flake=flake, confirm=confirm, unattended=unattended
+                )
+                removals += applied.removals
+                held = held or applied.held
+                if applied.halt is not None:
+                    halted[machine.name] = applied.halt
+    return DeployReport(tuple(reports), tuple(removals), dry_run=options.dry_run, held=held)
 
 
 def _run(ctx: Context, machine: Machine, new: str) -> MachineReport:

@@ -6,19 +6,25 @@ lock and rollback). What it did last is in <state>/status.json (`tools deploy st
 A failure that may pass (the network, the Git server, a deploy holding the lock) is
 retried with back-off and never recorded against the commit; only a commit whose deploy
 was rolled back is not tried again.
+
+On an Incus host no one is there to confirm an OpenTofu plan: one that only creates and
+updates in place is applied; one that deletes or replaces anything is held for a person
+(state "held", naming what it destroys and the command to run), and the commit is deployed
+again at every run until that plan is gone, even though the host already runs it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from homestack.deploy import activation, engine, health
+from homestack.deploy import activation, engine, health, incus
 from homestack.deploy.remote import Local
 from homestack.deploy.report import DeployReport, Outcome
 from homestack.deploy.steps import DeployOptions
@@ -37,6 +43,7 @@ class State(Enum):
     REFUSED = "refused"  # not signed by an admin, or not a descendant of what runs
     ROLLED_BACK = "rolled-back"  # deployed, failed its checks, back on what ran
     FAILED = "failed"  # build or deploy failed; nothing recorded against the commit
+    HELD = "held"  # an OpenTofu plan that destroys something waits for a person
     WAITING = "waiting"  # a transient failure; the next run tries again
 
 
@@ -141,7 +148,9 @@ class GitOps:
         _, rev, _ = self.git("rev-parse", BRANCH_REF)
         self.rev = rev
         running = self.running_revision()
-        if rev == running:
+        # The host may run a commit whose deploy did not finish (an Incus host's guests wait
+        # for a plan only a person may apply): that one is deployed again, not "unchanged".
+        if rev == running and rev != self.unfinished():
             return Status(State.UNCHANGED, rev, "already deployed")
         if rev == self.failed_before():
             return Status(State.ROLLED_BACK, rev, "rolled back before; waiting for a new commit")
@@ -197,10 +206,21 @@ class GitOps:
         return any(activation.LOCKED in (m.error or "") for m in report.machines)
 
     def judge(self, rev: str, report: DeployReport) -> Status:
+        status = self._judge(rev, report)
+        unfinished = self.s.state_dir / "unfinished"
+        if status.state in (State.HELD, State.FAILED):
+            atomic_write(unfinished, f"{rev}\n".encode())
+        elif status.state is not State.WAITING:  # waiting: the next run decides
+            unfinished.unlink(missing_ok=True)
+        return status
+
+    def _judge(self, rev: str, report: DeployReport) -> Status:
         if self.transient(report):
             return Status(State.WAITING, rev, report.error or activation.LOCKED)
         if report.ok:
             return Status(State.SWITCHED, rev, "healthy")
+        if report.held:
+            return Status(State.HELD, rev, report.held)
         bad = [m for m in report.machines if not m.outcome.ok]
         first = bad[0] if bad else None
         why = f"{first.name}: {first.state}" if first else (report.error or "deploy failed")
@@ -212,6 +232,10 @@ class GitOps:
     def running_revision(self) -> str:
         result = self.runner.run(activation.revision(), check=False)
         return result.stdout.strip() if result.returncode == 0 else ""
+
+    def unfinished(self) -> str:
+        path = self.s.state_dir / "unfinished"
+        return path.read_text().strip() if path.exists() else ""
 
     def failed_before(self) -> str:
         path = self.s.state_dir / "failed"
@@ -238,9 +262,12 @@ def local_deploy(
     progress: engine.Progress = engine._quiet,
     clock: health.Clock | None = None,
 ) -> Deploy:
-    """The engine, run on this machine (`tools deploy --local`)."""
+    """The engine, run on this machine (`tools deploy --local`), with no one to ask: an
+    Incus host's OpenTofu plan is applied only when it destroys nothing; else the
+    person runs the deploy by hand in this checkout, sharing its OpenTofu state."""
 
     def run(plan: Mapping[str, Any], flake: Path, machines: list[str]) -> DeployReport:
+        by_hand = f"cd {shlex.quote(str(flake))} && tools deploy --local {machines[0]}"
         return engine.deploy(
             plan,
             runner=runner,
@@ -250,6 +277,7 @@ def local_deploy(
             ssh=Local(),
             progress=progress,
             clock=clock,
+            unattended=incus.Unattended(by_hand=by_hand),
         )
 
     return run

@@ -159,9 +159,10 @@ class Remote:
     ssh: Ssh
     target: str
 
-    def run(self, command: Sequence[str]) -> Result:
-        """Run ``command`` there; a non-zero exit is returned, a lost connection raised."""
-        result = self.runner.run(self.ssh.argv(self.target, command), check=False)
+    def run(self, command: Sequence[str], *, input: str | None = None) -> Result:
+        """Run ``command`` there; a non-zero exit is returned, a lost connection raised.
+        ``input`` is its stdin (ssh forwards ours otherwise: a terminal, on a laptop)."""
+        result = self.runner.run(self.ssh.argv(self.target, command), check=False, input=input)
         if result.returncode == SSH_CONNECTION_ERROR and not self.ssh.local:
             raise ConnectionLost(self.target, shlex.join(command), result.stderr)
         return result

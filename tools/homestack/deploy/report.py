@@ -76,16 +76,20 @@ class DeployReport:
     removals: tuple[Removal, ...] = ()
     dry_run: bool = False
     error: str | None = None  # a failure before any machine was touched (validate, build)
+    # a destructive OpenTofu apply that was not made: no one to confirm it, or its final
+    # snapshot or export failed (homestack.deploy.incus); one line, and exit code 2
+    held: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(m.outcome.ok for m in self.machines)
+        return self.error is None and self.held is None and all(m.outcome.ok for m in self.machines)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "dryRun": self.dry_run,
             "error": self.error,
+            "held": self.held,
             "machines": [m.to_json() for m in self.machines],
             "removedGuests": [
                 {"guest": r.guest, "host": r.host, "removed": r.removed, "detail": r.detail}
@@ -101,13 +105,16 @@ class DeployReport:
         if self.dry_run and self.error is None:
             n = len(self.machines)
             return f"# dry run: {n} machine{'' if n == 1 else 's'}; nothing was run or changed"
-        width = max((len(m.name) for m in self.machines), default=4)
+        names = [*(m.name for m in self.machines), *(r.guest for r in self.removals)]
+        width = max((len(n) for n in names), default=4)
         lines = [f"{m.name:<{width}}  {m.outcome.value:<11}  {m.state}" for m in self.machines]
         lines += [
             f"{r.guest:<{width}}  {'removed' if r.removed else 'kept':<11}  {r.detail}"
             for r in self.removals
         ]
-        if self.error:
+        if self.held:
+            lines.append(f"deploy stopped: {self.held}")
+        elif self.error:
             lines.append(f"deploy failed: {self.error}")
         elif self.ok:
             lines.append("deploy succeeded")
