@@ -320,8 +320,12 @@ def test_host_switch_keeps_the_boot_default_until_healthy() -> None:
 
 
 def after_hypervisor(calls: list[tuple[str, ...]]) -> list[str]:
+    """What ran on the hypervisor after its own run (it made the new system the boot
+    default), up to the release of its lock, which waits for its guests."""
     cmds = on(calls, "root@homelab")
-    return cmds[cmds.index("systemctl stop homestack-deploy-lock.service") + 1 :]
+    boot = max(i for i, c in enumerate(cmds) if "--unit=homestack-switch-homelab-" in c)
+    assert cmds[-1] == "systemctl stop homestack-deploy-lock.service"
+    return cmds[boot + 1 : -1]
 
 
 def test_hypervisor_probes_every_guest_before_its_generation_is_the_boot_default() -> None:

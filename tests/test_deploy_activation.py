@@ -330,3 +330,32 @@ def test_one_deploy_at_a_time_per_host() -> None:
     machine.units.clear()  # it finished: the lock is free again, and released after us
     deploy(machine)
     assert "homestack-deploy-lock" not in machine.units
+
+
+def test_the_host_lock_is_held_until_its_guests_were_checked() -> None:
+    """Why: the lock was given back when the hypervisor's own switch ended, so another
+    deploy could switch the host under guests this one was still checking."""
+    machine = Hypervisor()
+    report = deploy(machine)
+    assert report.ok, report.summary()
+    unlock = "systemctl stop homestack-deploy-lock.service"
+    assert machine.seen.count(unlock) == 1
+    guest_reads = [i for i, c in enumerate(machine.seen) if c.endswith("/current")]
+    assert len(guest_reads) == len(GUESTS)
+    assert machine.seen.index(unlock) > max(guest_reads)
+    assert "homestack-deploy-lock" not in machine.units
+    # Long enough for the host's run and each of the three waves of guests after it.
+    take = next(c for c in machine.seen if "--unit=homestack-deploy-lock" in c)
+    options = DeployOptions()
+    one = options.watchdog + 2 * options.system_timeout + 600
+    assert f"--property=RuntimeMaxSec={4 * one}" in take
+
+
+def test_a_host_that_failed_gives_its_lock_back_at_once() -> None:
+    machine = Hypervisor(broken={NEW})
+    report = deploy(machine)
+    assert outcome(report, "homelab") is Outcome.ROLLED_BACK
+    unlock = "systemctl stop homestack-deploy-lock.service"
+    assert machine.seen.count(unlock) == 1
+    assert not any(c.endswith("/current") for c in machine.seen[machine.seen.index(unlock) :])
+    assert "homestack-deploy-lock" not in machine.units

@@ -77,7 +77,7 @@ def _not_started(machines: Sequence[Machine], why: str) -> tuple[MachineReport, 
     return tuple(MachineReport(m.name, m.kind.value, Outcome.NOT_STARTED, why) for m in machines)
 
 
-def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
+def deploy(  # noqa: PLR0912 - the run's phases, in order
     plan: Mapping[str, Any],
     *,
     runner: Runner,
@@ -182,7 +182,34 @@ def deploy(  # noqa: PLR0912, PLR0915 - the run's phases, in order
         stamp=stamp,
         snapshots=Snapshots(stamp),
         progress=progress,
+        guest_waves={
+            h: sum(any(m.hypervisor == h for m in wave) for wave in order)
+            for h in {m.name for m in machines if m.kind is Kind.HOST}
+        },
     )
+    try:
+        return _waves(ctx, plan, order, built, unreachable, to_remove, kept, flake=flake,
+                      confirm=confirm, unattended=unattended)  # fmt: skip
+    finally:  # the hypervisors' locks kept while their guests ran
+        for remote in ctx.held.values():
+            steps.release(remote)
+
+
+def _waves(  # noqa: PLR0917 - the state of one deploy, handed over once
+    ctx: Context,
+    plan: Mapping[str, Any],
+    order: Sequence[Sequence[Machine]],
+    built: Mapping[str, str],
+    unreachable: Mapping[str, ConnectionLost],
+    to_remove: Sequence[Stale],
+    kept: Sequence[Removal],
+    *,
+    flake: Path,
+    confirm: Confirm,
+    unattended: incus.Unattended | None,
+) -> DeployReport:
+    """Each wave in turn, its machines in parallel; a failure stops the waves after it."""
+    options, progress = ctx.options, ctx.progress
     reports: list[MachineReport] = []
     removals: list[Removal] = list(kept)
     failed: list[str] = []

@@ -69,6 +69,16 @@ class Context:
     progress: Callable[[str, str], None]
     # guest -> runner it was booted from before its hypervisor switched (set by that run)
     booted: dict[str, str] = field(default_factory=dict)
+    # hypervisor -> how many later waves hold its guests: its lock is kept until they ran
+    guest_waves: dict[str, int] = field(default_factory=dict)
+    # hypervisors whose lock this run still holds, released when the deploy ends (engine)
+    held: dict[str, Remote] = field(default_factory=dict)
+
+
+def release(remote: Remote) -> None:
+    """Give a host's deploy lock back; if the host cannot be reached, it ends by itself."""
+    with contextlib.suppress(ConnectionLost):
+        remote.run(activation.unlock())
 
 
 class StepFailed(Exception):
@@ -285,16 +295,26 @@ class MachineRun(Reporting):
                 f"not switched; {activation.LOCKED}",
                 f"{activation.LOCKED} (unit {activation.LOCK_UNIT})",
             )
+        keep = False
         try:
-            return self.steps()
+            report = self.steps()
+            # Its guests are checked in later waves: no other deploy may switch the host
+            # under them, so the lock stays until the whole deploy ends.
+            keep = report.outcome.ok and self.ctx.guest_waves.get(self.m.name, 0) > 0
+            return report
         finally:
-            with contextlib.suppress(ConnectionLost):  # else it ends by itself (RuntimeMaxSec)
-                self.remote.run(activation.unlock())
+            if keep:
+                self.ctx.held[self.m.name] = self.remote
+            else:
+                release(self.remote)
 
     @property
     def lock_seconds(self) -> int:
+        """Long enough for this host's run and each later wave with its guests; a lock
+        left behind (a vanished laptop) ends by itself after that (RuntimeMaxSec)."""
         o = self.ctx.options
-        return o.watchdog + 2 * o.system_timeout + 600
+        one = o.watchdog + 2 * o.system_timeout + 600
+        return one * (1 + self.ctx.guest_waves.get(self.m.name, 0))
 
     def steps(self) -> MachineReport:  # noqa: PLR0911 - one return per end state
         try:
