@@ -3,7 +3,8 @@
 # NATs the bridge to the LAN, filters everything guests send and everything it routes or
 # receives with the plan's rule sets, serves the guests their time, keeps each guest's
 # state on its own ZFS dataset, and installs each guest's SSH host key before the guest
-# first boots.
+# first boots. What it does as any hypervisor (the LAN uplink, the plan's tables, time, the
+# ZFS pool) is hypervisor-common.nix, shared with the Incus engine.
 {
   config,
   lib,
