@@ -11,25 +11,13 @@
   homestackModules,
   sops-nix,
   self,
-}:
+}@args:
 let
   inherit (pkgs) lib;
   fixtures = ./fixtures;
   planOf = name: homestackLib.mkPlan (../inventories/alternatives + "/${name}.toml");
   # The nodes, as ./default.nix's (./nodes.nix).
-  inherit
-    (import ./nodes.nix {
-      inherit
-        pkgs
-        homestackModules
-        sops-nix
-        self
-        ;
-    })
-    machine
-    guest
-    client
-    ;
+  inherit (import ./nodes.nix args) machine guest client;
 
   traefikPlan = planOf "traefik";
   headscalePlan = planOf "headscale";

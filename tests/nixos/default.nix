@@ -19,7 +19,7 @@
   microvm,
   configurations,
   self,
-}:
+}@args:
 let
   inherit (pkgs) lib;
   fixtures = ./fixtures;
@@ -33,14 +33,7 @@ let
   probesOf = lib.genAttrs guestNames (g: map lib.escapeShellArgs (map (h: h.argv) plan.guests.${g}.health));
 
   # The nodes, on the example's plan (./nodes.nix).
-  nodes = import ./nodes.nix {
-    inherit
-      pkgs
-      homestackModules
-      sops-nix
-      self
-      ;
-  };
+  nodes = import ./nodes.nix args;
   machine = nodes.machine plan;
   guest = nodes.guest plan;
 in

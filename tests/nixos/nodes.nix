@@ -6,6 +6,8 @@
   homestackModules,
   sops-nix,
   self,
+  # the rest of the arguments of the test file that imports this one
+  ...
 }:
 let
   inherit (pkgs) lib;
