@@ -1,20 +1,16 @@
-# Every MicroVM guest: its size from the inventory, one tap with the plan's MAC, a static
-# address matched by that MAC, the host's /nix/store shared read-only, and one persistent
-# share for everything stateful (a guest's / is tmpfs and forgets the rest at each boot).
+# Every MicroVM guest: its size from the inventory, one tap with the plan's MAC, the
+# host's /nix/store shared read-only, and one persistent share for everything stateful (a
+# guest's / is tmpfs and forgets the rest at each boot). Its address, state directories
+# and host key are those of every guest (guest-common.nix).
 { config, lib, ... }:
 let
-  inherit (config.homestack) plan guest;
-  state =
-    if guest.state != null then
-      guest.state
-    else
-      throw "guests.${guest.name}: a Homestack guest needs persistent state (its SSH host key lives there); set state_size in inventory.toml";
+  inherit (config.homestack) guest;
+  state = import ./guest-state.nix guest;
   # Shares are virtiofs (microvm.nix's default is 9p, which cloud-hypervisor lacks).
   # virtiofsd runs as root on the host, so each guest service keeps its own file ownership
   # on the state share; a 9p server runs as the `microvm` user and could not read the
   # root-only share the hypervisor prepares (see the assertion).
   shareProto = "virtiofs";
-  sshKey = "${state.guestPath}/etc/ssh/ssh_host_ed25519_key";
   catalogue = import ../lib/services.nix;
   # The units of services that need another guest at run time (the plan's `needs`): on a
   # cold boot they start before their providers answer and exit, so they retry forever
@@ -22,7 +18,7 @@ let
   waiting = lib.unique (lib.concatMap (n: catalogue.${n.service}.units) guest.needs);
 in
 {
-  imports = [ ./guest-firewall.nix ];
+  imports = [ ./guest-common.nix ];
 
   assertions = [
     {
@@ -69,22 +65,15 @@ in
       # store share is mounted early by default: mount the state share in the initrd too.
       { ${state.guestPath}.neededForBoot = true; }
     ]
-    # State directories live on the share; the hypervisor creates their sources. They are
-    # mounted in the initrd too, before activation writes /var/lib/nixos (the uid map).
+    # The state directories' bind mounts (guest-common.nix) are mounted in the initrd too,
+    # after the share and before activation writes /var/lib/nixos (the uid map).
     ++ map (dir: {
       ${dir} = {
-        device = "${state.guestPath}${dir}";
-        fsType = "none";
-        options = [ "bind" ];
         depends = [ state.guestPath ];
         neededForBoot = true;
       };
     }) config.homestack.persist
   );
-  # User and group ids are allocated at activation and remembered here; without it a
-  # service user could get another uid after a reboot and lose access to its own state.
-  # The services' own state directories come from the catalogue, through the plan.
-  homestack.persist = [ "/var/lib/nixos" ] ++ guest.persist;
 
   # RestartSteps/RestartMaxDelaySec need systemd >= 254 (systemd.service(5)): the pause
   # grows from RestartSec to RestartMaxDelaySec over RestartSteps restarts. nixpkgs has
@@ -106,31 +95,7 @@ in
     }) waiting
   );
 
-  # The hypervisor installs this key (from secrets/host-keys/<guest>.yaml) before the first
-  # boot, so the guest's age identity is known in advance and stable across reboots.
-  services.openssh.hostKeys = [
-    {
-      type = "ed25519";
-      path = sshKey;
-    }
-  ];
-
   # The store is the hypervisor's, shared read-only, and its Nix database is not here: the
   # hypervisor collects the garbage.
   nix.gc.automatic = false;
-
-  networking.useNetworkd = true;
-  networking.useDHCP = false;
-  systemd.network.enable = true;
-  # Match by MAC: the NIC's name inside the guest depends on the hypervisor.
-  systemd.network.networks."10-guest" = {
-    matchConfig.MACAddress = guest.mac;
-    address = [ guest.cidr ];
-    gateway = [ guest.gateway ];
-    dns = plan.dnsServers;
-    # Time from the hypervisor: the only NTP server the plan's egress lets a guest reach.
-    ntp = [ guest.gateway ];
-    domains = [ plan.domain ];
-    networkConfig.DHCP = "no";
-  };
 }

@@ -3,7 +3,8 @@
 # NATs the bridge to the LAN, filters everything guests send and everything it routes or
 # receives with the plan's rule sets, serves the guests their time, keeps each guest's
 # state on its own ZFS dataset, and installs each guest's SSH host key before the guest
-# first boots.
+# first boots. What it does as any hypervisor (the LAN uplink, the plan's tables, time, the
+# ZFS pool) is hypervisor-common.nix, shared with the Incus engine.
 {
   config,
   lib,
@@ -16,8 +17,7 @@ let
   net = plan.network;
   guests = map (g: plan.guests.${g}) config.homestack.hypervisor.guests;
   stateful = lib.filter (g: g.state != null) guests;
-  sopsFile = import ./sops-file.nix config.homestack.root;
-  hostKeySecret = g: "guest-host-keys/${g.name}";
+  hostKeys = import ./guest-host-keys.nix { inherit config lib; };
   zfs = "${config.boot.zfs.package}/bin/zfs";
   mine = config.homestack.hypervisor.guests;
   # Each guest starts after the guests its services need (the plan's bootOrder, from the
@@ -36,8 +36,7 @@ let
 in
 {
   imports = [
-    ./wireguard.nix
-    ./services/netbird-client.nix
+    ./hypervisor-common.nix
     ./services/tailscale-client.nix
   ];
 
@@ -69,10 +68,6 @@ in
       message = "guests.${g.name}: no NixOS system for it in homestack.guestConfigurations";
     }) guests;
 
-    # Each guest starts after the guests its services need (the plan's bootOrder, from the
-    # catalogue's `needs`): on a cold boot db comes before auth, auth and proxy before vpn.
-    # Only ordering: a guest whose provider is down still starts and its services retry.
-    # asDropin: microvm@ is a template; an instance needs a drop-in, not a unit of its own.
     # Every guest, fully declarative: a host switch rebuilds and restarts changed guests.
     microvm.vms = lib.listToAttrs (
       map (g: {
@@ -86,12 +81,9 @@ in
       }) guests
     );
 
-    # The guest bridge, with the taps enslaved by their exact names.
-    networking.useNetworkd = true;
-    # Only the interfaces named below are configured (no DHCP on every NIC).
-    networking.useDHCP = false;
+    # The guest bridge, with the taps enslaved by their exact names (the LAN uplink is
+    # hypervisor-common.nix's).
     systemd.network = {
-      enable = true;
       netdevs."10-${net.bridge}".netdevConfig = {
         Kind = "bridge";
         Name = net.bridge;
@@ -107,27 +99,8 @@ in
         networkConfig.Bridge = net.bridge;
         linkConfig.RequiredForOnline = "no";
       };
-      # EXAMPLE uplink: DHCP on the LAN interface from the inventory. Replace with a
-      # static address if your LAN needs one (docs/nixos.md).
-      networks."20-lan" = {
-        matchConfig.Name = host.lanInterface;
-        networkConfig.DHCP = "yes";
-      };
     };
 
-    # Routing for the guests; the plan's NAT table masquerades them to the LAN.
-    boot.kernel.sysctl."net.ipv4.conf.all.forwarding" = true;
-    # The plan's tables are this host's whole firewall (NixOS's own is off, common.nix):
-    # NAT to the LAN (`networking.nat` stays off: this table masquerades); an `inet` table
-    # whose input, forward and output chains drop all but the plan's `input`, flows and
-    # egress (guest to guest through the gateway included); and the `bridge`-family table,
-    # because guest-to-guest frames never reach the IP layer.
-    homestack.nftables.rulesets = [
-      plan.artifacts.hostNftables.${machine}
-    ]
-    ++ lib.optional (
-      plan.artifacts.bridgeNftablesByHost ? ${machine}
-    ) plan.artifacts.bridgeNftablesByHost.${machine};
     # Tables earlier versions loaded: removed on the next switch instead of lingering with
     # their old rules until a reboot (the plan's rule sets do not flush the whole rule set).
     networking.nftables.extraDeletions = ''
@@ -135,38 +108,12 @@ in
       delete table inet homestack-guests
     '';
 
-    # Guests keep time from their hypervisor (the plan's egress `time from the hypervisor`,
-    # UDP 123, accepted only from the bridge by the input chain): chrony serves the guest
-    # network and takes its own time from the default pool.
-    services.chrony = {
-      enable = true;
-      extraConfig = "allow ${net.cidr}";
-    };
+    # The pool (hypervisor-common.nix) holds one dataset per stateful guest, each
+    # auto-snapshotted.
+    services.zfs.autoSnapshot.enable = true;
 
-    # ZFS: the pool from the inventory holds one dataset per stateful guest.
-    boot.supportedFilesystems = [ "zfs" ];
-    boot.zfs.extraPools = [ host.zfs.pool ];
-    networking.hostId = host.zfs.hostId;
-    services.zfs = {
-      autoSnapshot.enable = true;
-      autoScrub = {
-        enable = true;
-        pools = [ host.zfs.pool ];
-      };
-    };
-
-    # Each guest's SSH host key, encrypted to this hypervisor only.
-    sops.secrets = lib.listToAttrs (
-      map (g: {
-        name = hostKeySecret g;
-        value = {
-          sopsFile = sopsFile "secrets/host-keys/${g.name}.yaml";
-          key = "ssh_host_ed25519_key";
-          # A new key (`tools secrets` rotation) is copied to the guest's share again.
-          restartUnits = [ "homestack-host-key-${g.name}.service" ];
-        };
-      }) stateful
-    );
+    # Each stateful guest's SSH host key, copied to its state share (below).
+    sops.secrets = hostKeys.secrets stateful;
 
     systemd.services = lib.mkMerge [
       bootOrder
@@ -181,14 +128,7 @@ in
           guestCfg = config.homestack.guestConfigurations.${g.name}.config;
           persist = guestCfg.homestack.persist or [ ];
           # A oneshot that must have run before the guest (and its share) start.
-          beforeGuest = unit: {
-            before = units;
-            requiredBy = units;
-            serviceConfig = {
-              Type = "oneshot";
-              RemainAfterExit = true;
-            };
-          } // unit;
+          beforeGuest = hostKeys.oneshotBefore units;
         in
         [
           {
@@ -224,9 +164,8 @@ in
             };
           }
           {
-            # The guest decrypts its own secrets with this key, so it must be in place
-            # before the guest's first boot (and stay the same key forever after).
-            name = "homestack-host-key-${g.name}";
+            # The guest's host key, on the share it reads /etc/ssh from.
+            name = hostKeys.unit g;
             value = beforeGuest {
               description = "Install the SSH host key of guest ${g.name}";
               after = [ "homestack-state-${g.name}.service" "sops-install-secrets.service" ];
@@ -234,7 +173,7 @@ in
               script = ''
                 dir=${g.state.hostPath}/etc/ssh
                 install -d -m 0755 "$dir"
-                install -m 0600 ${config.sops.secrets.${hostKeySecret g}.path} "$dir/ssh_host_ed25519_key"
+                install -m 0600 ${hostKeys.path g} "$dir/ssh_host_ed25519_key"
                 echo ${lib.escapeShellArg g.hostKey} > "$dir/ssh_host_ed25519_key.pub"
                 chmod 0644 "$dir/ssh_host_ed25519_key.pub"
               '';

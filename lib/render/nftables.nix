@@ -63,6 +63,29 @@ let
       )
     ];
   nets = name: list: set name "ipv4_addr" true (map (n: { key = n; why = null; }) list);
+  # Named sets of rules, by what an element matches: a port (portSet), an address that
+  # `addr` picks and a port (addressPortSet), a source and a destination address and a port
+  # (pairPortSet); `why` gives an element's comment.
+  portSet = name: rules: set name "inet_proto . inet_service" false (map (r: { key = pp r; why = r.reason; }) rules);
+  addressPortSet =
+    name: addr: why: rules:
+    set name "ipv4_addr . inet_proto . inet_service" false (map (r: { key = "${addr r} . ${pp r}"; why = why r; }) rules);
+  pairPortSet =
+    name: why: flows:
+    set name "ipv4_addr . ipv4_addr . inet_proto . inet_service" false (
+      map (f: { key = "${f.fromAddress} . ${f.toAddress} . ${pp f}"; why = why f; }) flows
+    );
+  # Where egress rules look: "not the internet" and the LAN's ranges.
+  addressClasses = nets "not_internet" notInternet ++ nets "lan_nets" lanNets;
+
+  # The head of a stateful input chain: replies, loopback, and nothing invalid.
+  inputHead = [
+    "\tchain input {"
+    "\t\ttype filter hook input priority filter; policy drop;"
+    "\t\tct state established,related accept"
+    "\t\tct state invalid drop"
+    "\t\tiifname \"lo\" accept"
+  ];
 
   # ICMPv6 as NixOS's own nftables firewall accepts it (nixos/modules/services/networking/
   # firewall-nftables.nix): neighbour discovery and the rest, not redirects or node
@@ -82,14 +105,9 @@ let
       outside = "{ ${concatStringsSep ", " ([ net ] ++ u.optional (plan.tunnel != null) plan.tunnel.cidr)} }";
     in
     concatStringsSep "\n" (
-      nets "not_internet" notInternet
-      ++ nets "lan_nets" lanNets
+      addressClasses
+      ++ inputHead
       ++ [
-        "\tchain input {"
-        "\t\ttype filter hook input priority filter; policy drop;"
-        "\t\tct state established,related accept"
-        "\t\tct state invalid drop"
-        "\t\tiifname \"lo\" accept"
         "\t\tip saddr ${plan.network.gateway} icmp type echo-request accept comment \"ping from the hypervisor\""
         "\t\tip saddr . meta l4proto . th dport @flows_in accept"
         "\t\tip saddr != ${outside} meta l4proto . th dport @lan_in accept comment \"from the LAN\""
@@ -124,15 +142,11 @@ let
       [
         "# Rendered by Homestack (lib/render/nftables.nix) for guest ${name}. Do not edit.\ntable inet homestack {"
       ]
-      ++ set "flows_in" "ipv4_addr . inet_proto . inet_service" false (
-        map (f: { key = "${f.fromAddress} . ${f.proto} . ${toString f.port}"; why = "${f.from}: ${f.reason}"; }) byAddress
-      )
-      ++ set "lan_in" "inet_proto . inet_service" false (map (f: { key = pp f; why = f.reason; }) fromLan)
-      ++ set "flows_out" "ipv4_addr . inet_proto . inet_service" false (
-        map (f: { key = "${f.toAddress} . ${f.proto} . ${toString f.port}"; why = "${f.to}: ${f.reason}"; }) toAddresses
-      )
-      ++ set "internet_out" "inet_proto . inet_service" false (map (f: { key = pp f; why = f.reason; }) toInternet)
-      ++ set "lan_out" "inet_proto . inet_service" false (map (f: { key = pp f; why = f.reason; }) toLan)
+      ++ addressPortSet "flows_in" (f: f.fromAddress) (f: "${f.from}: ${f.reason}") byAddress
+      ++ portSet "lan_in" fromLan
+      ++ addressPortSet "flows_out" (f: f.toAddress) (f: "${f.to}: ${f.reason}") toAddresses
+      ++ portSet "internet_out" toInternet
+      ++ portSet "lan_out" toLan
       ++ [ tail ]
     );
 
@@ -181,9 +195,7 @@ in
       ++ set "guest_addresses" "ifname . ether_addr . ipv4_addr" false (
         map (g: { key = "\"${(port g).tap}\" . ${(port g).mac} . ${(port g).address}"; why = g; }) names
       )
-      ++ set "flows" "ipv4_addr . ipv4_addr . inet_proto . inet_service" false (
-        map (f: { key = "${f.fromAddress} . ${f.toAddress} . ${pp f}"; why = "${f.from} -> ${f.to}"; }) flows
-      )
+      ++ pairPortSet "flows" (f: "${f.from} -> ${f.to}") flows
       ++ [
         "\tchain prerouting {"
         "\t\ttype filter hook prerouting priority filter; policy drop;"
@@ -235,6 +247,7 @@ in
       byIface = filter (r: ifaceOf r != null) inputs;
       byGuest = filter (r: r.fromKind == "guest" && names ? ${r.from}) inputs;
       flowWhy = f: "${f.from} -> ${f.to}: ${f.reason}";
+      fromWhy = r: "${r.from}: ${r.reason}";
     in
     u.lines (
       [
@@ -250,35 +263,16 @@ in
       ++ set "services" "ifname . inet_proto . inet_service" false (
         map (r: { key = "\"${ifaceOf r}\" . ${pp r}"; why = "${r.from}: ${r.reason}"; }) byIface
       )
-      ++ set "guest_services" "ipv4_addr . inet_proto . inet_service" false (
-        map (r: { key = "${r.fromAddress} . ${pp r}"; why = "${r.from}: ${r.reason}"; }) byGuest
-      )
-      ++ set "guest_flows" "ipv4_addr . ipv4_addr . inet_proto . inet_service" false (
-        map (f: { key = "${f.fromAddress} . ${f.toAddress} . ${pp f}"; why = "${f.from} -> ${f.to}"; }) guestFlows
-      )
-      ++ set "lan_flows" "ipv4_addr . inet_proto . inet_service" false (
-        map (f: { key = "${f.toAddress} . ${pp f}"; why = flowWhy f; }) lanFlows
-      )
-      ++ set "tunnel_flows" "ipv4_addr . ipv4_addr . inet_proto . inet_service" false (
-        map (f: { key = "${f.fromAddress} . ${f.toAddress} . ${pp f}"; why = flowWhy f; }) tunnelFlows
-      )
-      ++ set "host_flows" "ipv4_addr . inet_proto . inet_service" false (
-        map (f: { key = "${f.toAddress} . ${pp f}"; why = "${f.to}: ${f.reason}"; }) hostFlows
-      )
-      ++ set "internet_egress" "ipv4_addr . inet_proto . inet_service" false (
-        map (e: { key = "${e.fromAddress} . ${pp e}"; why = "${e.from}: ${e.reason}"; }) (filter (e: e.toKind == "internet") egress)
-      )
-      ++ set "lan_egress" "ipv4_addr . inet_proto . inet_service" false (
-        map (e: { key = "${e.fromAddress} . ${pp e}"; why = "${e.from}: ${e.reason}"; }) (filter (e: e.toKind == "lan") egress)
-      )
-      ++ nets "not_internet" notInternet
-      ++ nets "lan_nets" lanNets
+      ++ addressPortSet "guest_services" (r: r.fromAddress) fromWhy byGuest
+      ++ pairPortSet "guest_flows" (f: "${f.from} -> ${f.to}") guestFlows
+      ++ addressPortSet "lan_flows" (f: f.toAddress) flowWhy lanFlows
+      ++ pairPortSet "tunnel_flows" flowWhy tunnelFlows
+      ++ addressPortSet "host_flows" (f: f.toAddress) (f: "${f.to}: ${f.reason}") hostFlows
+      ++ addressPortSet "internet_egress" (e: e.fromAddress) fromWhy (filter (e: e.toKind == "internet") egress)
+      ++ addressPortSet "lan_egress" (e: e.fromAddress) fromWhy (filter (e: e.toKind == "lan") egress)
+      ++ addressClasses
+      ++ inputHead
       ++ [
-        "\tchain input {"
-        "\t\ttype filter hook input priority filter; policy drop;"
-        "\t\tct state established,related accept"
-        "\t\tct state invalid drop"
-        "\t\tiifname \"lo\" accept"
         "\t\tiifname . meta l4proto . th dport @services accept"
         "\t\tiifname \"${br}\" ip saddr . meta l4proto . th dport @guest_services accept"
         "\t\tiifname { ${concatStringsSep ", " (map (i: "\"${i}\"") ([ lan ] ++ u.optional (plan.mesh != null) plan.mesh.interface))} } icmp type echo-request accept"
@@ -358,13 +352,9 @@ in
         "}"
         "table inet homestack {"
       ]
-      ++ set "services" "inet_proto . inet_service" false (map (i: { key = pp i; why = i.reason; }) inputs)
+      ++ portSet "services" inputs
+      ++ inputHead
       ++ [
-        "\tchain input {"
-        "\t\ttype filter hook input priority filter; policy drop;"
-        "\t\tct state established,related accept"
-        "\t\tct state invalid drop"
-        "\t\tiifname \"lo\" accept"
         "\t\tiifname != \"${wg}\" meta l4proto . th dport @services accept"
         "\t\ticmp type echo-request accept comment \"ping, from the tunnel too\""
         "\t\tiifname != \"${wg}\" meta nfproto ipv6 jump public_ipv6"

@@ -13,18 +13,12 @@
   ...
 }:
 let
-  inherit (config.homestack) plan root;
-  certs = plan.certificates;
-  privateCa = certs.mode == "private-ca";
-  leaf = root + "/certs/wildcard.crt";
-  ca = root + "/certs/ca.crt";
-  etcName = path: lib.removePrefix "/etc/" path;
+  inherit (config.homestack) plan;
+  privateCa = plan.certificates.mode == "private-ca";
   rendered = plan.artifacts.traefik;
 in
 {
-  # Not an assertion: the example must evaluate before anyone has made a CA. Traefik then
-  # serves its own default certificate until the leaf exists.
-  warnings = lib.optional (privateCa && !builtins.pathExists leaf) "certificates: certs/wildcard.crt is missing; run `tools ca init` and `tools certs issue`, then rebuild";
+  imports = [ (import ./private-ca-tls.nix "traefik") ];
 
   services.traefik = {
     enable = true;
@@ -36,23 +30,10 @@ in
     environmentFiles = lib.mkIf (!privateCa) [ config.sops.templates."traefik.env".path ];
   };
 
-  environment.etc = lib.mkIf privateCa {
-    ${etcName certs.certFile} = lib.mkIf (builtins.pathExists leaf) { source = leaf; };
-    ${etcName certs.caFile} = lib.mkIf (builtins.pathExists ca) { source = ca; };
+  # acme-dns01: the provider's token (private-ca's key: private-ca-tls.nix).
+  sops.secrets = lib.mkIf (!privateCa) {
+    "cloudflare/api-token".restartUnits = [ "traefik.service" ];
   };
-
-  sops.secrets =
-    if privateCa then
-      {
-        # keyFile is /run/secrets/tls/key: sops-nix's default path for the name "tls/key".
-        "tls/key" = {
-          owner = config.services.traefik.user;
-          group = config.services.traefik.group;
-          restartUnits = [ "traefik.service" ];
-        };
-      }
-    else
-      { "cloudflare/api-token".restartUnits = [ "traefik.service" ]; };
   sops.templates = lib.mkIf (!privateCa) {
     # Traefik's Cloudflare provider (lego) reads CF_DNS_API_TOKEN.
     "traefik.env" = {

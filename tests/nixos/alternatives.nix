@@ -11,64 +11,13 @@
   homestackModules,
   sops-nix,
   self,
-}:
+}@args:
 let
   inherit (pkgs) lib;
   fixtures = ./fixtures;
-  keys = ../keys;
   planOf = name: homestackLib.mkPlan (../inventories/alternatives + "/${name}.toml");
-
-  # A test VM that is machine `name` of `plan` (as ./default.nix's `machine`).
-  machine =
-    plan: name:
-    { lib, ... }:
-    {
-      imports = [
-        sops-nix.nixosModules.sops
-        homestackModules.plan
-        homestackModules.common
-        homestackModules.secrets
-      ];
-      homestack = {
-        inherit plan;
-        machine = name;
-        root = fixtures;
-      };
-      sops.age.sshKeyPaths = lib.mkForce [ "${keys}/host_${name}" ];
-    };
-
-  # A guest's services and firewall on a plain VM with the plan's address on the test VLAN.
-  guest = plan: name: {
-    imports = [
-      (machine plan name)
-      homestackModules.guest-firewall
-    ]
-    ++ map (s: homestackModules.${s}) plan.guests.${name}.services
-    ++ lib.optional (builtins.pathExists (self + "/guests/${name}")) (self + "/guests/${name}");
-    networking.nameservers = plan.dnsServers;
-    networking.interfaces.eth1.ipv4.addresses = [
-      {
-        inherit (plan.guests.${name}) address;
-        prefixLength = plan.network.prefix;
-      }
-    ];
-  };
-
-  # A LAN client that trusts the test CA and asks the plan's dnsmasq.
-  client = plan: {
-    security.pki.certificateFiles = [ "${fixtures}/certs/ca.crt" ];
-    networking.nameservers = plan.dnsServers;
-    networking.interfaces.eth1.ipv4.routes = [
-      {
-        inherit (plan.network) address;
-        prefixLength = plan.network.prefix;
-      }
-    ];
-    environment.systemPackages = [
-      pkgs.dnsutils
-      pkgs.curl
-    ];
-  };
+  # The nodes, as ./default.nix's (./nodes.nix).
+  inherit (import ./nodes.nix args) machine guest client;
 
   traefikPlan = planOf "traefik";
   headscalePlan = planOf "headscale";

@@ -19,11 +19,10 @@
   microvm,
   configurations,
   self,
-}:
+}@args:
 let
   inherit (pkgs) lib;
   fixtures = ./fixtures;
-  keys = ../keys;
   net = plan.network;
   proxyAddress = plan.guests.proxy.address;
   tunnelNet = builtins.head (lib.splitString "/" plan.tunnel.cidr);
@@ -33,46 +32,10 @@ let
   unitsOf = lib.genAttrs guestNames (g: plan.guests.${g}.units);
   probesOf = lib.genAttrs guestNames (g: map lib.escapeShellArgs (map (h: h.argv) plan.guests.${g}.health));
 
-  # A test VM that is machine `name` of the plan: the plan, the common hardening and the
-  # sops wiring, with the fixtures as its secrets and its test host key as its identity
-  # (on a real guest the hypervisor installs that key before the first boot).
-  machine =
-    name:
-    { lib, ... }:
-    {
-      imports = [
-        sops-nix.nixosModules.sops
-        homestackModules.plan
-        homestackModules.common
-        homestackModules.secrets
-      ];
-      homestack = {
-        inherit plan;
-        machine = name;
-        root = fixtures;
-      };
-      sops.age.sshKeyPaths = lib.mkForce [ "${keys}/host_${name}" ];
-    };
-
-  # A guest's services and firewall on a plain VM, with the guest's address from the plan
-  # added to the test VLAN interface: the service modules its `services` name, then
-  # guests/<name>/, as modules/machines.nix composes them.
-  guest = name: {
-    imports = [
-      (machine name)
-      homestackModules.guest-firewall
-    ]
-    ++ map (s: homestackModules.${s}) plan.guests.${name}.services
-    ++ lib.optional (builtins.pathExists (self + "/guests/${name}")) (self + "/guests/${name}");
-    # A guest resolves the domain through the plan's DNS guests (modules/guest.nix).
-    networking.nameservers = plan.dnsServers;
-    networking.interfaces.eth1.ipv4.addresses = [
-      {
-        inherit (plan.guests.${name}) address;
-        prefixLength = net.prefix;
-      }
-    ];
-  };
+  # The nodes, on the example's plan (./nodes.nix).
+  nodes = import ./nodes.nix args;
+  machine = nodes.machine plan;
+  guest = nodes.guest plan;
 in
 {
   rollback = import ./rollback.nix { inherit pkgs; };
@@ -80,21 +43,8 @@ in
   guests = pkgs.testers.runNixOSTest {
     name = "homestack-guests";
     nodes = lib.genAttrs guestNames guest // {
-      # A LAN client: outside the guest network, it reaches the guests' addresses on-link.
-      client = {
-        security.pki.certificateFiles = [ "${fixtures}/certs/ca.crt" ];
-        networking.nameservers = [ proxyAddress ];
-        networking.interfaces.eth1.ipv4.routes = [
-          {
-            inherit (net) address;
-            prefixLength = net.prefix;
-          }
-        ];
-        environment.systemPackages = [
-          pkgs.dnsutils
-          pkgs.curl
-        ];
-      };
+      # A LAN client; the plan's DNS guest is the proxy, whose dnsmasq the script asks.
+      client = nodes.client plan;
     };
     # The guests in the plan's boot order, wave by wave: each machine's units (from the
     # catalogue) active, then each of its health probes (the argv deploy runs) passing.

@@ -46,16 +46,13 @@ rec {
   inherit mkOverride;
   mkDefault = mkOverride 1000;
   mkForce = mkOverride 50;
-  mkBefore = content: {
+  # as nixpkgs' lib: mkBefore and mkAfter are mkOrder 500 and 1500
+  mkOrder = priority: content: {
     _type = "order";
-    priority = 500;
-    inherit content;
+    inherit priority content;
   };
-  mkAfter = content: {
-    _type = "order";
-    priority = 1500;
-    inherit content;
-  };
+  mkBefore = mkOrder 500;
+  mkAfter = mkOrder 1500;
   literalExpression = text: {
     _type = "literalExpression";
     inherit text;
