@@ -28,6 +28,12 @@ let
     75
   ];
   stateDir = "/var/lib/homestack/gitops";
+  # On an Incus host the engine also runs OpenTofu here (tools/homestack/deploy/incus.py):
+  # the `tofu` and `incus` clients, and the state passphrase that OpenTofu reads from
+  # TF_VAR_state_passphrase (tools/homestack/tofu.py), from a sops secret through an
+  # EnvironmentFile that sops-nix renders at activation (sops.templates, sops.placeholder).
+  incus = (host.engine or "microvm") == "incus";
+  tofuEnv = "homestack-gitops-tofu.env";
 
   # `git verify-commit` with SSH signatures: one "<principal> <key>" line per admin key.
   allowedSigners = pkgs.writeText "homestack-allowed-signers" (
@@ -85,6 +91,11 @@ in
       default = "gitops_deploy_key";
       description = "Name of the secret in this machine's sops file holding the read-only SSH deploy key.";
     };
+    statePassphraseSecret = mkOption {
+      type = types.str;
+      default = "tofu_state_passphrase";
+      description = "Name of the secret in this machine's sops file holding the passphrase of OpenTofu's state (Incus hosts only).";
+    };
     knownHosts = mkOption {
       type = types.nullOr types.lines;
       default = null;
@@ -116,7 +127,13 @@ in
       }
     ];
 
-    sops.secrets.${cfg.deployKeySecret} = { };
+    sops.secrets = {
+      ${cfg.deployKeySecret} = { };
+    }
+    // lib.optionalAttrs incus { ${cfg.statePassphraseSecret} = { }; };
+    sops.templates = lib.optionalAttrs incus {
+      ${tofuEnv}.content = "TF_VAR_state_passphrase=${config.sops.placeholder.${cfg.statePassphraseSecret}}\n";
+    };
 
     systemd.tmpfiles.rules = [ "d ${stateDir} 0700 root root -" ];
 
@@ -140,7 +157,11 @@ in
         pkgs.coreutils
         config.systemd.package
       ]
-      ++ lib.optional (host.zfs or null != null) config.boot.zfs.package;
+      ++ lib.optional (host.zfs or null != null) config.boot.zfs.package
+      ++ lib.optionals incus [
+        pkgs.opentofu
+        config.virtualisation.incus.clientPackage
+      ];
       environment = {
         GIT_SSH_COMMAND = sshCommand;
         # nix and git want a home; nixpkgs' auto-upgrade service sets the same
@@ -153,7 +174,8 @@ in
       serviceConfig = {
         Type = "oneshot";
         SuccessExitStatus = handled;
-      };
+      }
+      // lib.optionalAttrs incus { EnvironmentFile = config.sops.templates.${tofuEnv}.path; };
     };
 
     systemd.timers.homestack-gitops = {

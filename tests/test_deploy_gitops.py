@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_deploy import make_plan
@@ -427,6 +428,7 @@ let
   pkgs = {
     writeText = name: text: builtins.toFile name text;
     git = "git"; openssh = "openssh"; curl = "curl"; bash = "bash"; coreutils = "coreutils";
+    opentofu = "opentofu";
   };
   config = {
     homestack = {
@@ -437,9 +439,13 @@ let
         enable = true; repository = "git@git.example:alice/home.git"; branch = "main";
         dates = "*:0/15"; deployKeySecret = "gitops_deploy_key"; knownHosts = null;
         healthTimeout = 2; package = "/nix/store/tools";
+        statePassphraseSecret = "tofu_state_passphrase";
       };
     };
     sops.secrets.gitops_deploy_key.path = "/run/secrets/gitops_deploy_key";
+    sops.placeholder.tofu_state_passphrase = "<SOPS:tofu_state_passphrase>";
+    sops.templates."homestack-gitops-tofu.env".path = "/run/secrets/rendered/tofu.env";
+    virtualisation.incus.clientPackage = "incus-client";
     nix.package = "nix";
     systemd.package = "systemd";
     boot.zfs.package = "zfs";
@@ -448,8 +454,48 @@ let
   unit = module.config.content.systemd.services.homestack-gitops;
 in
   assert module.config.condition;
-  { inherit (unit) script restartIfChanged unitConfig serviceConfig path; }
+  {
+    inherit (unit) script restartIfChanged unitConfig serviceConfig path;
+    secrets = builtins.attrNames module.config.content.sops.secrets;
+    templates = module.config.content.sops.templates;
+  }
 """
+
+
+def _module_unit(tmp_path: Path, inventory: Path) -> dict[str, Any]:
+    """modules/gitops.nix evaluated for the hypervisor `homelab` of ``inventory``."""
+    from homestack.plan import load_plan
+
+    (tmp_path / "plan.json").write_text(json.dumps(load_plan(inventory)))
+    expr = (
+        EVAL.replace("LIB", str(LIB))
+        .replace("PLAN", str(tmp_path / "plan.json"))
+        .replace("MODULE", str(ROOT / "modules" / "gitops.nix"))
+    )
+    unit: dict[str, Any] = json.loads(
+        subprocess.run(
+            ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    return unit
+
+
+@pytest.mark.skipif(
+    shutil.which("nix-instantiate") is None or not LIB.exists(), reason="needs nix-instantiate"
+)
+def test_on_an_incus_host_it_has_opentofu_incus_and_the_state_passphrase(tmp_path: Path) -> None:
+    """Why: GitOps on an Incus host runs OpenTofu, which needs its client, the Incus
+    client, and TF_VAR_state_passphrase; none of them was there."""
+    unit = _module_unit(tmp_path, ROOT / "tests" / "inventories" / "incus" / "inventory.toml")
+    assert "opentofu" in unit["path"] and "incus-client" in unit["path"]
+    assert unit["serviceConfig"]["EnvironmentFile"] == "/run/secrets/rendered/tofu.env"
+    assert unit["templates"]["homestack-gitops-tofu.env"]["content"] == (
+        "TF_VAR_state_passphrase=<SOPS:tofu_state_passphrase>\n"
+    )
+    assert unit["secrets"] == ["gitops_deploy_key", "tofu_state_passphrase"]
 
 
 @pytest.mark.skipif(
@@ -458,22 +504,10 @@ in
 def test_the_module_runs_the_engine_and_survives_its_own_removal(tmp_path: Path) -> None:
     from conftest import EXAMPLE
 
-    from homestack.plan import load_plan
-
-    (tmp_path / "plan.json").write_text(json.dumps(load_plan(EXAMPLE)))
-    expr = (
-        EVAL.replace("LIB", str(LIB))
-        .replace("PLAN", str(tmp_path / "plan.json"))
-        .replace("MODULE", str(ROOT / "modules" / "gitops.nix"))
-    )
-    unit = json.loads(
-        subprocess.run(
-            ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    unit = _module_unit(tmp_path, EXAMPLE)
+    # a microvm host runs no OpenTofu: no client, no passphrase
+    assert "opentofu" not in unit["path"] and "EnvironmentFile" not in unit["serviceConfig"]
+    assert unit["secrets"] == ["gitops_deploy_key"] and unit["templates"] == {}
     argv = shlex.split(unit["script"])
     assert argv[:5] == ["exec", "/nix/store/tools/bin/tools", "gitops", "--machine", "homelab"]
     assert argv[argv.index("--health-timeout") + 1] == "2"

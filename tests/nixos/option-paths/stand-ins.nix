@@ -62,6 +62,7 @@ in
         branch = "main";
         dates = "*:0/15";
         deployKeySecret = "gitops_deploy_key";
+        statePassphraseSecret = "tofu_state_passphrase";
         knownHosts = null;
         healthTimeout = 300;
       };
