@@ -19,11 +19,11 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from deployfakes import nix_build_json
 from test_deploy import make_plan
 from test_deploy_activation import GUESTS, NEW, OLD, Hypervisor
 
@@ -31,7 +31,7 @@ from homestack.deploy import gitops
 from homestack.deploy.health import Clock
 from homestack.deploy.steps import DeployOptions
 from homestack.errors import UserError
-from homestack.process import RecordingRunner, Result, Runner
+from homestack.process import RecordingRunner, Result
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ROOT / "tests" / "keys"
@@ -85,23 +85,7 @@ class Host:
         return rev
 
     def run(self) -> gitops.Status:
-        host = self
-
-        class Machine(Runner):
-            def run(
-                self,
-                args: Sequence[str],
-                *,
-                check: bool,
-                input: str | bytes | None = None,
-                env: Mapping[str, str] | None = None,
-                cwd: str | os.PathLike[str] | None = None,
-                timeout: float | None = None,
-                capture: bool = True,
-            ) -> Result:
-                del input, env, cwd, timeout, capture
-                return host.answer(tuple(args), check=check)
-
+        machine = RecordingRunner(script=self.answer)
         settings = gitops.Settings(
             machine="homelab",
             repository=str(self.origin),
@@ -112,20 +96,20 @@ class Host:
         )
         clock = Clock(sleep=self.sleeps.append)
         deploy = gitops.local_deploy(
-            Machine(), clock=clock, options=DeployOptions(health_timeout=0, poll_interval=0)
+            machine, clock=clock, options=DeployOptions(health_timeout=0, poll_interval=0)
         )
         return gitops.GitOps(
-            settings, runner=Machine(), load_plan=lambda _: make_plan(), deploy=deploy, clock=clock
+            settings, runner=machine, load_plan=lambda _: make_plan(), deploy=deploy, clock=clock
         ).run()
 
-    def answer(self, args: tuple[str, ...], *, check: bool) -> Result:  # noqa: PLR0911 - a host
+    def answer(self, args: tuple[str, ...]) -> Result:  # noqa: PLR0911 - a host
         self.calls.append(args)
         if args[0] == "git":
             if "fetch" in args and self.fetch_failures:
                 self.fetch_failures -= 1
                 return Result(args, 128, "", "fatal: Could not resolve host: git.example\n")
             env = {**os.environ, "HOME": str(self.t), "GIT_CONFIG_NOSYSTEM": "1"}
-            done = subprocess.run(args, check=check, capture_output=True, text=True, env=env)
+            done = subprocess.run(args, check=False, capture_output=True, text=True, env=env)
             return Result(args, done.returncode, done.stdout, done.stderr)
         if args[-1] == "--configuration-revision":
             return Result(args, 0, self.revision_of.get(self.machine.running, "") + "\n", "")
@@ -140,7 +124,7 @@ class Host:
                 if name == "homelab"
                 else (self.machine.systems[self.builds[rev]][name])
             )
-            return Result(args, 0, json.dumps([{"outputs": {"out": out}}]) + "\n", "")
+            return Result(args, 0, nix_build_json(out), "")
         if args[0] == "tools":  # secrets and certificates check
             return Result(args, 0, "", "")
         code, out = self.machine.ssh(" ".join(_quote(a) for a in args))
@@ -296,7 +280,7 @@ def test_an_invalid_inventory_in_a_commit_is_recorded_not_a_crash(host: Host) ->
         state_dir=host.state,
         allowed_signers=host.t / "allowed_signers",
     )
-    runner = RecordingRunner(script=lambda a: host.answer(a, check=False))
+    runner = RecordingRunner(script=host.answer)
     status = gitops.GitOps(
         settings,
         runner=runner,
