@@ -5,7 +5,6 @@ The classes (see the module's sections): values on stdin, key names, links and f
 are not regular files, damaged or tampered files, key files, and the editor.
 """
 
-# ruff: noqa: F811 - pytest fixtures imported from test_secrets_helpers are parameters here
 from __future__ import annotations
 
 import hashlib
@@ -22,16 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from test_secrets_helpers import (  # noqa: F401 - fixtures
-    BOB,
-    VECTORS,
-    add_admin,
-    admin_sops,
-    built_repo,
-    repo,
-    session_keys,
-    tools,
-)
+from test_secrets_helpers import BOB, VECTORS, add_admin, tools
 
 from homestack.secrets.sops import Sops
 from homestack.secrets.store import MAX_VALUE
