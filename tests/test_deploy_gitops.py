@@ -21,6 +21,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deployfakes import nix_build_json
@@ -84,16 +85,20 @@ class Host:
         self.builds[rev] = builds
         return rev
 
-    def run(self) -> gitops.Status:
-        machine = RecordingRunner(script=self.answer)
-        settings = gitops.Settings(
+    def settings(self, **changes: Any) -> gitops.Settings:
+        """The unit's settings for this host: its machine, origin, state and signers."""
+        return gitops.Settings(
             machine="homelab",
             repository=str(self.origin),
             branch="main",
             state_dir=self.state,
             allowed_signers=self.t / "allowed_signers",
-            backoff=1,
+            **changes,
         )
+
+    def run(self) -> gitops.Status:
+        machine = RecordingRunner(script=self.answer)
+        settings = self.settings(backoff=1)
         clock = Clock(sleep=self.sleeps.append)
         deploy = gitops.local_deploy(
             machine, clock=clock, options=DeployOptions(health_timeout=0, poll_interval=0)
@@ -273,13 +278,7 @@ def test_an_invalid_inventory_in_a_commit_is_recorded_not_a_crash(host: Host) ->
     def bad_plan(path: Path) -> dict[str, object]:
         raise UserError(f"{path}: guests.db.address: 192.168.101.5 is outside the guest network")
 
-    settings = gitops.Settings(
-        machine="homelab",
-        repository=str(host.origin),
-        branch="main",
-        state_dir=host.state,
-        allowed_signers=host.t / "allowed_signers",
-    )
+    settings = host.settings()
     runner = RecordingRunner(script=host.answer)
     status = gitops.GitOps(
         settings,
