@@ -111,9 +111,7 @@ def test_set_refuses_a_value_it_would_not_store_as_sent(
     [(b"", "ca/key"), (b"value", "sops")],
     ids=["an-empty-value", "a-sops-key"],
 )
-def test_a_refused_set_creates_no_file(
-    repo: Path, refuse: Refuse, value: bytes, key: str
-) -> None:
+def test_a_refused_set_creates_no_file(repo: Path, refuse: Refuse, value: bytes, key: str) -> None:
     """Neither an empty value nor the key `sops` makes a file that does not exist yet."""
     refuse("secrets", "set", "secrets/ca.yaml", key, value=value)
     assert not (repo / "secrets/ca.yaml").exists()
