@@ -13,6 +13,9 @@ import pytest
 
 from homestack.plan import load_plan
 
+# The secrets tests' fixtures (repo, admin_sops, bob_key, …), for any test that names one.
+pytest_plugins = ["test_secrets_helpers"]
+
 # CI runs as root after scripts/bootstrap, where every test can run: there (CI=true, as CI
 # services set it, or HOMESTACK_NO_SKIPS=1) a skipped test fails and says why it would have
 # skipped.

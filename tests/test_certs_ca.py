@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import subprocess
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from homestack.certs.certfile import (
 from homestack.certs.issue import build_leaf
 from homestack.certs.settings import CertSettings
 from homestack.errors import UserError
-from homestack.process import Result, Runner
+from homestack.process import Call, Result, Runner
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = REPO / "tests" / "keys"
@@ -51,28 +49,10 @@ class SpyRunner(Runner):
     def __init__(self) -> None:
         self.seen: list[tuple[tuple[str, ...], str]] = []
 
-    def run(
-        self,
-        args: Sequence[str],
-        *,
-        check: bool,
-        input: str | bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        timeout: float | None = None,
-        capture: bool = True,
-    ) -> Result:
-        stdin = input.decode() if isinstance(input, bytes) else (input or "")
-        self.seen.append((tuple(args), stdin))
-        return super().run(
-            args,
-            check=check,
-            input=input,
-            env=env,
-            cwd=cwd,
-            timeout=timeout,
-            capture=capture,
-        )
+    def execute(self, call: Call) -> Result:
+        stdin = call.input.decode() if isinstance(call.input, bytes) else (call.input or "")
+        self.seen.append((call.args, stdin))
+        return super().execute(call)
 
 
 def openssl_verify(tmp: Path, root: x509.Certificate, leaf: x509.Certificate) -> tuple[int, str]:

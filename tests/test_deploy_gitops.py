@@ -19,12 +19,12 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from deployfakes import nix_build_json
 from test_deploy import make_plan
 from test_deploy_activation import GUESTS, NEW, OLD, Hypervisor
 from test_deploy_incus import DELETE_OLD, INCUS, Fleet
@@ -34,7 +34,7 @@ from homestack.deploy.health import Clock
 from homestack.deploy.steps import DeployOptions
 from homestack.errors import UserError
 from homestack.plan import load_plan
-from homestack.process import RecordingRunner, Result, Runner
+from homestack.process import RecordingRunner, Result
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ROOT / "tests" / "keys"
@@ -87,48 +87,36 @@ class Host:
         self.builds[rev] = builds
         return rev
 
-    def run(self) -> gitops.Status:
-        host = self
-
-        class Machine(Runner):
-            def run(
-                self,
-                args: Sequence[str],
-                *,
-                check: bool,
-                input: str | bytes | None = None,
-                env: Mapping[str, str] | None = None,
-                cwd: str | os.PathLike[str] | None = None,
-                timeout: float | None = None,
-                capture: bool = True,
-            ) -> Result:
-                del input, env, cwd, timeout, capture
-                return host.answer(tuple(args), check=check)
-
-        settings = gitops.Settings(
+    def settings(self, **changes: Any) -> gitops.Settings:
+        """The unit's settings for this host: its machine, origin, state and signers."""
+        return gitops.Settings(
             machine="homelab",
             repository=str(self.origin),
             branch="main",
             state_dir=self.state,
             allowed_signers=self.t / "allowed_signers",
-            backoff=1,
+            **changes,
         )
+
+    def run(self) -> gitops.Status:
+        machine = RecordingRunner(script=self.answer)
+        settings = self.settings(backoff=1)
         clock = Clock(sleep=self.sleeps.append)
         deploy = gitops.local_deploy(
-            Machine(), clock=clock, options=DeployOptions(health_timeout=0, poll_interval=0)
+            machine, clock=clock, options=DeployOptions(health_timeout=0, poll_interval=0)
         )
         return gitops.GitOps(
-            settings, runner=Machine(), load_plan=lambda _: make_plan(), deploy=deploy, clock=clock
+            settings, runner=machine, load_plan=lambda _: make_plan(), deploy=deploy, clock=clock
         ).run()
 
-    def answer(self, args: tuple[str, ...], *, check: bool) -> Result:  # noqa: PLR0911 - a host
+    def answer(self, args: tuple[str, ...]) -> Result:  # noqa: PLR0911 - a host
         self.calls.append(args)
         if args[0] == "git":
             if "fetch" in args and self.fetch_failures:
                 self.fetch_failures -= 1
                 return Result(args, 128, "", "fatal: Could not resolve host: git.example\n")
             env = {**os.environ, "HOME": str(self.t), "GIT_CONFIG_NOSYSTEM": "1"}
-            done = subprocess.run(args, check=check, capture_output=True, text=True, env=env)
+            done = subprocess.run(args, check=False, capture_output=True, text=True, env=env)
             return Result(args, done.returncode, done.stdout, done.stderr)
         if args[-1] == "--configuration-revision":
             return Result(args, 0, self.revision_of.get(self.machine.running, "") + "\n", "")
@@ -143,7 +131,7 @@ class Host:
                 if name == "homelab"
                 else (self.machine.systems[self.builds[rev]][name])
             )
-            return Result(args, 0, json.dumps([{"outputs": {"out": out}}]) + "\n", "")
+            return Result(args, 0, nix_build_json(out), "")
         if args[0] == "tools":  # secrets and certificates check
             return Result(args, 0, "", "")
         code, out = self.machine.ssh(" ".join(_quote(a) for a in args))
@@ -292,14 +280,8 @@ def test_an_invalid_inventory_in_a_commit_is_recorded_not_a_crash(host: Host) ->
     def bad_plan(path: Path) -> dict[str, object]:
         raise UserError(f"{path}: guests.db.address: 192.168.101.5 is outside the guest network")
 
-    settings = gitops.Settings(
-        machine="homelab",
-        repository=str(host.origin),
-        branch="main",
-        state_dir=host.state,
-        allowed_signers=host.t / "allowed_signers",
-    )
-    runner = RecordingRunner(script=lambda a: host.answer(a, check=False))
+    settings = host.settings()
+    runner = RecordingRunner(script=host.answer)
     status = gitops.GitOps(
         settings,
         runner=runner,
@@ -329,7 +311,7 @@ class IncusHost:
     def answer(self, args: tuple[str, ...]) -> Result:
         self.calls.append(shlex.join(args))
         if args[0] == "git":
-            return self.host.answer(args, check=False)
+            return self.host.answer(args)
         if args[-1] == "--configuration-revision":
             return Result(args, 0, self.revision_of.get(self.fleet.host, "") + "\n", "")
         return self.fleet(args) or Result(args, 0, "", "")

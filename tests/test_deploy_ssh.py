@@ -18,24 +18,24 @@ already in place); every other command runs for real.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from deployfakes import nix_build_json
 
 from homestack.deploy import engine
 from homestack.deploy.remote import DEFAULT_OPTIONS, Ssh
 from homestack.deploy.report import Outcome
 from homestack.deploy.steps import DeployOptions
-from homestack.process import Result, Runner
+from homestack.process import RecordingRunner, Result, Runner
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists() or shutil.which("ip") is None,
@@ -256,33 +256,16 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         subprocess.run(["ip", "netns", "del", netns], check=True)
 
 
-class Deployer(Runner):
+def deployer(closure: str) -> RecordingRunner:
     """Answers `nix build`/`nix copy` for the test; runs all else (ssh) for real."""
 
-    def __init__(self, closure: str) -> None:
-        self.closure = closure
-        self.real = Runner()
-        self.calls: list[tuple[str, ...]] = []
+    def nix(args: tuple[str, ...]) -> Result | None:
+        if args[0] != "nix":
+            return None
+        # `nix build --json` builds ``closure``; `nix copy` says nothing
+        return Result(args, 0, nix_build_json(closure) if "build" in args else "", "")
 
-    def run(
-        self,
-        args: Sequence[str],
-        *,
-        check: bool,
-        input: str | bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: Any = None,
-        timeout: float | None = None,
-        capture: bool = True,
-    ) -> Result:
-        self.calls.append(tuple(args))
-        if args[0] == "nix":  # `nix build --json` as Nix prints it; `nix copy` says nothing
-            built = [{"drvPath": "/nix/store/x.drv", "outputs": {"out": self.closure}}]
-            out = json.dumps(built) + "\n" if "build" in args else ""
-            return Result(tuple(args), 0, out, "")
-        return self.real.run(
-            args, check=check, input=input, env=env, cwd=cwd, timeout=timeout, capture=capture
-        )
+    return RecordingRunner(script=nix, otherwise=Runner())
 
 
 PLAN: dict[str, Any] = {
@@ -304,7 +287,7 @@ def deploy(target: Target, closure: str) -> engine.DeployReport:
     (target.root / "log").write_text("")
     return engine.deploy(
         PLAN,
-        runner=Deployer(closure),
+        runner=deployer(closure),
         flake=target.root,
         ssh=target.ssh,
         options=DeployOptions(health_timeout=1, poll_interval=0.1, system_timeout=5),

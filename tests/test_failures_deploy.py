@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +35,13 @@ REFUSED = "ssh: connect to host relay port 22: Connection refused"
 TIMED_OUT = "ssh: connect to host homelab port 22: Connection timed out"
 
 
-class NoSsh(Runner):
+def no_ssh() -> RecordingRunner:
     """Fails the test on any command that would reach a machine (ssh, nix copy)."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, ...]] = []
-
-    def run(
-        self,
-        args: Sequence[str],
-        *,
-        check: bool,
-        input: str | bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: Any = None,
-        timeout: float | None = None,
-        capture: bool = True,
-    ) -> Result:
-        del check, input, env, cwd, timeout, capture
-        self.calls.append(tuple(args))
+    def refuse(args: tuple[str, ...]) -> Result:
         pytest.fail(f"a dry run ran a command: {list(args)}")
+
+    return RecordingRunner(script=refuse)
 
 
 def invoke(args: list[str]) -> Any:
@@ -76,7 +63,7 @@ def no_traceback(result: Any) -> None:
     ids=["status", "status-json", "all", "db", "json"],
 )
 def test_dry_run_opens_no_connection(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
-    runner = NoSsh()
+    runner = no_ssh()
     monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
     result = invoke(["--dry-run", "--inventory", str(INVENTORY), *args])
     no_traceback(result)
@@ -349,7 +336,7 @@ def test_bad_arguments_are_one_line_and_touch_nothing(
 ) -> None:
     from test_secrets_helpers import tools
 
-    runner = NoSsh()
+    runner = no_ssh()
     monkeypatch.setattr(deploy_cli, "runner", lambda: runner)
     monkeypatch.setattr(deploy_cli, "load", lambda _: (Path("/flake/inventory.toml"), make_plan()))
     monkeypatch.setattr(deploy_cli, "validator", lambda *_: lambda: [])

@@ -5,7 +5,6 @@ The classes (see the module's sections): values on stdin, key names, links and f
 are not regular files, damaged or tampered files, key files, and the editor.
 """
 
-# ruff: noqa: F811 - pytest fixtures imported from test_secrets_helpers are parameters here
 from __future__ import annotations
 
 import hashlib
@@ -19,18 +18,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pytest
-from test_secrets_helpers import (  # noqa: F401 - fixtures
-    BOB,
-    VECTORS,
-    add_admin,
-    admin_sops,
-    built_repo,
-    repo,
-    session_keys,
-    tools,
-)
+from test_secrets_helpers import BOB, VECTORS, add_admin, tools
 
 from homestack.secrets.sops import Sops
 from homestack.secrets.store import MAX_VALUE
@@ -71,6 +62,28 @@ def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return errors[0]
 
 
+class Refuse(Protocol):
+    def __call__(self, *argv: str, value: bytes | None = None) -> str: ...
+
+
+@pytest.fixture
+def refuse(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Refuse:
+    """`tools ARGV` (with ``value`` on stdin, when given) must be `refused` and leave every
+    file of the repository byte for byte as it was; returns its error line."""
+
+    def attempt(*argv: str, value: bytes | None = None) -> str:
+        if value is not None:
+            stdin(monkeypatch, value)
+        before = digests(repo)
+        line = refused(capsys, *argv)
+        assert digests(repo) == before
+        return line
+
+    return attempt
+
+
 # --- values on stdin ------------------------------------------------------------------------
 
 
@@ -86,25 +99,21 @@ def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     ids=["empty", "newline-only", "binary", "truncated-utf8", "huge"],
 )
 def test_set_refuses_a_value_it_would_not_store_as_sent(
-    repo: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    data: bytes,
-    why: str,
+    refuse: Refuse, data: bytes, why: str
 ) -> None:
-    before = digests(repo)
-    stdin(monkeypatch, data)
-    line = refused(capsys, "secrets", "set", VPN, "netbird/turn-password")
+    line = refuse("secrets", "set", VPN, "netbird/turn-password", value=data)
     assert line.startswith(f"error: {VPN}: netbird/turn-password: ")
     assert why in line and "nothing was stored" in line
-    assert digests(repo) == before
 
 
-def test_set_refuses_an_empty_value_when_the_file_does_not_exist_yet(
-    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    stdin(monkeypatch, b"")
-    refused(capsys, "secrets", "set", "secrets/ca.yaml", "ca/key")
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [(b"", "ca/key"), (b"value", "sops")],
+    ids=["an-empty-value", "a-sops-key"],
+)
+def test_a_refused_set_creates_no_file(repo: Path, refuse: Refuse, value: bytes, key: str) -> None:
+    """Neither an empty value nor the key `sops` makes a file that does not exist yet."""
+    refuse("secrets", "set", "secrets/ca.yaml", key, value=value)
     assert not (repo / "secrets/ca.yaml").exists()
 
 
@@ -147,18 +156,11 @@ def test_a_failing_producer_in_a_real_pipe_stores_nothing(repo: Path) -> None:
     ],
 )
 def test_set_refuses_a_key_that_would_replace_other_keys_or_sops_metadata(
-    repo: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    key: str,
-    why: str,
+    refuse: Refuse, capsys: pytest.CaptureFixture[str], key: str, why: str
 ) -> None:
-    before = digests(repo)
-    stdin(monkeypatch, b"value")
-    line = refused(capsys, "secrets", "set", VPN, key)
+    line = refuse("secrets", "set", VPN, key, value=b"value")
     assert line.startswith(f"error: {VPN}: {key}: ") and why in line
     assert line.endswith("the file is unchanged")
-    assert digests(repo) == before
     # and the file still opens: nothing was written into its metadata
     assert tools(capsys, "secrets", "show", VPN, "netbird/relay-secret")[0] == 0
 
@@ -179,26 +181,10 @@ def test_a_key_name_is_stored_as_given_not_escaped(
 
 
 @pytest.mark.parametrize("key", ["a[b", "line\nbreak"])
-def test_a_key_sops_cannot_address_is_refused(
-    repo: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    key: str,
-) -> None:
-    before = digests(repo)
-    stdin(monkeypatch, b"v")
-    line = refused(capsys, "secrets", "set", VPN, key)
+def test_a_key_sops_cannot_address_is_refused(refuse: Refuse, key: str) -> None:
+    line = refuse("secrets", "set", VPN, key, value=b"v")
     shown = key if key.isprintable() else repr(key)
     assert line.startswith(f"error: {VPN}: {shown}: sops cannot address a key holding '['")
-    assert digests(repo) == before
-
-
-def test_a_new_file_never_gets_a_sops_key(
-    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    stdin(monkeypatch, b"value")
-    refused(capsys, "secrets", "set", "secrets/ca.yaml", "sops")
-    assert not (repo / "secrets/ca.yaml").exists()
 
 
 # --- links and files that are not regular files -----------------------------------------------
@@ -221,21 +207,14 @@ def link_db_to_vpn(repo: Path) -> None:
     ids=lambda argv: argv[1],
 )
 def test_a_link_to_another_machines_file_is_never_followed(
-    repo: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    argv: tuple[str, ...],
+    repo: Path, monkeypatch: pytest.MonkeyPatch, refuse: Refuse, argv: tuple[str, ...]
 ) -> None:
     link_db_to_vpn(repo)
-    before = digests(repo)
-    stdin(monkeypatch, b"db-password")
     monkeypatch.setenv("EDITOR", "false")
-    line = refused(capsys, *argv)
-    assert line == (
+    assert refuse(*argv, value=b"db-password") == (
         "error: secrets/db.yaml: is a symbolic link (to vpn.yaml); a sops file must be a "
         "regular file in the repository, not followed through a link"
     )
-    assert digests(repo) == before
 
 
 def test_a_link_out_of_the_repository_is_refused(
@@ -267,19 +246,13 @@ def test_a_linked_directory_is_refused(
 
 @pytest.mark.parametrize("command", ["set", "rotate", "edit", "show", "recipients"])
 def test_a_directory_is_not_a_sops_file(
-    repo: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    command: str,
+    repo: Path, monkeypatch: pytest.MonkeyPatch, refuse: Refuse, command: str
 ) -> None:
     (repo / "secrets/db.yaml").mkdir()
-    before = digests(repo)
-    stdin(monkeypatch, b"x")
     monkeypatch.setenv("EDITOR", "false")
     argv = ["secrets", command, "secrets/db.yaml"] + (["k"] if command == "set" else [])
-    line = refused(capsys, *argv)
+    line = refuse(*argv, value=b"x")
     assert line == "error: secrets/db.yaml: is a directory, not a sops file"
-    assert digests(repo) == before
 
 
 def test_a_named_pipe_is_refused_without_waiting_on_it(
@@ -313,20 +286,21 @@ def test_check_and_sync_name_a_link_among_the_secret_files(
 # --- damaged and tampered files ---------------------------------------------------------------
 
 
-def alter_mac(path: Path) -> None:
-    text = path.read_text()
-    match = re.search(r"mac: ENC\[AES256_GCM,data:(.)", text)
-    assert match
-    flipped = "A" if match.group(1) != "A" else "B"
-    path.write_text(text[: match.start(1)] + flipped + text[match.end(1) :])
+def alter(key: str) -> Callable[[Path], None]:
+    """Change the first letter of ``key``'s ciphertext: the file stays well-formed YAML."""
+
+    def tamper(path: Path) -> None:
+        text = path.read_text()
+        match = re.search(rf"{key}: ENC\[AES256_GCM,data:(.)", text)
+        assert match
+        flipped = "A" if match.group(1) != "A" else "B"
+        path.write_text(text[: match.start(1)] + flipped + text[match.end(1) :])
+
+    return tamper
 
 
-def alter_value(path: Path) -> None:
-    text = path.read_text()
-    match = re.search(r"turn-password: ENC\[AES256_GCM,data:(.)", text)
-    assert match
-    flipped = "A" if match.group(1) != "A" else "B"
-    path.write_text(text[: match.start(1)] + flipped + text[match.end(1) :])
+alter_mac = alter("mac")
+alter_value = alter("turn-password")
 
 
 @pytest.mark.parametrize("tamper", [alter_mac, alter_value], ids=["mac", "value"])
@@ -344,17 +318,15 @@ def test_check_finds_a_file_changed_outside_sops(
 
 @pytest.mark.parametrize("tamper", [alter_mac, alter_value], ids=["mac", "value"])
 def test_sync_never_re_keys_a_tampered_file(
-    repo: Path, capsys: pytest.CaptureFixture[str], tamper: Callable[[Path], None]
+    repo: Path, capsys: pytest.CaptureFixture[str], refuse: Refuse, tamper: Callable[[Path], None]
 ) -> None:
     add_admin(repo / "inventory.toml", "bob", BOB)  # every file gains a recipient
     tools(capsys, "secrets", "rules")
     tamper(repo / VPN)
-    before = digests(repo)
-    line = refused(capsys, "secrets", "sync")
+    line = refuse("secrets", "sync")
     assert line.startswith(f"error: {VPN}: sops decrypt failed: ")
     assert "changed outside sops (damaged or tampered with)" in line
     assert line.endswith("not re-keyed, every file is unchanged")
-    assert digests(repo) == before
     assert not (repo / "secrets/.sync").exists()
 
 
@@ -544,14 +516,6 @@ def test_bootstrap_names_a_key_file_it_cannot_import(
 
 
 @pytest.mark.parametrize("key", ["", "/", "//"])
-def test_set_refuses_an_empty_name_before_reading_a_value(
-    repo: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    key: str,
-) -> None:
-    before = digests(repo)
-    stdin(monkeypatch, b"value")
-    line = refused(capsys, "secrets", "set", VPN, key)
+def test_set_refuses_an_empty_name_before_reading_a_value(refuse: Refuse, key: str) -> None:
+    line = refuse("secrets", "set", VPN, key, value=b"value")
     assert line == f"error: {VPN}: {key}: an empty secret name; the file is unchanged"
-    assert digests(repo) == before

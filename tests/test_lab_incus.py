@@ -11,20 +11,19 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, requires_nix
+from labenv import lab_environment, run_lab
 
 from homestack.lab import incus
 from homestack.plan import load_plan
 from homestack.process import default_runner
 
 INCUS_INVENTORY = REPO / "tests" / "inventories" / "incus" / "inventory.toml"
-TOOLS = str(Path(sys.executable).with_name("tools"))
 PREFIX = f"hsi{os.getpid()}-"
 PROGRAMS = ("ip", "nft", "setpriv", "caddy", "dnsmasq", "psql", "incus", "nsenter")
 SERVICES = {"caddy", "dnsmasq", "postgres"}
@@ -116,24 +115,12 @@ def env() -> Iterator[dict[str, str]]:
     missing = [p for p in PROGRAMS if shutil.which(p) is None]
     if missing or not incus.INCUSD.exists():
         pytest.skip(f"missing {', '.join(missing) or incus.INCUSD} (scripts/bootstrap)")
-    base = Path(f"/run/homestack-lab-incus-test-{os.getpid()}")
-    base.mkdir(mode=0o755)
-    environ = {
-        **os.environ,
-        "HOMESTACK_LAB_DIR": str(base / "run"),
-        "HOMESTACK_LAB_PREFIX": PREFIX,
-        "HOMESTACK_LAB_CACHE": str(base / "cache"),
-    }
-    try:
+    with lab_environment("lab-incus-test", PREFIX) as environ:
         yield environ
-    finally:
-        subprocess.run([TOOLS, "lab", "down"], env=environ, check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _lab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([TOOLS, "lab", *args], env=env, capture_output=True, text=True,
-                            check=False, timeout=300)  # fmt: skip
+    result = run_lab(env, *args, timeout=300)
     assert result.returncode == 0, f"tools lab {args}: {result.stdout}\n{result.stderr}"
     return result
 
@@ -210,8 +197,7 @@ def test_up_test_down_on_real_incus(env: dict[str, str], models: dict[str, Any])
         m["acl"]["name"]: len(m["acl"]["ingress"]) for m in models["instances"].values()
     }
 
-    test = subprocess.run([TOOLS, "lab", "test", "--json"], env=env, capture_output=True,
-                          text=True, check=False, timeout=300)  # fmt: skip
+    test = run_lab(env, "test", "--json", timeout=300)
     report = json.loads(test.stdout)
     assert report["failures"] == 0, test.stdout[-2000:]
     flows = sum(len(rows) for rows in report["matrix"].values())

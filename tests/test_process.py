@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from homestack.errors import UserError
-from homestack.process import Runner, error_line
+from homestack.lab.daemons import LabRunner
+from homestack.process import Call, RecordingRunner, Result, Runner, error_line
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,58 @@ def test_a_program_path_that_cannot_run_is_a_user_error(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\n")
     with pytest.raises(UserError, match=r"not-executable: cannot run it: Permission denied"):
         Runner().run([str(script)], check=False)
+
+
+def test_a_failed_checked_command_is_its_last_line_of_stderr() -> None:
+    with pytest.raises(UserError) as err:
+        Runner().run(["sh", "-c", "echo first >&2; echo 'last words' >&2; exit 3"], check=True)
+    assert str(err.value) == "sh -c echo first >&2; echo 'last words' >&2; exit 3: last words"
+    with pytest.raises(UserError, match=r"^false: exit code 1$"):
+        Runner().run(["false"], check=True)
+    assert Runner().run(["false"], check=False).returncode == 1
+
+
+def test_the_lab_runner_starts_in_root_unless_told_and_says_the_whole_message(
+    tmp_path: Path,
+) -> None:
+    lab, here = LabRunner(), Runner()
+    assert lab.run(["pwd"], check=True).stdout == "/\n"
+    assert lab.run(["pwd"], check=True, cwd=tmp_path).stdout == f"{tmp_path}\n"
+    assert here.run(["pwd"], check=True).stdout == f"{Path.cwd()}\n"
+    log = tmp_path / "spawned.log"
+    lab.spawn(["pwd"], log=log).wait(timeout=10)
+    here.spawn(["pwd"], log=log).wait(timeout=10)
+    assert log.read_text() == f"/\n{Path.cwd()}\n"
+    with pytest.raises(UserError) as err:
+        lab.run(["sh", "-c", "echo one >&2; echo two >&2; exit 4"], check=True)
+    assert str(err.value) == "sh: exit code 4:\n    one\n    two"
+
+
+def test_a_recording_runner_scripts_some_calls_and_hands_on_the_rest(tmp_path: Path) -> None:
+    def script(args: tuple[str, ...]) -> Result | None:
+        return Result(args, 1, "", "refused\n") if args[0] == "ssh" else None
+
+    quiet = RecordingRunner(script=script)
+    real = RecordingRunner(script=script, otherwise=LabRunner())
+    for runner in (quiet, real):
+        with pytest.raises(UserError, match=r"^ssh host true: refused$"):
+            runner.run(["ssh", "host", "true"], check=True)
+    assert quiet.run(["pwd"], check=True).stdout == ""
+    assert real.run(["pwd"], check=True).stdout == "/\n"  # the real runner's own folder
+    assert real.run(["cat"], check=True, input="fed\n", cwd=tmp_path).stdout == "fed\n"
+    assert quiet.calls == [("ssh", "host", "true"), ("pwd",)]
+    assert real.calls == [("ssh", "host", "true"), ("pwd",), ("cat",)]
+
+
+def test_a_runner_is_one_hook_to_override() -> None:
+    class Spy(Runner):
+        def __init__(self) -> None:
+            self.seen: list[Call] = []
+
+        def execute(self, call: Call) -> Result:
+            self.seen.append(call)
+            return super().execute(call)
+
+    spy = Spy()
+    assert spy.run(["cat"], check=True, input=b"raw", timeout=5).stdout == "raw"
+    assert spy.seen == [Call(("cat",), b"raw", None, None, 5, True)]

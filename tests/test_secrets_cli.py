@@ -1,6 +1,5 @@
 """The `tools secrets` commands end to end, with the real sops and a private repository."""
 
-# ruff: noqa: F811 - pytest fixtures imported from test_secrets_helpers are parameters here
 from __future__ import annotations
 
 import json
@@ -8,20 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_secrets_helpers import (  # noqa: F401 - fixtures
-    BOB,
-    KEYS,
-    VECTORS,
-    add_admin,
-    admin_sops,
-    bob_key,
-    built_repo,
-    repo,
-    secrets_plan,
-    session_keys,
-    sops_with,
-    tools,
-)
+from test_secrets_helpers import BOB, KEYS, VECTORS, add_admin, secrets_plan, sops_with, tools
 
 from homestack.inventory import read_inventory
 from homestack.secrets.agekeys import (

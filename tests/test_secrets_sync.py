@@ -1,6 +1,5 @@
 """`tools secrets sync`: all files or none, and kill -9 at any moment loses nothing."""
 
-# ruff: noqa: F811 - pytest fixtures imported from test_secrets_helpers are parameters here
 from __future__ import annotations
 
 import hashlib
@@ -14,18 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_secrets_helpers import (  # noqa: F401 - fixtures
-    BOB,
-    add_admin,
-    admin_sops,
-    bob_key,
-    built_repo,
-    repo,
-    secrets_plan,
-    session_keys,
-    sops_with,
-    tools,
-)
+from test_secrets_helpers import BOB, add_admin, secrets_plan, sops_with, tools
 
 import homestack.secrets.sync as sync_mod
 from homestack.errors import UserError

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from homestack.errors import UserError
-from homestack.lab import daemons, netns, overlay, probes
+from homestack.lab import daemons, netns, overlay, pki, probes
 from homestack.lab.state import LabPaths, LabState, save_state
 from homestack.lab.topology import Machine, Topology
 from homestack.process import Runner
@@ -112,36 +112,12 @@ def _lab_ca(lab: AcmeLab) -> tuple[Path, Path]:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     later = now + dt.timedelta(days=2)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Homestack lab"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "Homestack lab CA for stand-in services"),
-        ]
-    )
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(later)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_name = pki.lab_name("Homestack lab CA for stand-in services")
+    ca = pki.root_certificate(ca_name, ca_key, (now, later)).sign(ca_key, hashes.SHA256())
     key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLOUDFLARE_API)])
     leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLOUDFLARE_API)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(later)
+        pki.certificate(subject, ca_name, key, (now, later))
         .add_extension(
             x509.SubjectAlternativeName(
                 [

@@ -71,45 +71,10 @@ def failure_message(result: Result) -> str:
 class LabRunner(Runner):
     """The project's Runner, run from `/`, keeping a failed program's whole message."""
 
-    def run(
-        self,
-        args: Sequence[str],
-        *,
-        check: bool,
-        input: str | bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        timeout: float | None = None,
-        capture: bool = True,
-    ) -> Result:
-        result = super().run(
-            args,
-            check=False,
-            input=input,
-            env=env,
-            cwd="/" if cwd is None else cwd,
-            timeout=timeout,
-            capture=capture,
-        )
-        if check and result.returncode != 0:
-            raise UserError(failure_message(result))
-        return result
+    workdir = "/"
 
-    def spawn(
-        self, args: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        """Start a long-running program detached from us: stdin from /dev/null, stdout and
-        stderr appended to ``log``, in its own session, in `/`. The caller owns it."""
-        with log.open("ab") as out:
-            return subprocess.Popen(
-                list(args),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd="/",
-                env=None if env is None else {**os.environ, **env},
-            )
+    def failure(self, result: Result) -> str:
+        return failure_message(result)
 
 
 runner = LabRunner()

@@ -28,12 +28,46 @@ class LabCerts:
     key: Path
 
 
-def _name(common: str) -> x509.Name:
+def lab_name(common: str) -> x509.Name:
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Homestack lab"),
             x509.NameAttribute(NameOID.COMMON_NAME, common),
         ]
+    )
+
+
+def certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    valid: tuple[dt.datetime, dt.datetime],
+) -> x509.CertificateBuilder:
+    """A certificate for ``key``, valid from the first to the second time, ready for its
+    extensions and its issuer's signature."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+    )
+
+
+def root_certificate(
+    name: x509.Name, key: ec.EllipticCurvePrivateKey, valid: tuple[dt.datetime, dt.datetime]
+) -> x509.CertificateBuilder:
+    """A self-issued CA that signs leaves only (no intermediates), ready for more
+    extensions and its own signature."""
+    return (
+        certificate(name, name, key, valid)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
     )
 
 
@@ -71,23 +105,12 @@ def _build(
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     later = now + dt.timedelta(days=2)
     root_key = ec.generate_private_key(ec.SECP384R1())
-    root_name = _name(f"Homestack lab root for {domain}")
+    root_name = lab_name(f"Homestack lab root for {domain}")
     constraint = x509.NameConstraints(
         permitted_subtrees=[x509.DNSName(domain)], excluded_subtrees=None
     )
     root = (
-        x509.CertificateBuilder()
-        .subject_name(root_name)
-        .issuer_name(root_name)
-        .public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(later)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
+        root_certificate(root_name, root_key, (now, later))
         .add_extension(constraint, critical=True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False
@@ -96,13 +119,7 @@ def _build(
     )
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
-        x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(root_name)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(later)
+        certificate(lab_name(names[0]), root_name, leaf_key, (now, later))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, False, False, False, False),
