@@ -230,6 +230,8 @@ class _Loop:
             for i in list(self.live):
                 self._close(i)
             self.selector.close()
+        # A held probe waits for a resource a running one holds, so none can be left over.
+        assert all(self.outcomes), "a probe was held and never started"
         return self.outcomes, self.overloaded
 
     def _target(self, i: int) -> tuple[str, int, str] | None:
