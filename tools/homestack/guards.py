@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import getpass
-import hashlib
 import hmac
-import json
 import os
 import secrets
 import socket
@@ -30,10 +28,11 @@ from homestack.fsutil import atomic_write
 from homestack.plandiff import (
     KINDS,
     Change,
+    DeployedRecord,
     PlanDiff,
     compare,
     deployed_record,
-    load_deployed,
+    read_deployed,
 )
 from homestack.process import default_runner
 
@@ -278,16 +277,22 @@ class Verdict:
     diff: PlanDiff | None  # None when nothing was recorded as deployed yet
     violations: tuple[Violation, ...]
     approved: bool
+    hosts_read: bool = False  # whether the hosts' records were read, not only this checkout's
 
     @property
     def allowed(self) -> bool:
         return not self.violations or self.approved
 
     def lines(self) -> list[str]:
+        if self.diff is None and self.hosts_read:
+            return [
+                "no deploy recorded yet, here or on the hosts: this one is not checked; "
+                "a complete deploy records what later ones are checked against"
+            ]
         if self.diff is None:
             return [
-                "no deploy recorded yet (.homestack/deployed.json): this one is not "
-                "checked; a complete deploy records what later ones are checked against"
+                "no deploy recorded in this checkout (.homestack/deployed.json): this one "
+                "is not checked; `tools deploy --fetch-record` fetches the hosts' record"
             ]
         out = self.diff.lines()
         out += violation_lines(self.violations)
@@ -302,19 +307,37 @@ class Verdict:
         return out
 
 
-def evaluate(inventory: Path, plan: Mapping[str, Any], approve: str | None) -> Verdict:
-    """The guards' verdict on deploying ``plan`` over what was last recorded as deployed."""
-    old = load_deployed(inventory)
+def evaluate(
+    inventory: Path,
+    plan: Mapping[str, Any],
+    approve: str | None,
+    deployed: DeployedRecord | None = None,
+    *,
+    hosts_read: bool = False,
+) -> Verdict:
+    """The guards' verdict on deploying ``plan`` over what was last recorded as deployed:
+    ``deployed`` when the hosts' records were read (``hosts_read``), else this checkout's."""
+    old = deployed if hosts_read else read_deployed(inventory)
     if old is None:
-        return Verdict(None, (), False)
-    diff = compare(old, plan, old_label="deployed", new_label=str(inventory))
-    violations = tuple(check(diff, load_policy(inventory), old, plan))
-    return Verdict(diff, violations, approves(approve, diff.digest))
+        return Verdict(None, (), False, hosts_read)
+    diff = compare(old.plan, plan, old_label="deployed", new_label=str(inventory))
+    violations = tuple(check(diff, load_policy(inventory), old.plan, plan))
+    return Verdict(diff, violations, approves(approve, diff.digest), hosts_read)
 
 
-def record_deployed(inventory: Path, plan: Mapping[str, Any]) -> Path | None:
-    """Remember ``plan`` as deployed, next to the inventory; None when there is no such
-    directory (nothing is created outside the repository)."""
+def new_record(inventory: Path, plan: Mapping[str, Any]) -> DeployedRecord:
+    """The record of deploying ``plan`` now, from this checkout's revision."""
+    return DeployedRecord(
+        dict(plan),
+        datetime.now(UTC).replace(microsecond=0),
+        _git_head(Path(inventory).resolve().parent),
+        f"{getpass.getuser()}@{socket.gethostname()}",
+    )
+
+
+def store_record(inventory: Path, record: DeployedRecord) -> Path | None:
+    """Write ``record`` as this checkout's, next to the inventory; None when there is no
+    such directory (nothing is created outside the repository)."""
     path = deployed_record(inventory)
     if not path.parent.parent.is_dir():
         return None
@@ -322,16 +345,13 @@ def record_deployed(inventory: Path, plan: Mapping[str, Any]) -> Path | None:
     ignore = path.parent / ".gitignore"
     if not ignore.exists():  # local state of this checkout, like .venv/
         atomic_write(ignore, b"*\n")
-    canonical = json.dumps(plan, sort_keys=True, separators=(",", ":"))
-    record = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "who": f"{getpass.getuser()}@{socket.gethostname()}",
-        "commit": _git_head(path.parent.parent),
-        "plan_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
-        "plan": plan,
-    }
-    atomic_write(path, json.dumps(record, sort_keys=True).encode(), mode=0o644)
+    atomic_write(path, record.dumps(), mode=0o644)
     return path
+
+
+def record_deployed(inventory: Path, plan: Mapping[str, Any]) -> Path | None:
+    """Remember ``plan`` as deployed now, next to the inventory (see store_record)."""
+    return store_record(inventory, new_record(inventory, plan))
 
 
 def _git_head(directory: Path) -> str | None:
@@ -349,13 +369,20 @@ Echo = Callable[[str], None]
 
 
 def before_deploy(
-    inventory: Path, plan: Mapping[str, Any], *, approve: str | None, dry_run: bool, echo: Echo
+    inventory: Path,
+    plan: Mapping[str, Any],
+    *,
+    approve: str | None,
+    dry_run: bool,
+    echo: Echo,
+    deployed: DeployedRecord | None = None,
+    hosts_read: bool = False,
 ) -> Verdict:
     """The deploy's guard: show the diff against what is deployed and raise UserError when a
     broken guard is not approved (a dry run only says so)."""
     from homestack import auditlog  # noqa: PLC0415 - the audit log is optional here
 
-    verdict = evaluate(inventory, plan, approve)
+    verdict = evaluate(inventory, plan, approve, deployed, hosts_read=hosts_read)
     if verdict.diff is not None:
         auditlog.annotate(diff=verdict.diff.digest, approved=verdict.approved)
     for line in verdict.lines():
@@ -380,20 +407,35 @@ R = TypeVar("R", bound=_Report)
 def guarded(
     inventory: Path,
     plan: Mapping[str, Any],
-    run: Callable[[], R],
+    run: Callable[[DeployedRecord | None], R],
     *,
     approve: str | None,
     dry_run: bool,
     build_only: bool,
     selected: Sequence[str],
     echo: Echo,
+    deployed: DeployedRecord | None = None,
+    hosts_read: bool = False,
 ) -> R:
-    """Run a deploy (``run``) behind the guards; after a complete, successful deploy of
-    every machine, record ``plan`` as what is deployed."""
-    before_deploy(inventory, plan, approve=approve, dry_run=dry_run or build_only, echo=echo)
-    report = run()
-    if report.ok and not (dry_run or build_only or selected):
-        where = record_deployed(inventory, plan)
+    """Run a deploy (``run``) behind the guards, compared with ``deployed`` when the hosts'
+    records were read (``hosts_read``), else with this checkout's record.
+
+    ``run`` gets the record of this deploy when it deploys every machine (for it to keep
+    on the hosts), else None; after a complete, successful deploy this checkout keeps it
+    too."""
+    before_deploy(
+        inventory,
+        plan,
+        approve=approve,
+        dry_run=dry_run or build_only,
+        echo=echo,
+        deployed=deployed,
+        hosts_read=hosts_read,
+    )
+    record = None if build_only or selected else new_record(inventory, plan)
+    report = run(record)
+    if report.ok and record is not None and not dry_run:
+        where = store_record(inventory, record)
         if where is not None:
             echo(f"recorded the deployed plan in {where}")
     return report

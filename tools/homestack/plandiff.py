@@ -14,6 +14,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -616,19 +617,88 @@ def deployed_record(inventory: Path) -> Path:
     return Path(inventory).resolve().parent / ".homestack" / "deployed.json"
 
 
-def load_deployed(inventory: Path) -> dict[str, Any] | None:
-    """The plan the last complete deploy recorded, or None when none was."""
+@dataclass(frozen=True)
+class DeployedRecord:
+    """What a complete deploy recorded: the plan, when (UTC), the revision it deployed and
+    who ran it. A checkout keeps one in .homestack/deployed.json and every deployed host
+    one in /var/lib/homestack/deployed.json. Records written before `when` and `commit`
+    were kept still load: they count as older than any record that has a time."""
+
+    plan: dict[str, Any]
+    when: datetime | None = None
+    commit: str | None = None
+    who: str | None = None
+    where: str = ""  # the file it was read from, for messages
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> DeployedRecord:
+        """The record in ``text``; UserError naming ``where`` when it is not one."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"{where}: not a deployed record (not JSON: {exc})") from exc
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: not a deployed record (not a JSON object)")
+        plan = data.get("plan")
+        if not isinstance(plan, dict):
+            raise UserError(f"{where}: plan: missing; delete the file to start a new record")
+        when = data.get("when")
+        stamp = None
+        if when is not None:
+            try:
+                stamp = datetime.fromisoformat(str(when))
+            except ValueError as exc:
+                raise UserError(f"{where}: when: {when!r} is not an ISO 8601 time") from exc
+            stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+        extra = {k: data.get(k) for k in ("commit", "who")}
+        for key, value in extra.items():
+            if value is not None and not isinstance(value, str):
+                raise UserError(f"{where}: {key}: must be a string")
+        return cls(plan, stamp, extra["commit"], extra["who"], where)
+
+    def newer_than(self, other: DeployedRecord | None) -> bool:
+        """Whether this record is strictly newer than ``other`` (None: no record at all)."""
+        if other is None:
+            return True
+        if self.when is None:
+            return False
+        return other.when is None or self.when > other.when
+
+    def describe(self) -> str:
+        """ "2026-11-29T11:02:03+00:00, commit 1a2b3c4d5e6f, by root@vm" """
+        when = self.when.isoformat(timespec="seconds") if self.when else "time not recorded"
+        commit = f"commit {self.commit[:12]}" if self.commit else "commit not recorded"
+        return f"{when}, {commit}" + (f", by {self.who}" if self.who else "")
+
+    def dumps(self) -> bytes:
+        """The file's bytes: what parse reads back."""
+        canonical = json.dumps(self.plan, sort_keys=True, separators=(",", ":"))
+        record = {
+            "when": self.when.isoformat(timespec="seconds") if self.when else None,
+            "who": self.who,
+            "commit": self.commit,
+            "plan_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+            "plan": self.plan,
+        }
+        return json.dumps(record, sort_keys=True).encode()
+
+
+def read_deployed(inventory: Path) -> DeployedRecord | None:
+    """This checkout's record of the last complete deploy, or None when it has none."""
     path = deployed_record(inventory)
     try:
-        record: dict[str, Any] = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read the deployed record: {exc}") from exc
-    plan = record.get("plan")
-    if not isinstance(plan, dict):
-        raise UserError(f"{path}: plan: missing; delete the file to start a new record")
-    return plan
+    return DeployedRecord.parse(text, str(path))
+
+
+def load_deployed(inventory: Path) -> dict[str, Any] | None:
+    """The plan the last complete deploy recorded, or None when none was."""
+    record = read_deployed(inventory)
+    return None if record is None else record.plan
 
 
 def resolve_against(
@@ -640,7 +710,8 @@ def resolve_against(
         plan = load_deployed(inventory)
         if plan is None:
             raise UserError(
-                f"{deployed_record(inventory)}: nothing deployed yet (tools deploy records it)"
+                f"{deployed_record(inventory)}: no deployed record in this checkout; "
+                "`tools deploy --fetch-record` fetches the newest from the hosts"
             )
         return plan, "deployed"
     candidate = Path(against)

@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from homestack.cliopts import inventory_option
-from homestack.deploy import engine
+from homestack.deploy import engine, record
 from homestack.deploy import gitops as gitops_run
+from homestack.deploy.order import waves
 from homestack.deploy.remote import DEFAULT_OPTIONS, Local, Ssh
 from homestack.deploy.status import status as machine_status
 from homestack.deploy.steps import DeployOptions
@@ -107,6 +108,12 @@ class _Printer:
     is_flag=True,
     help="Deploy the host this runs on (and its guests) without ssh, as GitOps does.",
 )
+@click.option(
+    "--fetch-record",
+    is_flag=True,
+    help="Deploy nothing: fetch the newest deployed record from the hosts into "
+    ".homestack/deployed.json (what `tools plan diff --against deployed` reads).",
+)
 def deploy(  # noqa: PLR0917 - click passes options by keyword
     machines: tuple[str, ...],
     dry_run: bool,
@@ -119,12 +126,14 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
     ssh_options: tuple[str, ...],
     approve: str | None,
     local: bool,
+    fetch_record: bool,
 ) -> None:
     """Build, switch, health-check and roll back MACHINEs (default: all), in the plan's order.
 
     \b
     tools deploy [MACHINE…] [--dry-run] [--build-only] [--json]
     tools deploy status [MACHINE…] [--json]   what each machine runs, and its GitOps state
+    tools deploy --fetch-record               the hosts' newest deployed record, kept here
 
     Exit status: 0 when every machine runs its new configuration, 1 when any did not
     (each one's state is printed), 2 for a problem in the inventory or the command line,
@@ -152,6 +161,9 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
             for row in rows:
                 click.echo(row.line())
         sys.exit(0 if all(r.reachable for r in rows) else 1)
+
+    if fetch_record:
+        sys.exit(_fetch_record(path, plan, ssh, machines, dry_run=dry_run))
 
     if local:
         if len(machines) != 1 or machines[0] not in plan["hosts"]:
@@ -186,8 +198,11 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
             return False
         return click.confirm(question, default=False, err=True)
 
-    # The guards (homestack.guards) show the diff against what is deployed and refuse a
-    # change that breaks one unless --approve names that exact diff.
+    # The guards (homestack.guards) show the diff against what is deployed (the newest record
+    # of this checkout's and the hosts') and refuse a change that breaks one unless
+    # --approve names that exact diff. A dry run or a build connects to nothing.
+    waves(plan, machines)  # an unknown machine is named before anything connects
+    deployed = _deployed(path, plan, ssh, machines[:1] if local else (), options, printer)
     report = guarded(
         path,
         plan,
@@ -196,7 +211,9 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
         build_only=build_only,
         selected=machines,
         echo=lambda line: printer.progress("guards", line),
-        run=lambda: engine.deploy(
+        deployed=deployed,
+        hosts_read=not (dry_run or build_only),
+        run=lambda this: engine.deploy(
             plan,
             runner=run_with,
             flake=path.parent,
@@ -206,6 +223,7 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
             validate=validator(plan, path, printer.progress),
             progress=printer.progress,
             confirm=confirm,
+            deployed=this,
         ),
     )
     if as_json:
@@ -216,6 +234,62 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
         click.echo(report.summary(), err=not dry_run)
     # 2: a destructive OpenTofu apply was held back (its final snapshot or export failed)
     sys.exit(2 if report.held else 0 if report.ok else 1)
+
+
+def _deployed(  # noqa: PLR0917 - the deploy's state, handed over once
+    inventory: Path,
+    plan: dict[str, Any],
+    ssh: Ssh,
+    hosts: tuple[str, ...],
+    options: DeployOptions,
+    printer: _Printer,
+) -> record.DeployedRecord | None:
+    """The newest record of this checkout's and the ``hosts``' (default: all), for the
+    guards; a dry run or a build connects to nothing and says so (None: not read)."""
+    if options.dry_run or options.build_only:
+        what = "dry run" if options.dry_run else "build"
+        printer.progress(
+            "guards",
+            f"compared with this checkout's record only (a {what} reads no host's; "
+            "`tools deploy --fetch-record` fetches theirs)",
+        )
+        return None
+    found = record.hosts_of(plan, hosts)
+    printer.progress("guards", f"read the deployed record on {', '.join(h for h, _ in found)}")
+    return record.read_newest(inventory, found, runner(), ssh, printer.progress)
+
+
+def _fetch_record(
+    inventory: Path, plan: dict[str, Any], ssh: Ssh, machines: tuple[str, ...], *, dry_run: bool
+) -> int:
+    """`tools deploy --fetch-record [HOST…]`: 0 when this checkout now has a record (the
+    newest of its own and the hosts'), 1 when there is none anywhere."""
+    unknown = sorted(set(machines) - set(plan["hosts"]))
+    if unknown:
+        raise UserError(
+            f"{inventory}: tools deploy --fetch-record: {unknown[0]!r} is not a host "
+            f"(hosts: {', '.join(sorted(plan['hosts']))})"
+        )
+    hosts = record.hosts_of(plan, machines)
+
+    def say(machine: str, line: str) -> None:
+        click.echo(f"[{machine}] {line}", err=True)
+
+    if dry_run:
+        printed = engine.DryRunRunner(click.echo)
+        click.echo("# tools deploy --dry-run --fetch-record: the commands it runs.")
+        record.read_hosts(hosts, printed, ssh, say)
+        click.echo(f"# dry run: {len(hosts)} host(s); nothing was run")
+        return 0
+    best = record.read_newest(inventory, hosts, runner(), ssh, say)
+    if best is None:
+        click.echo(
+            f"no deployed record on {', '.join(h for h, _ in hosts)} nor in this checkout; "
+            "a complete `tools deploy` writes one"
+        )
+        return 1
+    click.echo(f"deployed record: {best.where} ({best.describe()})")
+    return 0
 
 
 def _stderr(line: str) -> None:

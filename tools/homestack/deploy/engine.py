@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shlex
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from homestack.deploy import health, incus, steps
+from homestack.deploy import health, incus, record, steps
 from homestack.deploy.order import STATE_DIR, Kind, Machine, waves
 from homestack.deploy.remote import ConnectionLost, Remote, Ssh
 from homestack.deploy.report import DeployReport, MachineReport, Outcome, Removal
 from homestack.deploy.steps import Context, DeployOptions, MachineRun, Snapshots
+from homestack.plandiff import DeployedRecord
 from homestack.process import Result, Runner, error_line
 
 Progress = Callable[[str, str], None]
@@ -91,10 +93,13 @@ def deploy(  # noqa: PLR0912 - the run's phases, in order
     clock: health.Clock | None = None,
     stamp: str | None = None,
     unattended: incus.Unattended | None = None,
+    deployed: DeployedRecord | None = None,
 ) -> DeployReport:
     """Deploy ``selected`` machines (all when empty) of ``plan``; never raises for a
     machine's failure: every machine's end state is in the report. ``unattended``: no one
-    is asked whether to apply an Incus host's OpenTofu plan (GitOps), see there."""
+    is asked whether to apply an Incus host's OpenTofu plan (GitOps), see there.
+    ``deployed``: the record of this deploy, written on every deployed host once all of
+    them succeeded (homestack.deploy.record)."""
     options = options or DeployOptions()
     ssh = ssh or Ssh()
     clock = clock or health.Clock()
@@ -188,11 +193,17 @@ def deploy(  # noqa: PLR0912 - the run's phases, in order
         },
     )
     try:
-        return _waves(ctx, plan, order, built, unreachable, to_remove, kept, flake=flake,
-                      confirm=confirm, unattended=unattended)  # fmt: skip
+        report = _waves(ctx, plan, order, built, unreachable, to_remove, kept, flake=flake,
+                        confirm=confirm, unattended=unattended)  # fmt: skip
     finally:  # the hypervisors' locks kept while their guests ran
         for remote in ctx.held.values():
             steps.release(remote)
+    if deployed is not None and report.ok:
+        hosts = [(m.name, m.target) for m in machines if m.kind is Kind.HOST]
+        report = dataclasses.replace(
+            report, records=record.write_on_hosts(deployed, hosts, runner, ssh, progress)
+        )
+    return report
 
 
 def _waves(  # noqa: PLR0917 - the state of one deploy, handed over once

@@ -71,6 +71,15 @@ class Removal:
 
 
 @dataclass(frozen=True)
+class RecordWrite:
+    """Whether one host now keeps the record of this deploy (homestack.deploy.record)."""
+
+    host: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class DeployReport:
     machines: tuple[MachineReport, ...]
     removals: tuple[Removal, ...] = ()
@@ -79,6 +88,9 @@ class DeployReport:
     # a destructive OpenTofu apply that was not made: no one to confirm it, or its final
     # snapshot or export failed (homestack.deploy.incus); one line, and exit code 2
     held: str | None = None
+    # the record of a complete deploy, written on each host after it succeeded; a host that
+    # did not get it is said here and does not make the deploy a failure
+    records: tuple[RecordWrite, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -95,6 +107,7 @@ class DeployReport:
                 {"guest": r.guest, "host": r.host, "removed": r.removed, "detail": r.detail}
                 for r in self.removals
             ],
+            "recorded": [{"host": r.host, "ok": r.ok, "detail": r.detail} for r in self.records],
         }
 
     def dumps(self) -> str:
@@ -112,10 +125,16 @@ class DeployReport:
             f"{r.guest:<{width}}  {'removed' if r.removed else 'kept':<11}  {r.detail}"
             for r in self.removals
         ]
+        lines += [
+            f"{r.host:<{width}}  {'no record':<11}  {r.detail}" for r in self.records if not r.ok
+        ]
         if self.held:
             lines.append(f"deploy stopped: {self.held}")
         elif self.error:
             lines.append(f"deploy failed: {self.error}")
+        elif self.ok and any(not r.ok for r in self.records):
+            bad = [r.host for r in self.records if not r.ok]
+            lines.append(f"deploy succeeded; the deployed record is not on {', '.join(bad)}")
         elif self.ok:
             lines.append("deploy succeeded")
         else:
