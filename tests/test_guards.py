@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from test_deploy import Machines, make_plan
+from test_deploy import Machines, make_plan, text
 
 from homestack import guards
 from homestack.deploy import cli as deploy_cli
 from homestack.errors import UserError
 from homestack.plandiff import compare
 from homestack.process import RecordingRunner
+
+READ = "cat /var/lib/homestack/deployed.json"  # homestack.deploy.record, before the guards
 
 
 def with_secrets(plan: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +86,7 @@ def test_refused_without_approval_accepted_with_it_and_not_replayable(
     assert "deploy refused: 1 change(s) break 1 guard in diff" in str(refused.exception)
     assert "[guards] guard new-secret-access broken" in refused.output
     assert "[guards]   proxy can now decrypt secrets/shared/pg-pocketid.yaml" in refused.output
-    assert fleet.runner.calls == []  # nothing ran, not even validation
+    assert [text(c) for c in fleet.runner.calls] == [READ, READ]  # only the hosts' records
 
     diff = compare(deployed, new, old_label="deployed", new_label=str(repo))
     # An approval of another diff (the same secret to another machine) does not carry over.
@@ -92,8 +94,10 @@ def test_refused_without_approval_accepted_with_it_and_not_replayable(
     other["secrets"]["secrets/shared/pg-pocketid.yaml"]["machines"].append("vpn")
     elsewhere = compare(deployed, other, old_label="deployed", new_label=str(repo))
     wrong = guards.approval_token(elsewhere.digest, create=True)
+    fleet.runner.calls.clear()
     replayed = fleet.deploy("--approve", wrong)
-    assert isinstance(replayed.exception, UserError) and fleet.runner.calls == []
+    assert isinstance(replayed.exception, UserError)
+    assert [text(c) for c in fleet.runner.calls] == [READ, READ]
 
     token = guards.approval_token(diff.digest)
     assert token != wrong
@@ -148,7 +152,9 @@ def test_without_a_record_the_first_deploy_records_one(
     fleet = Fleet(monkeypatch, repo, plan)
     result = fleet.deploy()
     assert result.exit_code == 0, result.output
-    assert "no deploy recorded yet" in result.output
+    assert "no deploy recorded yet, here or on the hosts: this one is not checked" in (
+        result.output
+    )
     assert json.loads((repo.parent / ".homestack" / "deployed.json").read_text())["plan"] == plan
 
 

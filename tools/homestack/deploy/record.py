@@ -72,7 +72,7 @@ def _read_one(name: str, target: str, runner: Runner, ssh: Ssh) -> DeployedRecor
     try:
         result = Remote(runner, ssh, target).run(["cat", HOST_RECORD], input="")
     except ConnectionLost as exc:
-        return f"{where}: not read, the host is unreachable ({exc})"
+        return f"{where}: not read: {exc}"
     if result.returncode != 0:
         if "No such file" in result.stderr:
             return None
