@@ -35,6 +35,8 @@ from homestack.process import Call, Result, Runner
 PATH = record.HOST_RECORD
 WRITE = shlex.join(record.write_command())
 READ = f"cat {PATH}"
+START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+END = datetime(2026, 11, 29, 10, 20, tzinfo=UTC)
 RUNNING_PROBE = "timeout 300 systemctl is-system-running"
 REFUSED = "ssh: connect to host relay port 22: Connection refused"
 
@@ -124,12 +126,15 @@ def test_a_complete_deploy_writes_the_record_on_every_host_and_here(
 ) -> None:
     plan = with_secrets(make_plan())
     fleet = use(monkeypatch, repo, plan)
+    clock = iter([START, END])
+    monkeypatch.setattr(guards, "_now", lambda: next(clock))
     result = deploy()
     assert result.exit_code == 0, result.output
     # hosts only: the guests' commands run on their hypervisor, which keeps one record
     assert sorted(fleet.ran(WRITE)) == ["root@homelab", "root@relay"]
     here = read_deployed(repo)
-    assert here is not None and here.plan == plan and here.when is not None
+    assert here is not None and here.plan == plan
+    assert here.when == END  # when it finished: the last of two overlapping deploys wins
     for where in ("root@homelab", "root@relay"):
         there = DeployedRecord.parse(fleet.files[where], where)
         assert (there.plan, there.when, there.who) == (plan, here.when, here.who)

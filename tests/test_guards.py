@@ -152,7 +152,7 @@ def test_without_a_record_the_first_deploy_records_one(
     fleet = Fleet(monkeypatch, repo, plan)
     result = fleet.deploy()
     assert result.exit_code == 0, result.output
-    assert "no deploy recorded yet, here or on the hosts: this one is not checked" in (
+    assert "no deploy recorded yet, in this checkout or on the hosts that answered" in (
         result.output
     )
     assert json.loads((repo.parent / ".homestack" / "deployed.json").read_text())["plan"] == plan

@@ -11,6 +11,7 @@ agent that sees the diff cannot forge one.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import getpass
 import hmac
 import os
@@ -18,7 +19,7 @@ import secrets
 import socket
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -286,8 +287,9 @@ class Verdict:
     def lines(self) -> list[str]:
         if self.diff is None and self.hosts_read:
             return [
-                "no deploy recorded yet, here or on the hosts: this one is not checked; "
-                "a complete deploy records what later ones are checked against"
+                "no deploy recorded yet, in this checkout or on the hosts that answered: "
+                "this one is not checked; a complete deploy records what later ones are "
+                "checked against"
             ]
         if self.diff is None:
             return [
@@ -325,11 +327,15 @@ def evaluate(
     return Verdict(diff, violations, approves(approve, diff.digest), hosts_read)
 
 
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 def new_record(inventory: Path, plan: Mapping[str, Any]) -> DeployedRecord:
     """The record of deploying ``plan`` now, from this checkout's revision."""
     return DeployedRecord(
         dict(plan),
-        datetime.now(UTC).replace(microsecond=0),
+        _now(),
         _git_head(Path(inventory).resolve().parent),
         f"{getpass.getuser()}@{socket.gethostname()}",
     )
@@ -407,7 +413,7 @@ R = TypeVar("R", bound=_Report)
 def guarded(
     inventory: Path,
     plan: Mapping[str, Any],
-    run: Callable[[DeployedRecord | None], R],
+    run: Callable[[Callable[[], DeployedRecord] | None], R],
     *,
     approve: str | None,
     dry_run: bool,
@@ -420,9 +426,9 @@ def guarded(
     """Run a deploy (``run``) behind the guards, compared with ``deployed`` when the hosts'
     records were read (``hosts_read``), else with this checkout's record.
 
-    ``run`` gets the record of this deploy when it deploys every machine (for it to keep
-    on the hosts), else None; after a complete, successful deploy this checkout keeps it
-    too."""
+    ``run`` gets, when it deploys every machine, what makes the record of this deploy
+    once it finished (for the hosts to keep), else None; after a complete, successful
+    deploy this checkout keeps the same record."""
     before_deploy(
         inventory,
         plan,
@@ -432,10 +438,13 @@ def guarded(
         deployed=deployed,
         hosts_read=hosts_read,
     )
-    record = None if build_only or selected else new_record(inventory, plan)
-    report = run(record)
-    if report.ok and record is not None and not dry_run:
-        where = store_record(inventory, record)
+    started = None if build_only or selected else new_record(inventory, plan)
+    # Stamped when first asked, at the end of the deploy: of two overlapping deploys, the
+    # one that finished last is the newest record.
+    finished = functools.cache(lambda: replace(started, when=_now())) if started else None
+    report = run(finished)
+    if report.ok and finished is not None and not dry_run:
+        where = store_record(inventory, finished())
         if where is not None:
             echo(f"recorded the deployed plan in {where}")
     return report

@@ -93,13 +93,13 @@ def deploy(  # noqa: PLR0912 - the run's phases, in order
     clock: health.Clock | None = None,
     stamp: str | None = None,
     unattended: incus.Unattended | None = None,
-    deployed: DeployedRecord | None = None,
+    deployed: Callable[[], DeployedRecord] | None = None,
 ) -> DeployReport:
     """Deploy ``selected`` machines (all when empty) of ``plan``; never raises for a
     machine's failure: every machine's end state is in the report. ``unattended``: no one
     is asked whether to apply an Incus host's OpenTofu plan (GitOps), see there.
-    ``deployed``: the record of this deploy, written on every deployed host once all of
-    them succeeded (homestack.deploy.record)."""
+    ``deployed``: makes the record of this deploy, written on every deployed host once
+    all of them succeeded (homestack.deploy.record)."""
     options = options or DeployOptions()
     ssh = ssh or Ssh()
     clock = clock or health.Clock()
@@ -201,7 +201,7 @@ def deploy(  # noqa: PLR0912 - the run's phases, in order
     if deployed is not None and report.ok:
         hosts = [(m.name, m.target) for m in machines if m.kind is Kind.HOST]
         report = dataclasses.replace(
-            report, records=record.write_on_hosts(deployed, hosts, runner, ssh, progress)
+            report, records=record.write_on_hosts(deployed(), hosts, runner, ssh, progress)
         )
     return report
 
