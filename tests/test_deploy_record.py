@@ -22,18 +22,18 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
-from test_deploy import Machines, Rule, make_plan, target, text
+from test_deploy import STAMP, Machines, Rule, make_plan, target, text
 from test_guards import with_secrets
 
 from homestack import guards
 from homestack.deploy import cli as deploy_cli
-from homestack.deploy import record
+from homestack.deploy import engine, record
 from homestack.errors import UserError
 from homestack.plandiff import DeployedRecord, read_deployed, resolve_against
 from homestack.process import Call, Result, Runner
 
 PATH = record.HOST_RECORD
-WRITE = shlex.join(record.write_command())
+WRITE = shlex.join(record.write_command(STAMP))
 READ = f"cat {PATH}"
 START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 END = datetime(2026, 11, 29, 10, 20, tzinfo=UTC)
@@ -91,6 +91,7 @@ def repo(tmp_path: Path) -> Path:
 
 def use(monkeypatch: pytest.MonkeyPatch, inventory: Path, plan: dict[str, Any]) -> Fleet:
     fleet = Fleet()
+    monkeypatch.setattr(engine, "timestamp", lambda: STAMP)
     monkeypatch.setattr(deploy_cli, "runner", lambda: fleet)
     monkeypatch.setattr(deploy_cli, "load", lambda _: (inventory, plan))
     monkeypatch.setattr(deploy_cli, "validator", lambda *_: lambda: [])
@@ -151,7 +152,7 @@ def test_the_write_is_atomic_root_owned_and_world_readable(tmp_path: Path) -> No
     if os.geteuid() != 0:
         pytest.skip("the command chowns to root, as it runs on a host")
     path = tmp_path / "state" / "deployed.json"
-    command = record.write_command(str(path))
+    command = record.write_command(STAMP, str(path))
     assert command[:2] == ["sh", "-c"]
     for content in ('{"plan": {"first": 1}}', '{"plan": {"second": 2}}'):
         subprocess.run(command, input=content, text=True, check=True)
@@ -160,7 +161,7 @@ def test_the_write_is_atomic_root_owned_and_world_readable(tmp_path: Path) -> No
     assert stat.S_IMODE(info.st_mode) == 0o644 and info.st_uid == 0
     assert [p.name for p in path.parent.iterdir()] == ["deployed.json"]  # no temp file left behind
     # a write that fails half-way leaves the old record and no temp file
-    failing = ["sh", "-c", command[2].replace('chown root:root "$t"', "false")]
+    failing = ["sh", "-c", command[2].replace("chown root:root", "false")]
     assert failing != command
     assert subprocess.run(failing, input="{}", text=True, check=False).returncode != 0
     assert path.read_text() == '{"plan": {"second": 2}}'
@@ -333,7 +334,7 @@ def test_a_dry_run_or_a_build_reads_only_this_checkout(
     assert "`tools deploy --fetch-record` fetches the hosts' record" in result.output
     assert read_deployed(repo) is None  # nothing fetched, nothing recorded
     if flag == "--dry-run":  # it shows the write a deploy would make, and no read
-        assert f"root@relay -- {shlex.quote(WRITE)}" in result.output
+        assert f'root@relay -- "{WRITE}"' in result.output
         assert READ not in result.output
 
 

@@ -201,7 +201,7 @@ def deploy(  # noqa: PLR0912 - the run's phases, in order
     if deployed is not None and report.ok:
         hosts = [(m.name, m.target) for m in machines if m.kind is Kind.HOST]
         report = dataclasses.replace(
-            report, records=record.write_on_hosts(deployed(), hosts, runner, ssh, progress)
+            report, records=record.write_on_hosts(deployed(), hosts, runner, ssh, progress, stamp)
         )
     return report
 

@@ -4,7 +4,7 @@ hosts' records and checks its guards against the newest one (homestack.guards)."
 
 from __future__ import annotations
 
-import shlex
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,16 +21,18 @@ HOST_RECORD = "/var/lib/homestack/deployed.json"
 Say = Callable[[str, str], None]  # (machine, line)
 
 
-def write_command(path: str = HOST_RECORD) -> list[str]:
-    """Write stdin to ``path``, root's, 0644, atomically: a temp file in the same
-    directory, then `mv` (rename); the temp file is removed if anything fails."""
+def write_command(tag: str, path: str = HOST_RECORD) -> list[str]:
+    """Write stdin to ``path``, root's, 0644, atomically: to a temp name in the same
+    directory (``tag`` tells deploys apart: their time), then `mv` over the record. A
+    failure removes the temp file and leaves the old record as it was."""
+    if not re.fullmatch(r"[A-Za-z0-9/._-]+", path + tag):
+        raise ValueError(f"{path!r}, {tag!r}: not a plain path and tag")
     directory = str(Path(path).parent)
-    temp = f"{directory}/.{Path(path).name}.XXXXXX"
+    temp = f"{directory}/.{Path(path).name}.{tag}"
+    # No quote or $ in it, so the dry run can print it in double quotes, readably.
     script = (
-        f"set -e; umask 022; mkdir -p {shlex.quote(directory)}; "
-        f"t=$(mktemp {shlex.quote(temp)}); trap 'rm -f \"$t\"' EXIT; "
-        f'cat > "$t"; chown root:root "$t"; chmod 0644 "$t"; '
-        f'mv -f "$t" {shlex.quote(path)}; trap - EXIT'
+        f"umask 022 && mkdir -p {directory} && cat > {temp} && chown root:root {temp} && "
+        f"chmod 0644 {temp} && mv -f {temp} {path} || {{ rm -f {temp}; exit 1; }}"
     )
     return ["sh", "-c", script]
 
@@ -41,12 +43,13 @@ def hosts_of(plan: Mapping[str, Any], names: Sequence[str] = ()) -> list[tuple[s
     return [(name, str(hosts[name]["target"])) for name in sorted(names or hosts)]
 
 
-def write_on_hosts(
+def write_on_hosts(  # noqa: PLR0917 - one deploy's state, handed over once
     record: DeployedRecord,
     hosts: Sequence[tuple[str, str]],
     runner: Runner,
     ssh: Ssh,
     say: Say,
+    tag: str,
 ) -> tuple[RecordWrite, ...]:
     """Write ``record`` on each host; a failure is reported for that host, never raised."""
     data = record.dumps().decode()
@@ -54,7 +57,7 @@ def write_on_hosts(
     for name, target in hosts:
         say(name, f"record the deployed plan in {HOST_RECORD}")
         try:
-            result = Remote(runner, ssh, target).run(write_command(), input=data)
+            result = Remote(runner, ssh, target).run(write_command(tag), input=data)
         except ConnectionLost as exc:
             done.append(RecordWrite(name, False, f"{HOST_RECORD} not written: {exc}"))
             continue
