@@ -373,7 +373,7 @@ def test_fetch_record_with_no_record_anywhere_or_a_wrong_host(
     result = CliRunner().invoke(deploy_cli.deploy, ["--fetch-record"])
     assert result.exit_code == 1, result.output
     assert f"cloud-relay:{PATH}: not read: root@relay: connection refused" in result.output
-    assert "no deployed record on cloud-relay, homelab nor in this checkout" in result.output
+    assert "no deployed record in this checkout or on the hosts that answered" in result.output
     assert read_deployed(repo) is None
 
     wrong = CliRunner().invoke(deploy_cli.deploy, ["--fetch-record", "db"])
@@ -385,6 +385,7 @@ def test_fetch_record_with_no_record_anywhere_or_a_wrong_host(
     fleet = use(monkeypatch, repo, with_secrets(make_plan()))
     dry = CliRunner().invoke(deploy_cli.deploy, ["--fetch-record", "--dry-run", "homelab"])
     assert dry.exit_code == 0 and fleet.calls == []
+    assert "not a deployed record" not in dry.output  # it asked nothing, so read nothing
     assert f"root@homelab -- {shlex.quote(READ)}" in dry.output and "root@relay" not in dry.output
 
 

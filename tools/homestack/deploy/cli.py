@@ -14,7 +14,7 @@ from homestack.cliopts import inventory_option
 from homestack.deploy import engine, record
 from homestack.deploy import gitops as gitops_run
 from homestack.deploy.order import waves
-from homestack.deploy.remote import DEFAULT_OPTIONS, Local, Ssh
+from homestack.deploy.remote import DEFAULT_OPTIONS, Local, Remote, Ssh
 from homestack.deploy.status import status as machine_status
 from homestack.deploy.steps import DeployOptions
 from homestack.errors import UserError
@@ -278,13 +278,14 @@ def _fetch_record(
     if dry_run:
         printed = engine.DryRunRunner(click.echo)
         click.echo("# tools deploy --dry-run --fetch-record: the commands it runs.")
-        record.read_hosts(hosts, printed, ssh, say)
+        for _, target in hosts:
+            Remote(printed, ssh, target).run(record.READ, input="")
         click.echo(f"# dry run: {len(hosts)} host(s); nothing was run")
         return 0
     best = record.read_newest(inventory, hosts, runner(), ssh, say)
     if best is None:
         click.echo(
-            f"no deployed record on {', '.join(h for h, _ in hosts)} nor in this checkout; "
+            "no deployed record in this checkout or on the hosts that answered; "
             "a complete `tools deploy` writes one"
         )
         return 1

@@ -17,6 +17,7 @@ from homestack.plandiff import DeployedRecord, read_deployed
 from homestack.process import Runner, error_line
 
 HOST_RECORD = "/var/lib/homestack/deployed.json"
+READ = ["cat", HOST_RECORD]
 
 Say = Callable[[str, str], None]  # (machine, line)
 
@@ -73,7 +74,7 @@ def _read_one(name: str, target: str, runner: Runner, ssh: Ssh) -> DeployedRecor
     """The host's record; None when it has none; a line saying why it is not used."""
     where = f"{name}:{HOST_RECORD}"
     try:
-        result = Remote(runner, ssh, target).run(["cat", HOST_RECORD], input="")
+        result = Remote(runner, ssh, target).run(READ, input="")
     except ConnectionLost as exc:
         return f"{where}: not read: {exc}"
     if result.returncode != 0:
