@@ -35,6 +35,7 @@ from homestack.process import Call, Result, Runner
 PATH = record.HOST_RECORD
 WRITE = shlex.join(record.write_command(STAMP))
 READ = f"cat {PATH}"
+TEMP = f"/var/lib/homestack/.deployed.json.{STAMP}"  # where the write puts it first
 START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 END = datetime(2026, 11, 29, 10, 20, tzinfo=UTC)
 RUNNING_PROBE = "timeout 300 systemctl is-system-running"
@@ -62,7 +63,7 @@ class Fleet(Runner):
             return Result(call.args, 0, self.files[where], "")
         if cmd == WRITE:
             if where in self.read_only:
-                err = "mktemp: failed to create file via template: Read-only file system\n"
+                err = f"sh: 1: cannot create {TEMP}: Read-only file system\n"
                 return Result(call.args, 1, "", err)
             assert isinstance(call.input, str)
             self.files[str(where)] = call.input
@@ -195,8 +196,8 @@ def test_a_host_that_cannot_keep_the_record_is_said_and_the_deploy_still_succeed
     result = deploy()
     assert result.exit_code == 0, result.output
     assert (
-        "cloud-relay  no record    /var/lib/homestack/deployed.json not written: mktemp: failed "
-        "to create file via template: Read-only file system"
+        "cloud-relay  no record    /var/lib/homestack/deployed.json not written: sh: 1: cannot "
+        f"create {TEMP}: Read-only file system"
     ) in result.output
     assert "deploy succeeded; the deployed record is not on cloud-relay" in result.output
     assert list(fleet.files) == ["root@homelab"]
