@@ -362,6 +362,13 @@ def test_fetch_record_keeps_the_newest_host_record_here(
     assert (repo.parent / ".homestack" / ".gitignore").read_text() == "*\n"
     assert fleet.ran(WRITE) == [] and sorted(fleet.ran(READ)) == ["root@homelab", "root@relay"]
     assert not any("switch-to-configuration" in text(c) for c in fleet.calls)
+    as_json = CliRunner().invoke(deploy_cli.deploy, ["--fetch-record", "--json"])
+    assert json.loads(as_json.stdout) == {  # the same time here now: this checkout's wins
+        "from": str(path),
+        "when": "2026-11-22T10:00:00+00:00",
+        "commit": "a" * 40,
+        "who": "admin@laptop",
+    }
     # `tools plan diff --against deployed` now has its record, read locally
     assert resolve_against(repo, "deployed")[0] == plan
 
@@ -376,6 +383,8 @@ def test_fetch_record_with_no_record_anywhere_or_a_wrong_host(
     assert f"cloud-relay:{PATH}: not read: root@relay: connection refused" in result.output
     assert "no deployed record in this checkout or on the hosts that answered" in result.output
     assert read_deployed(repo) is None
+    as_json = CliRunner().invoke(deploy_cli.deploy, ["--fetch-record", "--json"])
+    assert as_json.exit_code == 1 and json.loads(as_json.stdout) is None
 
     wrong = CliRunner().invoke(deploy_cli.deploy, ["--fetch-record", "db"])
     assert isinstance(wrong.exception, UserError)

@@ -670,6 +670,15 @@ class DeployedRecord:
         commit = f"commit {self.commit[:12]}" if self.commit else "commit not recorded"
         return f"{when}, {commit}" + (f", by {self.who}" if self.who else "")
 
+    def summary(self) -> dict[str, Any]:
+        """Where the record is from and what it says, without the plan (for --json)."""
+        return {
+            "from": self.where,
+            "when": self.when.isoformat(timespec="seconds") if self.when else None,
+            "commit": self.commit,
+            "who": self.who,
+        }
+
     def dumps(self) -> bytes:
         """The file's bytes: what parse reads back."""
         canonical = json.dumps(self.plan, sort_keys=True, separators=(",", ":"))

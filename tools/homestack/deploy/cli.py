@@ -163,7 +163,7 @@ def deploy(  # noqa: PLR0917 - click passes options by keyword
         sys.exit(0 if all(r.reachable for r in rows) else 1)
 
     if fetch_record:
-        sys.exit(_fetch_record(path, plan, ssh, machines, dry_run=dry_run))
+        sys.exit(_fetch_record(path, plan, ssh, machines, dry_run=dry_run, as_json=as_json))
 
     if local:
         if len(machines) != 1 or machines[0] not in plan["hosts"]:
@@ -260,7 +260,13 @@ def _deployed(  # noqa: PLR0917 - the deploy's state, handed over once
 
 
 def _fetch_record(
-    inventory: Path, plan: dict[str, Any], ssh: Ssh, machines: tuple[str, ...], *, dry_run: bool
+    inventory: Path,
+    plan: dict[str, Any],
+    ssh: Ssh,
+    machines: tuple[str, ...],
+    *,
+    dry_run: bool,
+    as_json: bool,
 ) -> int:
     """`tools deploy --fetch-record [HOST…]`: 0 when this checkout now has a record (the
     newest of its own and the hosts'), 1 when there is none anywhere."""
@@ -283,6 +289,9 @@ def _fetch_record(
         click.echo(f"# dry run: {len(hosts)} host(s); nothing was run")
         return 0
     best = record.read_newest(inventory, hosts, runner(), ssh, say)
+    if as_json:
+        click.echo(json.dumps(best and best.summary(), indent=2))
+        return 0 if best else 1
     if best is None:
         click.echo(
             "no deployed record in this checkout or on the hosts that answered; "
