@@ -28,6 +28,7 @@ from test_guards import with_secrets
 from homestack import guards
 from homestack.deploy import cli as deploy_cli
 from homestack.deploy import engine, record
+from homestack.deploy.remote import Ssh
 from homestack.errors import UserError
 from homestack.plandiff import DeployedRecord, read_deployed, resolve_against
 from homestack.process import Call, Result, Runner
@@ -155,8 +156,10 @@ def test_the_write_is_atomic_root_owned_and_world_readable(tmp_path: Path) -> No
     path = tmp_path / "state" / "deployed.json"
     command = record.write_command(STAMP, str(path))
     assert command[:2] == ["sh", "-c"]
+    # As sshd runs it: the login shell gets the one string ssh sends (Ssh.argv's last word).
+    sent = Ssh().argv("root@host", command)[-1]
     for content in ('{"plan": {"first": 1}}', '{"plan": {"second": 2}}'):
-        subprocess.run(command, input=content, text=True, check=True)
+        subprocess.run(["sh", "-c", sent], input=content, text=True, check=True)
         assert path.read_text() == content
     info = path.stat()
     assert stat.S_IMODE(info.st_mode) == 0o644 and info.st_uid == 0
