@@ -439,6 +439,20 @@ def test_the_newest_is_the_latest_time_and_an_untimed_one_only_wins_alone(
         assert best is found[whens.index(max(timed))]  # the first of equals
 
 
+def test_a_damaged_record_in_this_checkout_names_the_way_out(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (repo.parent / ".homestack").mkdir()
+    (repo.parent / ".homestack" / "deployed.json").write_text('{"plan": "x"}')
+    use(monkeypatch, repo, with_secrets(make_plan()))
+    result = deploy()
+    assert isinstance(result.exception, UserError), result.output
+    assert str(result.exception) == (
+        f"{repo.parent / '.homestack' / 'deployed.json'}: plan: missing; delete it and "
+        "`tools deploy --fetch-record` fetches the hosts' record"
+    )
+
+
 def test_an_old_record_without_time_or_revision_still_loads(repo: Path) -> None:
     plan = with_secrets(make_plan())
     (repo.parent / ".homestack").mkdir()

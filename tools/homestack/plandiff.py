@@ -641,7 +641,7 @@ class DeployedRecord:
             raise UserError(f"{where}: not a deployed record (not a JSON object)")
         plan = data.get("plan")
         if not isinstance(plan, dict):
-            raise UserError(f"{where}: plan: missing; delete the file to start a new record")
+            raise UserError(f"{where}: plan: missing")
         when = data.get("when")
         stamp = None
         if when is not None:
@@ -701,7 +701,12 @@ def read_deployed(inventory: Path) -> DeployedRecord | None:
         return None
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read the deployed record: {exc}") from exc
-    return DeployedRecord.parse(text, str(path))
+    try:
+        return DeployedRecord.parse(text, str(path))
+    except UserError as exc:
+        raise UserError(
+            f"{exc}; delete it and `tools deploy --fetch-record` fetches the hosts' record"
+        ) from None
 
 
 def load_deployed(inventory: Path) -> dict[str, Any] | None:

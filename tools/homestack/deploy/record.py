@@ -130,8 +130,12 @@ def read_newest(
     local = read_deployed(inventory)
     best = newest(local, read_hosts(hosts, runner, ssh, say))
     if best is not None and best is not local:
-        stored = store_record(inventory, best)
-        kept = f"; kept in {stored}" if stored else ""
+        try:
+            stored = store_record(inventory, best)
+        except OSError as exc:  # a read-only checkout: this deploy uses it all the same
+            kept = f"; not kept here ({exc})"
+        else:
+            kept = f"; kept in {stored}" if stored else ""
         than = "newer than this checkout's" if local else "this checkout has none"
         say("guards", f"using {best.where} ({best.describe()}): {than}{kept}")
     return best
