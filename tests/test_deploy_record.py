@@ -426,6 +426,27 @@ def test_a_record_reads_back_what_was_written(
     assert back == written
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=8,
+)
+record_like = st.fixed_dictionaries(
+    {}, optional={"plan": json_values, "when": json_values, "commit": json_values}
+)
+
+
+@given(st.text(max_size=40) | json_values.map(json.dumps) | record_like.map(json.dumps))
+def test_whatever_a_host_keeps_reads_as_a_record_or_one_line(content: str) -> None:
+    try:
+        found = DeployedRecord.parse(content, "homelab:/var/lib/homestack/deployed.json")
+    except UserError as exc:
+        assert str(exc).startswith("homelab:/var/lib/homestack/deployed.json: ")
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(found.plan, dict)
+
+
 @given(st.lists(st.none() | times, min_size=1, max_size=6))
 def test_the_newest_is_the_latest_time_and_an_untimed_one_only_wins_alone(
     whens: list[datetime | None],
