@@ -253,22 +253,21 @@ def test_sock_diag_sees_the_listeners_proc_sees(pair: Servers) -> None:
     inside = subprocess.Popen(["ip", "netns", "exec", SERVER, "sleep", "30"])
     try:
         deadline = time.monotonic() + 5
-        diag = None
-        while diag is None and time.monotonic() < deadline:  # until `ip` has entered it
-            diag = daemons._diag_socket(inside.pid)
+        listeners = None
+        while listeners is None and time.monotonic() < deadline:  # until `ip` has entered it
+            listeners = daemons.Listeners.of(inside.pid)
             time.sleep(0.01)
-        assert diag is not None
-        daemons._diag_pids[diag.fileno()] = inside.pid
+        assert listeners is not None
         try:
             for proto, want in (
                 ("tcp", {OPEN_TCP, FULL_TCP}),
                 ("udp", {ECHO_UDP, SLOW_UDP, LATE_UDP}),
             ):
-                assert daemons.listening_ports(diag, proto) == want
-                assert daemons._proc_ports(diag, proto) == want
+                assert listeners.ports(proto) == want
+                assert listeners.proc_ports(proto) == want
         finally:
-            diag.close()
+            listeners.close()
     finally:
         inside.kill()
         inside.wait()
-    assert daemons._diag_socket(os.getpid()) is None  # our own namespace: not "inside"
+    assert daemons.Listeners.of(os.getpid()) is None  # our own namespace: not "inside"

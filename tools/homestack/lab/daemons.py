@@ -9,7 +9,6 @@ message, not only its last line (nft prints the message, the offending line, the
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import pwd
@@ -157,85 +156,92 @@ LISTEN_STATE = {"tcp": 10, "udp": 7}  # TCP_LISTEN; an unconnected UDP socket is
 PROTOCOL = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
-def _diag_socket(pid: int) -> socket.socket | None:
-    """A sock_diag socket in the network namespace of ``pid``; None while ``pid`` is still
-    in ours (`ip netns exec` has not entered the lab's yet) or gone."""
-    path = f"/proc/{pid}/ns/net"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    try:
-        theirs, ours = os.fstat(fd), Path("/proc/self/ns/net").stat()
-        if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
-            return None
-        made: list[socket.socket | BaseException] = []
+class Listeners:
+    """Which ports listen in the network namespace of a process, asked through a sock_diag
+    socket made inside that namespace; `/proc/PID/net` only where the kernel lacks a
+    protocol's sock_diag module."""
 
-        def make() -> None:  # on a thread of its own: setns moves only the calling thread
-            try:
-                if netns._libc.setns(fd, netns.CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {path}")
-                made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG))
-            except BaseException as exc:  # handed to the caller
-                made.append(exc)
+    def __init__(self, pid: int, diag: socket.socket) -> None:
+        self.pid, self.diag = pid, diag
 
-        thread = threading.Thread(target=make)
-        thread.start()
-        thread.join()
-    finally:
-        os.close(fd)
-    if isinstance(made[0], BaseException):
-        raise made[0]
-    _diag_pids[made[0].fileno()] = pid
-    return made[0]
-
-
-_diag_pids: dict[int, int] = {}  # sock_diag socket's fd: the pid it was made for
-
-
-def _proc_ports(diag: socket.socket, proto: str) -> set[int]:
-    """The slow way, for a kernel without the sock_diag module of ``proto``."""
-    pid = _diag_pids[diag.fileno()]
-    want_state = "0A" if proto == "tcp" else "07"
-    ports: set[int] = set()
-    for table in (proto, proto + "6"):
+    @classmethod
+    def of(cls, pid: int) -> Listeners | None:
+        """None while ``pid`` is still in our namespace (`ip netns exec` has not entered
+        the lab's yet) or gone."""
+        path = f"/proc/{pid}/ns/net"
         try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == want_state:
-                ports.add(int(fields[1].split(":")[1], 16))
-    return ports
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        try:
+            theirs, ours = os.fstat(fd), Path("/proc/self/ns/net").stat()
+            if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                return None
+            made: list[socket.socket | BaseException] = []
 
+            def make() -> None:  # on a thread of its own: setns moves only the calling thread
+                try:
+                    netns.enter_fd(fd, path)
+                    made.append(
+                        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+                    )
+                except BaseException as exc:  # handed to the caller
+                    made.append(exc)
 
-def listening_ports(diag: socket.socket, proto: str) -> set[int]:
-    """The ports with a listening ``proto`` socket (IPv4 or IPv6) in ``diag``'s namespace."""
-    ports: set[int] = set()
-    for family in (socket.AF_INET, socket.AF_INET6):
-        req = struct.pack("=BBBBI", family, PROTOCOL[proto], 0, 0, 1 << LISTEN_STATE[proto])
-        req += bytes(48)  # struct inet_diag_sockid: any address, any port
-        diag.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
-                              NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)  # fmt: skip
-        done = False
-        while not done:
-            data = diag.recv(65536)
-            pos = 0
-            while pos + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, pos)
-                if kind == NLMSG_DONE:
-                    done = True
-                    break
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, pos + 16)[0]
-                    if code == errno.ENOENT:  # no sock_diag module for this protocol
-                        return _proc_ports(diag, proto)
-                    raise OSError(code, f"sock_diag: {os.strerror(code)}")
-                # struct inet_diag_msg: family, state, timer, retrans, then sport (big-endian)
-                ports.add(struct.unpack_from(">H", data, pos + 16 + 4)[0])
-                pos += (length + 3) & ~3
-    return ports
+            thread = threading.Thread(target=make)
+            thread.start()
+            thread.join()
+        finally:
+            os.close(fd)
+        if isinstance(made[0], BaseException):
+            raise made[0]
+        return cls(pid, made[0])
+
+    def close(self) -> None:
+        self.diag.close()
+
+    def ports(self, proto: str) -> set[int]:
+        """The ports with a listening ``proto`` socket (IPv4 or IPv6)."""
+        ports: set[int] = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            req = struct.pack("=BBBBI", family, PROTOCOL[proto], 0, 0, 1 << LISTEN_STATE[proto])
+            req += bytes(48)  # struct inet_diag_sockid: any address, any port
+            self.diag.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
+                                       NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)  # fmt: skip
+            done = False
+            while not done:
+                data = self.diag.recv(65536)
+                pos = 0
+                while pos + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, pos)
+                    if kind == NLMSG_DONE:
+                        done = True
+                        break
+                    if kind == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, pos + 16)[0]
+                        if code == errno.ENOENT:  # no sock_diag module for this protocol
+                            return self.proc_ports(proto)
+                        raise OSError(code, f"sock_diag: {os.strerror(code)}")
+                    # struct inet_diag_msg: family, state, timer, retrans, then sport
+                    # (big-endian)
+                    ports.add(struct.unpack_from(">H", data, pos + 16 + 4)[0])
+                    pos += (length + 3) & ~3
+        return ports
+
+    def proc_ports(self, proto: str) -> set[int]:
+        """The slow way, for a kernel without the sock_diag module of ``proto``."""
+        want_state = "0A" if proto == "tcp" else "07"
+        ports: set[int] = set()
+        for table in (proto, proto + "6"):
+            try:
+                lines = Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]
+            except FileNotFoundError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if fields[3] == want_state:
+                    ports.add(int(fields[1].split(":")[1], 16))
+        return ports
 
 
 def wait_listening(
@@ -243,14 +249,14 @@ def wait_listening(
 ) -> None:
     """Wait until ``sockets`` listen in the daemon's namespace; fail with its log if it dies."""
     deadline = time.monotonic() + timeout
-    diag: socket.socket | None = None
+    listeners: Listeners | None = None
     try:
         while True:
             if is_gone(started.pid):
                 raise UserError(f"tools lab: {name} exited at start-up: {_tail(started.log)}")
-            diag = diag or _diag_socket(started.pid)
-            if diag is not None:
-                have = {p: listening_ports(diag, p) for p in {proto for proto, _ in sockets}}
+            listeners = listeners or Listeners.of(started.pid)
+            if listeners is not None:
+                have = {p: listeners.ports(p) for p in {proto for proto, _ in sockets}}
                 if all(port in have[proto] for proto, port in sockets):
                     return
             if time.monotonic() > deadline:
@@ -260,9 +266,8 @@ def wait_listening(
                 )
             time.sleep(0.01)
     finally:
-        if diag is not None:
-            _diag_pids.pop(diag.fileno(), None)
-            diag.close()
+        if listeners is not None:
+            listeners.close()
 
 
 def _tail(log: Path) -> str:

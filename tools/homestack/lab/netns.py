@@ -257,9 +257,13 @@ def enter(name: str) -> None:
         return
     fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise UserError(f"setns {name}: {os.strerror(err)}")
+        enter_fd(fd, name)
     finally:
         os.close(fd)
+
+
+def enter_fd(fd: int, name: str) -> None:
+    """`enter` through an open namespace file (``name`` says which, for messages)."""
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        raise UserError(f"setns {name}: {os.strerror(ctypes.get_errno())}")
     _local.netns = name

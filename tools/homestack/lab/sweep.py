@@ -26,7 +26,6 @@ the last run, and an empty `lost` is the only clean result.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import resource
@@ -142,10 +141,8 @@ class _Namespaces:
                 fd = self.fds[name] = os.open(netns.NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise UserError(f"lab namespace {name} is gone (run `tools lab up`)") from None
-        if netns._libc.setns(fd, netns.CLONE_NEWNET) != 0:
-            raise UserError(f"setns {name}: {os.strerror(ctypes.get_errno())}")
+        netns.enter_fd(fd, name)
         self.current = name
-        netns._local.netns = name  # keep netns.enter's idea of this thread in step
 
     def close(self) -> None:
         for fd in self.fds.values():
