@@ -178,9 +178,9 @@ def scale_runs(folder: Path, paths: LabPaths, runs: int) -> bool:
             start = time.perf_counter()
             report = checks.run(plan, paths, runner)
             tests.append(time.perf_counter() - start)
-            walls.append(sum(report.matrix_seconds.values()))
-            cpus.append(sum(report.matrix_cpu.values()))
-            again += sum(report.matrix_again.values())
+            walls.append(sum(m.seconds for m in report.sweeps.values()))
+            cpus.append(sum(m.cpu for m in report.sweeps.values()))
+            again += sum(m.again for m in report.sweeps.values())
             wrong += report.failures
             probes = sum(len(rs) for rs in report.matrix.values())
         lifecycle.down(paths, runner, log=quiet)

@@ -38,9 +38,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     matrix: dict[str, list[matrix.FlowResult]] = field(default_factory=dict)
     seconds: float = 0.0
-    matrix_seconds: dict[str, float] = field(default_factory=dict)  # each mode's probing
-    matrix_cpu: dict[str, float] = field(default_factory=dict)  # its thread's CPU time
-    matrix_again: dict[str, int] = field(default_factory=dict)  # allowed flows tried twice
+    sweeps: dict[str, matrix.ModeResult] = field(default_factory=dict)  # how each was probed
 
     @property
     def failures(self) -> int:
@@ -53,7 +51,7 @@ class Report:
             "ok": self.failures == 0,
             "failures": self.failures,
             "seconds": round(self.seconds, 2),
-            "matrix_seconds": {k: round(v, 3) for k, v in self.matrix_seconds.items()},
+            "matrix_seconds": {k: round(v.seconds, 3) for k, v in self.sweeps.items()},
             "checks": [asdict(c) for c in self.checks],
             "matrix": {
                 mode: [
@@ -106,9 +104,7 @@ def run(plan: dict[str, Any], paths: LabPaths, runner: Runner, *, strict: bool =
                 # psql processes would compete with it for this process and the CPUs.
                 swept = matrix.check_mode(topo, plan, ports, mode, strict=strict)
                 report.matrix[mode.value] = swept.results
-                report.matrix_seconds[mode.value] = swept.seconds
-                report.matrix_cpu[mode.value] = sum(s.cpu for s in swept.sweeps)
-                report.matrix_again[mode.value] = sum(len(s.outcomes) for s in swept.sweeps[1:])
+                report.sweeps[mode.value] = swept
                 report.checks.append(_sweep_check(mode, swept))
                 if mode is firewall.Mode.BOTH:
                     layer = "firewalls and pg_hba"
@@ -139,8 +135,8 @@ def _sweep_check(mode: firewall.Mode, swept: matrix.ModeResult) -> Check:
     """Whether the kernel dropped packets on its own while the matrix was probed (a leak
     could then have looked blocked); see sweep."""
     probed = sum(len(s.outcomes) for s in swept.sweeps)
-    last = swept.sweeps[0]
-    name = f"{mode.value}: {probed} probes, up to {last.window} at once"
+    first = swept.sweeps[0]
+    name = f"{mode.value}: {probed} probes, up to {first.window} at once"
     lost = swept.lost
     if not lost:
         runs = sum(s.runs for s in swept.sweeps) - len(swept.sweeps)

@@ -172,6 +172,16 @@ class ModeResult:
     seconds: float = 0.0
 
     @property
+    def cpu(self) -> float:
+        """Seconds of CPU the probing thread used, every sweep."""
+        return sum(s.cpu for s in self.sweeps)
+
+    @property
+    def again(self) -> int:
+        """Allowed flows that needed the second, patient try."""
+        return sum(len(s.outcomes) for s in self.sweeps[1:])
+
+    @property
     def lost(self) -> dict[str, int]:
         """Packets the kernel itself dropped during the last run of a sweep (see sweep)."""
         out: dict[str, int] = {}
