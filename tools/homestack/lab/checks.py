@@ -17,6 +17,7 @@ from typing import Any
 from homestack.errors import UserError
 from homestack.lab import acme, firewall, matrix, probes
 from homestack.lab.lifecycle import all_ports
+from homestack.lab.matrix import ModeResult
 from homestack.lab.state import LabPaths, LabState, load_state, save_state
 from homestack.lab.topology import Machine, Topology
 from homestack.process import Runner
@@ -38,7 +39,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     matrix: dict[str, list[matrix.FlowResult]] = field(default_factory=dict)
     seconds: float = 0.0
-    sweeps: dict[str, matrix.ModeResult] = field(default_factory=dict)  # how each was probed
+    sweeps: dict[str, ModeResult] = field(default_factory=dict)  # how each mode was probed
 
     @property
     def failures(self) -> int:
