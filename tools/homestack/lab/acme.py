@@ -451,36 +451,42 @@ def up(
 
     logs = paths.root / "logs"
     here = Path(__file__).parent
-    started = daemons.spawn(
-        guest.netns,
+    rec.start(
+        guest,
         daemons.python_program(here / "dns_authority.py", str(standin / "dns.json")),
+        role="standin",
+        label="DNS zone stand-in",
+        name="DNS authority stand-in",
+        sockets=[("udp", 53), ("tcp", 53)],
         log=logs / "dns-authority.log",
         user="nobody",
         bind_low_ports=True,
     )
-    rec.add(started, "standin", guest, "DNS zone stand-in")
-    daemons.wait_listening(started, "DNS authority stand-in", [("udp", 53), ("tcp", 53)])
-    started = daemons.spawn(
-        guest.netns,
+    rec.start(
+        guest,
         daemons.python_program(here / "cloudflare_standin.py", str(standin / "cloudflare.json")),
+        role="standin",
+        label="Cloudflare stand-in",
+        name="Cloudflare API stand-in",
+        sockets=[("tcp", 443)],
         log=logs / "cloudflare-standin.log",
         user="nobody",
         bind_low_ports=True,
     )
-    rec.add(started, "standin", guest, "Cloudflare stand-in")
-    daemons.wait_listening(started, "Cloudflare API stand-in", [("tcp", 443)])
     # PEBBLE_VA_NOSLEEP: validate at once. PEBBLE_AUTHZREUSE=0: every order (the renewal
     # too) solves a fresh DNS-01 challenge instead of reusing a valid authorization.
-    started = daemons.spawn(
-        guest.netns,
+    rec.start(
+        guest,
         ["pebble", "-config", str(standin / "pebble.json"), "-dnsserver", f"{SERVICES}:53"],
+        role="pebble",
+        label="pebble",
+        name="pebble",
+        sockets=[("tcp", PEBBLE_PORT), ("tcp", PEBBLE_MANAGEMENT)],
         log=logs / "pebble.log",
         user="nobody",
         bind_low_ports=True,
         env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"},
     )
-    rec.add(started, "pebble", guest, "pebble")
-    daemons.wait_listening(started, "pebble", [("tcp", PEBBLE_PORT), ("tcp", PEBBLE_MANAGEMENT)])
     _fetch_pebble_root(lab, guest.netns)
 
     if not lego_has_provider(plan["certificates"]["acme"]["dnsProvider"]):

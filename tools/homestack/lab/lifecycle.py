@@ -49,6 +49,36 @@ class _Recorder:
             )
             save_state(self.paths, self.state)
 
+    def start(
+        self,
+        machine: Machine,
+        args: list[str],
+        *,
+        role: str,
+        name: str,
+        sockets: list[tuple[str, int]],
+        log: Path,
+        label: str = "",
+        user: str | None = None,
+        bind_low_ports: bool = False,
+        own_ipc: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> daemons.Started:
+        """Start a daemon in ``machine``'s namespace, record it, and wait until ``sockets``
+        listen (``name`` says which daemon in an error)."""
+        started = daemons.spawn(
+            machine.netns,
+            args,
+            log=log,
+            user=user,
+            bind_low_ports=bind_low_ports,
+            own_ipc=own_ipc,
+            env=env,
+        )
+        self.add(started, role, machine, label)
+        daemons.wait_listening(started, name, sockets)
+        return started
+
 
 def _dir(path: Path, owner: str | None = None, mode: int = 0o755) -> Path:
     path.mkdir(parents=True, exist_ok=True)
@@ -262,9 +292,12 @@ def _client_resolver(plan: dict[str, Any], topo: Topology, paths: LabPaths) -> N
 
 def _caddy(guest: Machine, paths: LabPaths, files: dict[str, Path], rec: _Recorder) -> None:
     home = files["caddy"]
-    started = daemons.spawn(
-        guest.netns,
+    rec.start(
+        guest,
         ["caddy", "run", "--config", str(home / "Caddyfile"), "--adapter", "caddyfile"],
+        role="caddy",
+        name="caddy",
+        sockets=[("tcp", 443)],
         log=paths.root / "logs" / "caddy.log",
         user="caddy",
         bind_low_ports=True,
@@ -274,18 +307,17 @@ def _caddy(guest: Machine, paths: LabPaths, files: dict[str, Path], rec: _Record
             "XDG_DATA_HOME": str(home / "data"),
         },
     )
-    rec.add(started, "caddy", guest)
-    daemons.wait_listening(started, "caddy", [("tcp", 443)])
 
 
 def _dnsmasq(guest: Machine, paths: LabPaths, files: dict[str, Path], rec: _Recorder) -> None:
-    started = daemons.spawn(
-        guest.netns,
+    rec.start(
+        guest,
         ["dnsmasq", "--keep-in-foreground", f"--conf-file={files['dnsmasq'] / 'dnsmasq.conf'}"],
+        role="dnsmasq",
+        name="dnsmasq",
+        sockets=[("udp", 53)],
         log=paths.root / "logs" / "dnsmasq.log",
     )
-    rec.add(started, "dnsmasq", guest)
-    daemons.wait_listening(started, "dnsmasq", [("udp", 53)])
 
 
 def _pg_template(paths: LabPaths, db: Machine, runner: Runner, target: Path, cold: bool) -> None:
@@ -356,8 +388,8 @@ def _postgres(
     sock = _dir(pg_dir / "socket", "postgres", 0o755)
     _pg_template(paths, db, runner, data, cold)
     port = int(plan["databases"][0].get("port", 5432))
-    started = daemons.spawn(
-        db.netns,
+    rec.start(
+        db,
         [
             str(PG_BIN / "postgres"),
             "-D",
@@ -366,12 +398,13 @@ def _postgres(
                 address=db.address, port=port, socket_dir=sock, hba=pg_dir / "pg_hba.conf"
             ),
         ],
+        role="postgresql",
+        name="postgresql",
+        sockets=[("tcp", port)],
         log=paths.root / "logs" / "postgresql.log",
         user="postgres",
         own_ipc=True,
     )
-    rec.add(started, "postgresql", db)
-    daemons.wait_listening(started, "postgresql", [("tcp", port)])
     psql = [
         "ip",
         "netns",
@@ -459,18 +492,16 @@ def all_ports(plan: dict[str, Any]) -> list[dict[str, Any]]:
 def _standin(guest: Machine, cfg: dict[str, Any], paths: LabPaths, rec: _Recorder) -> None:
     cfg_file = paths.root / "standins" / f"{guest.name}.json"
     cfg_file.write_text(json.dumps(cfg))
-    started = daemons.spawn(
-        guest.netns,
+    rec.start(
+        guest,
         daemons.python_program(paths.root / "standins" / "standins.py", str(cfg_file)),
+        role="standin",
+        label=cfg["label"],
+        name=f"{guest.name} {cfg['label']}",
+        sockets=[("tcp", p) for p in cfg["tcp"]] + [("udp", p) for p in cfg["udp"]],
         log=paths.root / "logs" / f"standin-{guest.name}.log",
         user="nobody",
         bind_low_ports=True,
-    )
-    rec.add(started, "standin", guest, cfg["label"])
-    daemons.wait_listening(
-        started,
-        f"{guest.name} {cfg['label']}",
-        [("tcp", p) for p in cfg["tcp"]] + [("udp", p) for p in cfg["udp"]],
     )
 
 
