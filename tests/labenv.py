@@ -11,7 +11,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 TOOLS = str(Path(sys.executable).with_name("tools"))
+# What every namespace lab runs: iproute2, nftables, util-linux and the real daemons.
+LAB_PROGRAMS = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql")
+POSTGRES = Path("/usr/lib/postgresql/15/bin/postgres")
+
+
+def needs_the_lab(
+    *more: str, reason: str = "caddy, dnsmasq, postgresql-15, nftables or iproute2 missing"
+) -> list[pytest.MarkDecorator]:
+    """The marks of a test module that brings a lab up: root, the lab's programs and
+    ``more`` of them, and Debian's PostgreSQL 15."""
+    return [
+        pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+        pytest.mark.skipif(
+            any(shutil.which(p) is None for p in (*LAB_PROGRAMS, *more)) or not POSTGRES.exists(),
+            reason=reason,
+        ),
+    ]
 
 
 @contextmanager

@@ -22,24 +22,15 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLE, REPO, requires_nix
+from labenv import TOOLS, lab_environment, needs_the_lab
 
 from homestack.lab import firewall, probes
 from homestack.lab.topology import Topology
 from homestack.plan import load_plan
 from homestack.process import default_runner
 
-TOOLS = str(Path(sys.executable).with_name("tools"))
 PREFIX = f"hst{os.getpid()}-"  # two test runs at once never share a name
-PROGRAMS = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql")
-pytestmark = [
-    requires_nix,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(
-        any(shutil.which(p) is None for p in PROGRAMS)
-        or not Path("/usr/lib/postgresql/15/bin/postgres").exists(),
-        reason="caddy, dnsmasq, postgresql-15, nftables or iproute2 missing",
-    ),
-]
+pytestmark = [requires_nix, *needs_the_lab()]
 
 EXTRA_GUEST = """
 [guests.id2]
@@ -59,23 +50,10 @@ allow = [{ from = ["vpn"], port = 1411, proto = "tcp" }]
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, str]]:
-    # Not under pytest's tmp_path: that is closed to other users, and the daemons run as
-    # caddy, postgres and nobody.
-    base = Path(f"/run/homestack-lab-test-{os.getpid()}")
-    base.mkdir(mode=0o755)
-    environ = {
-        **os.environ,
-        "HOMESTACK_LAB_DIR": str(base / "run"),
-        "HOMESTACK_LAB_PREFIX": PREFIX,
-        "HOMESTACK_LAB_CACHE": str(base / "cache"),
-    }
-    try:
+    with lab_environment("lab-test", PREFIX) as environ:
         yield environ
         subprocess.run([TOOLS, "lab", "down"], env=environ, check=False, capture_output=True)
         assert_nothing_left(environ)
-    finally:
-        subprocess.run([TOOLS, "lab", "down"], env=environ, check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def lab(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE, requires_nix
-from labenv import lab_environment, run_lab
+from labenv import lab_environment, needs_the_lab, run_lab
 
 from homestack.lab import browser, lifecycle
 from homestack.lab.state import LabPaths
@@ -26,13 +25,11 @@ from homestack.plan import load_plan
 from homestack.process import Runner
 
 PREFIX = f"hsb{os.getpid()}-"
-PROGRAMS = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql", "chromium", "certutil")
 pytestmark = [
     requires_nix,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(
-        any(shutil.which(p) is None for p in PROGRAMS)
-        or not Path("/usr/lib/postgresql/15/bin/postgres").exists(),
+    *needs_the_lab(
+        "chromium",
+        "certutil",
         reason="the lab's daemons, chromium or certutil (libnss3-tools) missing",
     ),
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,19 +17,10 @@ from typing import Any
 
 import pytest
 from conftest import REPO, requires_nix
-from labenv import lab_environment, run_lab
+from labenv import lab_environment, needs_the_lab, run_lab
 
 PREFIX = f"hs30{os.getpid()}-"
-PROGRAMS = ("ip", "nft", "setpriv", "unshare", "caddy", "dnsmasq", "psql")
-pytestmark = [
-    requires_nix,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(
-        any(shutil.which(p) is None for p in PROGRAMS)
-        or not Path("/usr/lib/postgresql/15/bin/postgres").exists(),
-        reason="caddy, dnsmasq, postgresql-15, nftables or iproute2 missing",
-    ),
-]
+pytestmark = [requires_nix, *needs_the_lab()]
 
 
 def grown(guests: int) -> str:
