@@ -491,15 +491,6 @@ class GuestRun(Reporting):
         taken = f"incus:{self.instance}" in ctx.snapshots.done
         self.snapshot = snapshot_name(ctx.stamp) if taken else None
 
-    def must(self, step: str, command: list[str]) -> str:
-        result = self.remote.run(command)
-        if result.returncode != 0:
-            detail = error_line(result.stderr or result.stdout, f"exit code {result.returncode}")
-            self.log.add(step, False, detail)
-            raise StepFailed(f"{step}: {detail}")
-        self.log.add(step, True)
-        return result.stdout.strip()
-
     def run(self) -> MachineReport:  # noqa: PLR0911 - one return per end state
         switched = False
         try:

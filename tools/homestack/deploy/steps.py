@@ -124,9 +124,20 @@ class Reporting:
     previous: str | None
     snapshot: str | None
     log: StepLog
+    remote: Remote
 
     def say(self, message: str) -> None:
         self.ctx.progress(self.m.name, message)
+
+    def must(self, step: str, command: list[str]) -> str:
+        """Run ``command`` on the machine as ``step`` of its log; StepFailed if it fails."""
+        result = self.remote.run(command)
+        if result.returncode != 0:
+            detail = error_line(result.stderr or result.stdout, f"exit code {result.returncode}")
+            self.log.add(step, False, detail)
+            raise StepFailed(f"{step}: {detail}")
+        self.log.add(step, True)
+        return result.stdout.strip()
 
     def report(self, outcome: Outcome, state: str, error: str | None = None) -> MachineReport:
         return MachineReport(
@@ -160,16 +171,6 @@ class MachineRun(Reporting):
         self.committed = False  # the new system was made the boot default (or half so)
         self.switched = False  # set the moment the machine may run the new configuration
 
-    # -- helpers ---------------------------------------------------------------------
-    def must(self, step: str, command: list[str]) -> str:
-        result = self.remote.run(command)
-        if result.returncode != 0:
-            detail = _last_line(result.stderr or result.stdout) or f"exit code {result.returncode}"
-            self.log.add(step, False, detail)
-            raise StepFailed(f"{step}: {detail}")
-        self.log.add(step, True)
-        return result.stdout.strip()
-
     # -- steps shared by hosts and guests --------------------------------------------
     def take_snapshot(self) -> None:
         todo = self.ctx.snapshots.claim(self.m.datasets)
@@ -199,7 +200,7 @@ class MachineRun(Reporting):
             env={"NIX_SSHOPTS": self.ctx.ssh.nix_sshopts()},
         )
         if result.returncode != 0:
-            detail = _last_line(result.stderr) or f"exit code {result.returncode}"
+            detail = error_line(result.stderr, f"exit code {result.returncode}")
             self.log.add("copy", False, detail)
             raise StepFailed(f"copy: {detail}")
         self.log.add("copy", True)
@@ -541,7 +542,3 @@ class MachineRun(Reporting):
 
     def describe_new(self) -> str:
         return self.new
-
-
-def _last_line(text: str) -> str:
-    return error_line(text, "")
