@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from artifact_checks import caddy_adapt
 from conftest import EXAMPLE, REPO, requires_nix
 
 from homestack.errors import CheckFailed, UserError
@@ -96,14 +97,7 @@ def test_caddyfile(plan: dict[str, Any], tmp_path: Path) -> None:
     assert 'bind "192.168.100.2"' in text
     if shutil.which("caddy") is None:
         pytest.skip("caddy not installed")
-    path = tmp_path / "Caddyfile"
-    path.write_text(text)
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)}
-    out = subprocess.run(
-        ["caddy", "adapt", "--config", str(path), "--adapter", "caddyfile"],
-        check=True, capture_output=True, text=True, env=env,
-    )  # fmt: skip
-    config = json.loads(out.stdout)
+    config = caddy_adapt(text, tmp_path)
     servers = config["apps"]["http"]["servers"]
     hosts = {
         h
