@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Generator
 from pathlib import Path
@@ -29,6 +31,16 @@ LIVE = REPO / "inventory.toml"
 # Reference data the tests compare against, copied verbatim (tests/reference/PROVENANCE.md).
 REFERENCE = REPO / "tests" / "reference"
 BAD = sorted((REPO / "tests" / "inventories" / "bad").glob("*.toml"))
+
+
+def nix_eval(expr: str, cwd: Path = REPO) -> Any:
+    """The value of a Nix expression, strictly evaluated, as JSON (run in ``cwd``)."""
+    result = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "--expr", expr],
+        capture_output=True, text=True, check=False, cwd=cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 @pytest.fixture

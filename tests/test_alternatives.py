@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from conftest import EXAMPLE, REPO, requires_nix
+from conftest import EXAMPLE, REPO, nix_eval, requires_nix
 
 from homestack.plan import load_plan
 
@@ -25,15 +25,6 @@ pytestmark = requires_nix
 FIXTURES = REPO / "tests" / "inventories" / "alternatives"
 GOLDEN = REPO / "tests" / "golden" / "alternatives"
 SCHEMAS = REPO / "tests" / "data" / "traefik"
-
-
-def nix_eval(expr: str) -> Any:
-    result = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "--expr", expr],
-        capture_output=True, text=True, check=False, cwd=REPO,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def nix_error(expr: str) -> str:

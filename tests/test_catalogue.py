@@ -12,28 +12,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
-from conftest import EXAMPLE, REPO, requires_nix
+from conftest import EXAMPLE, REPO, nix_eval, requires_nix
 
 from homestack.errors import CheckFailed
 from homestack.plan import load_plan
 
 pytestmark = requires_nix
-
-
-def nix_eval(expr: str, cwd: Path = REPO) -> Any:
-    result = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "--expr", expr],
-        capture_output=True, text=True, check=False, cwd=cwd,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ command on a copy of the example repository and check that nothing was written.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, requires_nix
+from conftest import REPO, nix_eval, requires_nix
 
 from homestack.plan import load_plan
 
@@ -27,12 +26,7 @@ OLD_LEAF = REPO / "tests" / "certs" / "home-arpa-wildcard-only.crt"
 
 
 def nix(expr: str) -> Any:
-    out = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E",
-         f"let c = import {REPO}/lib/certnames.nix; in {expr}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
+    return nix_eval(f"let c = import {REPO}/lib/certnames.nix; in {expr}")
 
 
 @pytest.mark.parametrize(
